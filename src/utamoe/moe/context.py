@@ -1,0 +1,150 @@
+"""How task labels reach the TA-MoE layers, and how their losses come back.
+
+A Hugging Face decoder calls `layer.mlp(hidden_states)` with nothing else, so the
+layers cannot receive task labels as arguments without editing HF code. Instead
+the caller opens a routing session around the forward (and backward) pass:
+
+    with utamoe.moe.route(model, task_labels=labels, attention_mask=mask) as session:
+        out = model(input_ids=ids, attention_mask=mask)
+        loss = out.loss + session.aux_loss()
+        loss.backward()
+    session.losses()   # {"group": ..., "balance": ..., "z": ...}, mean over layers
+    session.stats()    # routing counts and accuracies, summed over layers
+
+`route` binds the session to every TaskAwareMoE module inside `model` for the
+duration of the block and unbinds it afterwards (nested sessions restore the
+outer one). Labels are group indices: (B,) per sequence or (B, S) per token,
+-1 for padding or "no label". Outside a session the layers route on hidden
+states alone (inference needs no label) and record nothing. Nothing is global:
+the session object is created, owned and read by the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from utamoe.moe.losses import LayerLosses
+
+
+@dataclass
+class LayerRecord:
+    name: str
+    losses: LayerLosses
+    stats: dict
+    coefs: tuple[float, float, float]  # group, balance, z
+
+
+def _in_backward() -> bool:
+    # Activation checkpointing re-runs forwards inside backward; recording them again would
+    # count every layer twice.
+    task_id = getattr(torch._C, "_current_graph_task_id", None)
+    return task_id is not None and task_id() != -1
+
+
+class RoutingSession:
+    """Task labels for the layers, and the per-layer records they write back."""
+
+    def __init__(self, task_labels=None, attention_mask=None):
+        self.task_labels = task_labels
+        self.attention_mask = attention_mask
+        self.records: list[LayerRecord] = []
+
+    def token_view(self, hidden_shape: torch.Size, device) -> tuple:
+        """(labels_T or None, valid_T) matching a layer input of shape (B, S, D) or (T, D)."""
+        lead = tuple(hidden_shape[:-1])
+        labels = self._expand(self.task_labels, lead, "task_labels", device)
+        if self.attention_mask is not None:
+            valid = self._expand(self.attention_mask, lead, "attention_mask", device).bool()
+        elif labels is not None:
+            valid = labels >= 0
+        else:
+            valid = None
+        if labels is not None:
+            labels = labels.reshape(-1).long()
+        return labels, None if valid is None else valid.reshape(-1)
+
+    @staticmethod
+    def _expand(t, lead: tuple, what: str, device):
+        if t is None:
+            return None
+        t = torch.as_tensor(t, device=device)
+        if tuple(t.shape) == lead:
+            return t
+        if t.dim() == 1 and len(lead) == 2 and t.shape[0] == lead[0]:  # one label per sequence
+            return t[:, None].expand(lead)
+        raise ValueError(
+            f"{what} has shape {tuple(t.shape)} but the MoE layer sees tokens of shape {lead}; "
+            f"pass one value per sequence (B,) or per token (B, S) matching the forward's input "
+            f"(with a KV cache, give the labels of the new tokens only, or per-sequence labels)"
+        )
+
+    def record(self, name: str, losses: LayerLosses, stats: dict, coefs) -> None:
+        if not _in_backward():
+            self.records.append(LayerRecord(name, losses, stats, tuple(coefs)))
+
+    def losses(self) -> dict[str, torch.Tensor]:
+        """Each router loss averaged over the layers that ran (keeps the autograd graph)."""
+        if not self.records:
+            return {}
+        n = len(self.records)
+        return {
+            key: sum(getattr(r.losses, key) for r in self.records) / n
+            for key in ("group", "balance", "z")
+        }
+
+    def aux_loss(self) -> torch.Tensor:
+        """Weighted sum of the router losses with each layer's configured coefficients."""
+        if not self.records:
+            return torch.zeros(())
+        total = sum(
+            cg * r.losses.group + cb * r.losses.balance + cz * r.losses.z
+            for r in self.records
+            for cg, cb, cz in [r.coefs]
+        )
+        return total / len(self.records)
+
+    def stats(self) -> dict:
+        """Routing statistics summed over layers, plus derived ratios (detached)."""
+        return summarize_stats([r.stats for r in self.records])
+
+    def layer_stats(self) -> dict[str, dict]:
+        """Per-layer statistics, keyed by module name (for routing heatmaps)."""
+        return {r.name: summarize_stats([r.stats]) for r in self.records}
+
+
+def summarize_stats(per_layer: list[dict]) -> dict:
+    out: dict = {}
+    if not per_layer:
+        return out
+    for key in per_layer[0]:
+        vals = [s[key] for s in per_layer if key in s]
+        if key.endswith("entropy"):
+            out[key] = float(torch.stack([v.float() for v in vals]).mean())
+        else:
+            out[key] = sum(v.cpu() for v in vals)
+    if "group_labelled" in out and int(out["group_labelled"]) > 0:
+        out["group_accuracy"] = float(out["group_correct"]) / float(out["group_labelled"])
+    return out
+
+
+@contextmanager
+def route(model: nn.Module, task_labels=None, attention_mask=None) -> Iterator[RoutingSession]:
+    """Bind task labels to every TA-MoE layer in `model`; yield the session that collects losses."""
+    from utamoe.moe.layer import TaskAwareMoE
+
+    session = RoutingSession(task_labels, attention_mask)
+    named = [(n, m) for n, m in model.named_modules() if isinstance(m, TaskAwareMoE)]
+    layers = [m for _, m in named]
+    previous = [(layer.session, layer.session_name) for layer in layers]
+    for name, layer in named:
+        layer.session, layer.session_name = session, name or "moe"
+    try:
+        yield session
+    finally:
+        for layer, (prev, prev_name) in zip(layers, previous):
+            layer.session, layer.session_name = prev, prev_name

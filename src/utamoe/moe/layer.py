@@ -1,0 +1,156 @@
+"""TaskAwareMoE: a drop-in replacement for a dense gated MLP (same input and output shape).
+
+    x --router--> group g(t), top-k experts in g, weights w --dispatch--> y_routed
+    x --shared experts (every token, averaged)--------------------------> y_shared
+    y = alpha * y_routed + (1 - alpha) * y_shared        (y = y_routed with no shared expert)
+
+Dispatch is dropless. The fast path sorts the T*K (token, expert) pairs by
+expert, gathers the rows once, runs each projection as one grouped matmul over
+all groups and experts, un-permutes and sums the K weighted outputs per token.
+The reference path loops over experts and adds each expert's weighted output
+into its tokens; tests assert both agree in values and gradients.
+
+When the layer runs inside `utamoe.moe.route(...)` it reads task labels from the
+session (for oracle routing and the group loss) and records its losses and
+routing statistics there; otherwise it only routes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from utamoe.moe.config import MoEConfig
+from utamoe.moe.experts import FFNExperts, GatedFFN, LoRAExperts, dense_weights
+from utamoe.moe.losses import layer_losses, routing_stats
+from utamoe.moe.routers import Router, Routing
+
+
+def sorted_dispatch(x_TD, routing: Routing, bank, base, num_experts: int) -> torch.Tensor:
+    """Fast path: sort by expert, grouped matmuls, un-permute, weighted sum over the K slots."""
+    T, K = routing.expert_ids_TK.shape
+    flat_M = routing.expert_ids_TK.reshape(-1)
+    order_M = torch.argsort(flat_M, stable=True)
+    counts_E = torch.bincount(flat_M, minlength=num_experts)
+    offsets_E = torch.cumsum(counts_E, 0, dtype=torch.int32)
+    x_MD = x_TD.index_select(0, order_M // K)
+    y_MD = bank.sorted_forward(x_MD, offsets_E, base)
+    inverse_M = torch.empty_like(order_M)
+    inverse_M[order_M] = torch.arange(order_M.numel(), device=order_M.device)
+    y_TKD = y_MD.index_select(0, inverse_M).view(T, K, -1)
+    w_TK = routing.weights_TK.to(y_TKD.dtype)
+    return torch.bmm(w_TK.unsqueeze(1), y_TKD).squeeze(1)
+
+
+def loop_dispatch(x_TD, routing: Routing, bank, base, num_experts: int) -> torch.Tensor:
+    """Reference path: for each expert, its tokens through it, weighted, added back (fp32 sum)."""
+    out_TD = x_TD.new_zeros(x_TD.shape, dtype=torch.float32)
+    for e in range(num_experts):
+        tok, slot = torch.where(routing.expert_ids_TK == e)
+        if tok.numel() == 0:
+            continue
+        y = bank.expert_forward(x_TD[tok], e, base).float()
+        out_TD = out_TD.index_add(0, tok, y * routing.weights_TK[tok, slot, None])
+    return out_TD.to(x_TD.dtype)
+
+
+class TaskAwareMoE(nn.Module):
+    """TA-MoE layer (or the plain top-k MoE baseline with `routing="topk"`)."""
+
+    def __init__(self, config: MoEConfig, hidden_size: int, intermediate_size: int, act: str = "silu"):
+        super().__init__()
+        self.config = config
+        self.hidden_size = hidden_size
+        inter = config.expert_hidden_size or intermediate_size
+        self.intermediate_size = inter
+        self.router = Router(config, hidden_size)
+        self.base = None
+        if config.expert_type == "lora":
+            self.base = GatedFFN(hidden_size, inter, act, trainable=False)
+            lora = (hidden_size, inter, config.lora_rank, config.lora_alpha)
+            self.experts = LoRAExperts(config.num_experts, *lora)
+            self.shared = LoRAExperts(config.num_shared_experts, *lora) if config.num_shared_experts else None
+        else:
+            self.experts = FFNExperts(config.num_experts, hidden_size, inter, act)
+            self.shared = (
+                FFNExperts(config.num_shared_experts, hidden_size, inter, act)
+                if config.num_shared_experts
+                else None
+            )
+        logit = torch.tensor(math.log(config.alpha_init / (1.0 - config.alpha_init)))
+        if config.alpha == "learnable":
+            self.alpha_logit = nn.Parameter(logit)
+        else:
+            self.register_buffer("alpha_logit", logit)
+        self.session = None  # set by utamoe.moe.route()
+        self.session_name = ""
+
+    @classmethod
+    def from_dense(cls, mlp: nn.Module, config: MoEConfig, act: str, group_mlps=None) -> TaskAwareMoE:
+        """Upcycle a dense gated MLP: every expert (and the LoRA base) starts as a copy of it.
+
+        `group_mlps` (one per task group, e.g. the task FFNs of stage 1) initialise the routed
+        experts of each group instead; shared experts always copy `mlp`.
+        """
+        w_gate_up, w_down = dense_weights(mlp)
+        layer = cls(config, w_gate_up.shape[0], w_down.shape[0], act)
+        layer.to(dtype=w_gate_up.dtype, device=w_gate_up.device)
+        layer.router.float()  # router weights stay fp32: routing decisions are precision-sensitive
+        if config.expert_type == "lora":
+            with torch.no_grad():
+                layer.base.w_gate_up.copy_(w_gate_up)
+                layer.base.w_down.copy_(w_down)
+            return layer
+        eg = config.experts_per_group
+        for g in range(config.num_groups):
+            src = dense_weights(group_mlps[g]) if group_mlps is not None else (w_gate_up, w_down)
+            layer.experts.copy_from(*src, experts=range(g * eg, (g + 1) * eg))
+        if layer.shared is not None:
+            layer.shared.copy_from(w_gate_up, w_down)
+        return layer
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return torch.sigmoid(self.alpha_logit.float())
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        shape = hidden.shape
+        x_TD = hidden.reshape(-1, shape[-1])
+        labels_T = valid_T = None
+        if self.session is not None:
+            labels_T, valid_T = self.session.token_view(shape, hidden.device)
+        routing = self.router(x_TD, labels_T)
+        dispatch = sorted_dispatch if self.config.dispatch == "grouped" else loop_dispatch
+        y_TD = dispatch(x_TD, routing, self.experts, self.base, self.config.num_experts)
+        if routing.group_scale_T is not None:
+            y_TD = y_TD * routing.group_scale_T.to(y_TD.dtype)[:, None]
+        if self.shared is not None:
+            shared = sum(
+                self.shared.expert_forward(x_TD, e, self.base) for e in range(self.shared.num_experts)
+            ) / self.shared.num_experts
+            a = self.alpha.to(y_TD.dtype)
+            y_TD = a * y_TD + (1 - a) * shared
+        if self.session is not None:
+            self._record(routing, labels_T, valid_T, x_TD)
+        return y_TD.reshape(shape)
+
+    def _record(self, routing: Routing, labels_T, valid_T, x_TD) -> None:
+        cfg = self.config
+        if valid_T is None:
+            valid_T = torch.ones(x_TD.shape[0], dtype=torch.bool, device=x_TD.device)
+        losses = layer_losses(routing, labels_T, valid_T, cfg.num_groups)
+        stats = routing_stats(
+            routing, labels_T, valid_T, cfg.num_groups, cfg.num_experts, len(cfg.group_names)
+        )
+        coefs = (cfg.group_loss_coef, cfg.balance_loss_coef, cfg.z_loss_coef)
+        self.session.record(self.session_name, losses, stats, coefs)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (
+            f"routing={c.routing}, groups={list(c.group_names) if c.routing == 'task_aware' else 1}, "
+            f"experts={c.num_experts}, top_k={c.top_k}, shared={c.num_shared_experts}, "
+            f"type={c.expert_type}, d={self.hidden_size}, f={self.intermediate_size}"
+        )
