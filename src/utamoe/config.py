@@ -45,6 +45,16 @@ def _type_ok(value: Any, hint: Any) -> bool:
     return True
 
 
+def _dataclass_in(hint: Any) -> type | None:
+    """The dataclass a field holds (also inside `X | None`), or None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if get_origin(hint) in (typing.Union, types.UnionType):
+        found = [h for h in get_args(hint) if dataclasses.is_dataclass(h)]
+        return found[0] if len(found) == 1 else None
+    return None
+
+
 def _describe(hint: Any) -> str:
     if get_origin(hint) is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(hint))
@@ -67,8 +77,9 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
-        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            value = from_dict(hint, value, prefix + name)
+        nested = _dataclass_in(hint)
+        if nested is not None and isinstance(value, dict):
+            value = from_dict(nested, value, prefix + name)
         elif not _type_ok(value, hint):
             raise ConfigError(
                 f"config key '{prefix}{name}' must be {_describe(hint)}, got {value!r}"

@@ -1,0 +1,113 @@
+"""`utamoe data check`: validate any dataset directory and summarise it per split and task.
+
+Loading runs in skip mode so that one pass finds every broken record; the summary
+shows counts, task groups, image sizes and one example per task, then the first
+errors of each split with file and line, so a user fixing their own data sees
+what is wrong and where without reading the loader.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from utamoe.data.formats import LoadReport, Sample, list_splits, load_split, read_manifest
+
+SPLIT_ORDER = ("train", "val", "test", "heldout")
+
+
+@dataclass
+class TaskSummary:
+    count: int = 0
+    input_sizes: Counter = field(default_factory=Counter)
+    target_sizes: Counter = field(default_factory=Counter)
+    example: Sample | None = None
+
+
+@dataclass
+class CheckResult:
+    root: str
+    manifest: dict
+    splits: dict[str, dict[str, TaskSummary]]
+    reports: dict[str, LoadReport]
+
+    @property
+    def n_errors(self) -> int:
+        return sum(r.skipped for r in self.reports.values())
+
+
+def _size(img) -> str | None:
+    return None if img is None else f"{img.shape[1]}x{img.shape[0]}"
+
+
+def check_dataset(root: str | Path, max_errors: int = 5) -> CheckResult:
+    """Load every split in skip mode and summarise it (raises DataFormatError only when the
+    directory itself is not a dataset)."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    # The usual splits first, in their natural order, then any others.
+    names = sorted(list_splits(root), key=lambda n: (SPLIT_ORDER.index(n)
+                                                      if n in SPLIT_ORDER else 99, n))
+    if not names:
+        from utamoe.data.formats import DataFormatError
+
+        raise DataFormatError(root, None, "no <split>.jsonl files found; is this a dataset?")
+    splits, reports = {}, {}
+    for name in names:
+        samples, reports[name] = load_split(root / f"{name}.jsonl", "skip", max_errors=max_errors)
+        tasks: dict[str, TaskSummary] = {}
+        for s in samples:
+            t = tasks.setdefault(s.task, TaskSummary(example=s))
+            t.count += 1
+            if (size := _size(s.image)) is not None:
+                t.input_sizes[size] += 1
+            if (size := _size(s.target_image)) is not None:
+                t.target_sizes[size] += 1
+        splits[name] = tasks
+    return CheckResult(str(root), manifest, splits, reports)
+
+
+def _sizes(c: Counter) -> str:
+    return ", ".join(f"{k} ({v})" if len(c) > 1 else k for k, v in c.most_common()) or "-"
+
+
+def _example(s: Sample | None, width: int = 60) -> str:
+    if s is None:
+        return ""
+    text = f"{s.prompt} -> {s.target if s.target is not None else s.target_image_path}"
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def print_check(result: CheckResult, console=None) -> None:
+    """Print the summary table and the errors with rich."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    name = result.manifest.get("name", "dataset")
+    table = Table(title=f"{name} at {result.root}")
+    for col in ("split", "task", "group", "samples", "input images", "target images"):
+        table.add_column(col)
+    examples: dict[str, Sample | None] = {}
+    for split, tasks in result.splits.items():
+        for task, t in sorted(tasks.items()):
+            group = t.example.group if t.example else ""
+            table.add_row(split, task, group, str(t.count), _sizes(t.input_sizes),
+                          _sizes(t.target_sizes))
+            examples.setdefault(task, t.example)
+        if not tasks:
+            table.add_row(split, "-", "", "0", "-", "-")
+    console.print(table)
+    console.print("examples (prompt -> target):")
+    for task, sample in examples.items():
+        console.print(f"  {task:<10} {_example(sample, 100)}", markup=False, highlight=False)
+    for split, report in result.reports.items():
+        if report.skipped:
+            console.print(f"[red]{split}: {report.skipped} broken record(s) skipped; first "
+                          f"{len(report.errors)}:[/red]")
+            for err in report.errors:
+                console.print(f"  {err}", markup=False, highlight=False)
+    status = "[green]OK[/green]" if result.n_errors == 0 else f"[red]{result.n_errors} errors[/red]"
+    total = sum(t.count for tasks in result.splits.values() for t in tasks.values())
+    console.print(f"{total} valid samples in {len(result.splits)} split(s); {status}")

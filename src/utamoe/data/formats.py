@@ -1,0 +1,336 @@
+"""The on-disk dataset format (JSONL + PNG), its typed record model, validation and loader.
+
+A dataset is a directory holding one `<split>.jsonl` per split, PNG images
+referenced by paths relative to the directory, and optionally `dataset.json` (a
+manifest: format name and version, generator config). One JSON object per line is
+one `Sample`; docs/data_format.md documents every field with examples.
+
+`Sample` is shared by the in-memory ShapesWorld generator and this loader, so a
+training pipeline sees the same objects whether data was generated or loaded.
+Every loading error is a `DataFormatError` naming the file and line and saying
+what to do; `on_error="skip"` keeps going and returns a `LoadReport` that counts
+the skipped samples and keeps the first messages, so nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+# The task registry: task name -> task group. Understanding (und) reads an image and
+# answers in text; generation (gen) produces an image.
+TASKS: dict[str, str] = {
+    "caption": "und",
+    "vqa": "und",
+    "pope": "und",
+    "grounding": "und",
+    "t2i": "gen",
+    "edit": "gen",
+}
+TASK_GROUPS = ("und", "gen")
+# Tasks whose record must carry an input image.
+NEEDS_IMAGE = frozenset({"caption", "vqa", "pope", "grounding", "edit"})
+FORMAT_NAME = "utamoe-dataset"
+FORMAT_VERSION = 1
+MANIFEST = "dataset.json"
+RECORD_KEYS = ("id", "task", "group", "prompt", "image", "target", "target_image", "meta")
+
+OnError = Literal["raise", "skip"]
+
+
+class DataFormatError(ValueError):
+    """A broken record or file; `path` and `line` (1-based, None for a whole file) locate it."""
+
+    def __init__(self, path: str | os.PathLike, line: int | None, message: str) -> None:
+        self.path = str(path)
+        self.line = line
+        self.message = message
+        where = f"{self.path}:{line}" if line is not None else self.path
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass
+class Sample:
+    """One sample of any task. Images are HxWx3 uint8 arrays in memory; `image_path` and
+    `target_image_path` are their paths relative to the dataset directory on disk."""
+
+    id: str
+    task: str
+    prompt: str
+    image: np.ndarray | None = None
+    target: str | None = None
+    target_image: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    image_path: str | None = None
+    target_image_path: str | None = None
+
+    @property
+    def group(self) -> str:
+        return TASKS[self.task]
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON record (paths must be set: `write_split` sets them when it saves images)."""
+        rec: dict[str, Any] = {"id": self.id, "task": self.task, "group": self.group,
+                               "prompt": self.prompt}
+        if self.image_path is not None:
+            rec["image"] = self.image_path
+        if self.target is not None:
+            rec["target"] = self.target
+        if self.target_image_path is not None:
+            rec["target_image"] = self.target_image_path
+        if self.meta:
+            rec["meta"] = self.meta
+        return rec
+
+
+@dataclass
+class LoadReport:
+    """What loading one file did: how many samples loaded and skipped, the first errors."""
+
+    path: str
+    loaded: int = 0
+    skipped: int = 0
+    errors: list[DataFormatError] = field(default_factory=list)
+    max_errors: int = 5
+
+    def add(self, err: DataFormatError) -> None:
+        self.skipped += 1
+        if len(self.errors) < self.max_errors:
+            self.errors.append(err)
+
+    def summary(self) -> str:
+        text = f"{self.path}: {self.loaded} loaded, {self.skipped} skipped"
+        return "\n  ".join([text, *(str(e) for e in self.errors)])
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _fail(path: Path, line: int, msg: str) -> DataFormatError:
+    return DataFormatError(path, line, msg)
+
+
+def _check_fields(rec: Any, path: Path, line: int) -> None:
+    """Types and presence of the record's fields (not the images)."""
+    if not isinstance(rec, dict):
+        raise _fail(path, line, f"a record must be a JSON object, got {type(rec).__name__}")
+    unknown = [k for k in rec if k not in RECORD_KEYS]
+    if unknown:
+        raise _fail(path, line, f"unknown field(s) {unknown}; valid fields are "
+                    f"{', '.join(RECORD_KEYS)} (put extra information under 'meta')")
+    for key in ("id", "task", "group", "prompt"):
+        if key not in rec:
+            raise _fail(path, line, f"missing field '{key}'; every record needs id, task, "
+                        "group and prompt")
+        if not isinstance(rec[key], str):
+            raise _fail(path, line, f"field '{key}' must be a string, got {rec[key]!r}")
+    if not rec["id"]:
+        raise _fail(path, line, "field 'id' is empty; give every sample a unique id")
+    task = rec["task"]
+    if task not in TASKS:
+        raise _fail(path, line, f"unknown task '{task}'; use one of {', '.join(TASKS)}")
+    if rec["group"] != TASKS[task]:
+        raise _fail(path, line, f"task '{task}' belongs to group '{TASKS[task]}', "
+                    f"but the record says group '{rec['group']}'")
+    for key in ("image", "target", "target_image"):
+        if rec.get(key) is not None and not isinstance(rec[key], str):
+            raise _fail(path, line, f"field '{key}' must be a string or null, got {rec[key]!r}")
+    if not isinstance(rec.get("meta", {}), dict):
+        raise _fail(path, line, "field 'meta' must be a JSON object")
+    if task in NEEDS_IMAGE and not rec.get("image"):
+        raise _fail(path, line, f"task '{task}' needs an input image: set 'image' to a PNG "
+                    "path relative to the dataset directory")
+    if TASKS[task] == "und" and not rec.get("target"):
+        raise _fail(path, line, f"missing target: task '{task}' needs a non-empty text "
+                    "'target' (the expected answer)")
+    if TASKS[task] == "gen" and not rec.get("target_image"):
+        raise _fail(path, line, f"missing target: task '{task}' needs 'target_image', a PNG "
+                    "path relative to the dataset directory")
+
+
+def _read_image(root: Path, rel: str, key: str, path: Path, line: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    if os.path.isabs(rel) or ".." in Path(rel).parts:
+        raise _fail(path, line, f"'{key}' path '{rel}' must be relative to the dataset "
+                    "directory and stay inside it")
+    full = root / rel
+    if not full.is_file():
+        raise _fail(path, line, f"'{key}' image '{rel}' not found (looked for {full}); fix "
+                    "the path or add the file")
+    try:
+        with Image.open(full) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise _fail(path, line, f"'{key}' image '{rel}' is unreadable ({e}); re-save it "
+                    "as PNG") from e
+
+
+def record_to_sample(rec: Any, root: Path, path: Path, line: int,
+                     load_images: bool = True) -> Sample:
+    """Validate one parsed JSON record and build its Sample (raises DataFormatError)."""
+    _check_fields(rec, path, line)
+    images = {}
+    for key in ("image", "target_image"):
+        rel = rec.get(key)
+        if rel is None:
+            images[key] = None
+        elif load_images:
+            images[key] = _read_image(root, rel, key, path, line)
+        else:
+            if not (root / rel).is_file():
+                raise _fail(path, line, f"'{key}' image '{rel}' not found (looked for "
+                            f"{root / rel}); fix the path or add the file")
+            images[key] = None
+    return Sample(id=rec["id"], task=rec["task"], prompt=rec["prompt"], image=images["image"],
+                  target=rec.get("target"), target_image=images["target_image"],
+                  meta=dict(rec.get("meta") or {}), image_path=rec.get("image"),
+                  target_image_path=rec.get("target_image"))
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_split(path: str | os.PathLike, on_error: OnError = "raise", load_images: bool = True,
+               max_errors: int = 5) -> tuple[list[Sample], LoadReport]:
+    """Load one JSONL split file; image paths resolve against its directory.
+
+    `on_error="raise"` stops at the first broken record with a DataFormatError;
+    `"skip"` drops broken records, counting them (and keeping the first
+    `max_errors` messages) in the returned LoadReport.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    path = Path(path)
+    report = LoadReport(str(path), max_errors=max_errors)
+    samples: list[Sample] = []
+    seen: dict[str, int] = {}
+    if not path.is_file():
+        raise DataFormatError(path, None, "split file not found; a split is <dir>/<split>.jsonl")
+    with open(path, "rb") as fh:  # bytes: a bad encoding is reported per line, not fatal
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue  # blank lines (e.g. a trailing newline) carry no record
+            try:
+                sample = _parse_line(raw, path, lineno, seen, load_images)
+            except DataFormatError as err:
+                if on_error == "raise":
+                    raise
+                report.add(err)
+                continue
+            seen[sample.id] = lineno
+            samples.append(sample)
+    report.loaded = len(samples)
+    return samples, report
+
+
+def _parse_line(raw: bytes, path: Path, lineno: int, seen: Mapping[str, int],
+                load_images: bool) -> Sample:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _fail(path, lineno, f"not UTF-8 text ({e.reason}); save the file as UTF-8") from e
+    try:
+        rec = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _fail(path, lineno, f"malformed JSON ({e.msg} at column {e.colno}); each line "
+                    "must be one complete JSON object") from e
+    sample = record_to_sample(rec, path.parent, path, lineno, load_images)
+    if sample.id in seen:
+        raise _fail(path, lineno, f"duplicate id '{sample.id}' (first on line "
+                    f"{seen[sample.id]}); ids must be unique within a split")
+    return sample
+
+
+def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
+    """The dataset's manifest, or {} when it has none; a newer format version is an error."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataFormatError(path, e.lineno, f"malformed JSON ({e.msg})") from e
+    if not isinstance(manifest, dict):
+        raise DataFormatError(path, None, "the manifest must be a JSON object")
+    version = manifest.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise DataFormatError(path, None, f"format_version {version!r} is newer than this "
+                              f"utamoe reads ({FORMAT_VERSION}); upgrade utamoe")
+    return manifest
+
+
+def list_splits(root: str | os.PathLike) -> list[str]:
+    """Split names of a dataset directory: the stems of its *.jsonl files."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataFormatError(root, None, "not a directory; a dataset is a directory of "
+                              "<split>.jsonl files")
+    return sorted(p.stem for p in root.glob("*.jsonl"))
+
+
+def load_dataset(root: str | os.PathLike, splits: Iterable[str] | None = None,
+                 on_error: OnError = "raise", load_images: bool = True,
+                 ) -> tuple[dict[str, list[Sample]], dict[str, LoadReport]]:
+    """Load every split (or the named ones) of a dataset directory."""
+    root = Path(root)
+    read_manifest(root)
+    names = list(splits) if splits is not None else list_splits(root)
+    if not names:
+        raise DataFormatError(root, None, "no <split>.jsonl files found")
+    data, reports = {}, {}
+    for name in names:
+        data[name], reports[name] = load_split(root / f"{name}.jsonl", on_error, load_images)
+    return data, reports
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _save_png(array: np.ndarray, full: Path) -> None:
+    from PIL import Image
+
+    full.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(full, format="PNG")
+
+
+def write_split(root: str | os.PathLike, split: str, samples: Iterable[Sample],
+                progress: Callable[[int], None] | None = None) -> int:
+    """Write `<root>/<split>.jsonl` and the samples' images under `<root>/images/<split>/`.
+
+    In-memory images are saved as `<id>_input.png` / `<id>_target.png` and the sample's
+    paths are set to them; samples with only paths keep them. Returns the count.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with open(root / f"{split}.jsonl", "w", encoding="utf-8") as fh:
+        for s in samples:
+            if s.task not in TASKS:
+                raise ValueError(f"sample '{s.id}': unknown task '{s.task}'")
+            for attr, suffix in (("image", "input"), ("target_image", "target")):
+                array = getattr(s, attr)
+                if array is not None:
+                    rel = f"images/{split}/{s.id}_{suffix}.png"
+                    _save_png(array, root / rel)
+                    setattr(s, f"{attr}_path", rel)
+            fh.write(json.dumps(s.to_record(), separators=(",", ":")) + "\n")
+            n += 1
+            if progress is not None:
+                progress(1)
+    return n
+
+
+def write_manifest(root: str | os.PathLike, name: str, extra: Mapping[str, Any] | None = None,
+                   ) -> None:
+    manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "name": name,
+                **dict(extra or {})}
+    path = Path(root) / MANIFEST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

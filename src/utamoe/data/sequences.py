@@ -1,0 +1,183 @@
+"""Samples -> token sequences for the unified model, and batches of them.
+
+One sequence per sample, its layout fixed by the task group:
+
+    und  (caption, vqa, pope, grounding):
+        <bos> <task> <img> <und_slot> x P </img> prompt <sep> | answer <eos>
+    t2i: <bos> <t2i> prompt <img> | code x N
+    edit: <bos> <edit> <img> <code_slot> x N (input image codes) </img> instruction <img> | code x N
+
+Left of `|` is the prefix (given at inference); right of it is the target, the
+only part with a loss. `<und_slot>` positions receive the understanding
+encoder's features, `<code_slot>` positions the embeddings of their image codes
+(`code_ids`); every other position is an ordinary text token. Labels are already
+shifted: `text_labels[t]` / `code_labels[t]` is what position t must predict
+(-100: nothing). For classifier-free guidance a generation prompt can be replaced
+by as many `<null>` tokens, so conditional and unconditional rows align.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import torch
+
+from utamoe.data.formats import TASK_GROUPS, TASKS, Sample
+from utamoe.text_tokenizer import SpecialIds
+
+IGNORE = -100
+
+
+@dataclass
+class TokenSequence:
+    """One tokenised sample (python lists, unpadded)."""
+
+    task: str
+    input_ids: list[int] = field(default_factory=list)
+    code_ids: list[int] = field(default_factory=list)
+    text_loss: list[bool] = field(default_factory=list)
+    code_loss: list[bool] = field(default_factory=list)
+    image: np.ndarray | None = None  # understanding input (HxWx3 uint8)
+
+    def text(self, ids: Sequence[int], loss: bool = False) -> None:
+        self._add(list(ids), [-1] * len(ids), loss, False)
+
+    def codes(self, codes: Sequence[int], slot: int, loss: bool = False) -> None:
+        self._add([slot] * len(codes), list(codes), False, loss)
+
+    def _add(self, ids, codes, text_loss, code_loss) -> None:
+        self.input_ids += ids
+        self.code_ids += codes
+        self.text_loss += [text_loss] * len(ids)
+        self.code_loss += [code_loss] * len(ids)
+
+    def labels(self) -> tuple[list[int], list[int]]:
+        n = len(self.input_ids)
+        text = [self.input_ids[t + 1] if t + 1 < n and self.text_loss[t + 1] else IGNORE for t in range(n)]
+        code = [self.code_ids[t + 1] if t + 1 < n and self.code_loss[t + 1] else IGNORE for t in range(n)]
+        return text, code
+
+
+@dataclass
+class Encoder:
+    """Turns samples into sequences; `image_codes(img) -> list[int]` is the VQ tokenizer."""
+
+    tokenizer: object
+    special: SpecialIds
+    und_tokens: int
+    image_codes: Callable[[np.ndarray], list[int]]
+
+    def words(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def prefix(self, task: str, prompt: str, image: np.ndarray | None = None,
+               null_prompt: bool = False, input_codes: list[int] | None = None) -> TokenSequence:
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+        sp, seq = self.special, TokenSequence(task)
+        words = self.words(prompt)
+        if null_prompt:
+            words = [sp.null] * len(words)
+        seq.text([sp.bos, sp.tasks[task]])
+        if TASKS[task] == "und":
+            if image is None:
+                raise ValueError(f"task {task!r} needs an input image")
+            seq.image = image
+            seq.text([sp.image_start] + [sp.und_slot] * self.und_tokens + [sp.image_end])
+            seq.text(words + [sp.sep])
+        elif task == "edit":
+            if input_codes is None:
+                if image is None:
+                    raise ValueError("task 'edit' needs an input image")
+                input_codes = self.image_codes(image)
+            seq.text([sp.image_start])
+            seq.codes(input_codes, sp.code_slot)
+            seq.text([sp.image_end] + words + [sp.image_start])
+        else:
+            seq.text(words + [sp.image_start])
+        return seq
+
+    def sample(self, sample: Sample, null_prompt: bool = False, target_codes=None,
+               input_codes=None) -> TokenSequence:
+        """The full training sequence of a sample (prefix + target with loss)."""
+        seq = self.prefix(sample.task, sample.prompt, sample.image, null_prompt, input_codes)
+        if TASKS[sample.task] == "und":
+            if sample.target is None:
+                raise ValueError(f"sample {sample.id}: task {sample.task!r} needs a text target")
+            seq.text(self.words(sample.target) + [self.special.eos], loss=True)
+        else:
+            if target_codes is None:
+                if sample.target_image is None:
+                    raise ValueError(f"sample {sample.id}: task {sample.task!r} needs a target image")
+                target_codes = self.image_codes(sample.target_image)
+            seq.codes(target_codes, self.special.code_slot, loss=True)
+        return seq
+
+
+def training_sequences(encoder: Encoder, samples: list[Sample], cfg_dropout: float,
+                       rng: np.random.Generator, codes: dict | None = None) -> list[TokenSequence]:
+    """Training sequences; each generation prompt becomes <null> with probability cfg_dropout.
+
+    `codes` may map (sample id, "image" | "target") to precomputed VQ codes, so that a
+    training loop encodes every image once rather than at every epoch."""
+    codes = codes or {}
+    out = []
+    for s in samples:
+        drop = s.group == "gen" and cfg_dropout > 0 and rng.random() < cfg_dropout
+        out.append(encoder.sample(s, null_prompt=drop, target_codes=codes.get((s.id, "target")),
+                                  input_codes=codes.get((s.id, "image"))))
+    return out
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, S)
+    code_ids: torch.Tensor  # (B, S), -1 where not a code
+    attention_mask: torch.Tensor  # (B, S)
+    text_labels: torch.Tensor  # (B, S), IGNORE where no loss
+    code_labels: torch.Tensor  # (B, S)
+    group_ids: torch.Tensor  # (B,) index into TASK_GROUPS
+    task_ids: torch.Tensor  # (B,) index into list(TASKS)
+    pixel_values: torch.Tensor | None  # (N_und, 3, H, W) in [-1, 1], in row order
+
+    def to(self, device) -> Batch:
+        return Batch(**{f.name: (v.to(device) if torch.is_tensor(v) else v)
+                        for f in fields(self) for v in [getattr(self, f.name)]})
+
+    @property
+    def tasks(self) -> list[str]:
+        names = list(TASKS)
+        return [names[i] for i in self.task_ids.tolist()]
+
+
+def pixels(images: list[np.ndarray]) -> torch.Tensor:
+    """uint8 HxWx3 images -> float (N, 3, H, W) in [-1, 1]."""
+    arr = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
+    return arr / 127.5 - 1.0
+
+
+def collate(seqs: list[TokenSequence], pad_id: int, left_pad: bool = False) -> Batch:
+    """Pad sequences into a Batch (right padding for training, left padding for generation)."""
+    n = max(len(s.input_ids) for s in seqs)
+    B = len(seqs)
+    ids = torch.full((B, n), pad_id, dtype=torch.long)
+    codes = torch.full((B, n), -1, dtype=torch.long)
+    mask = torch.zeros(B, n, dtype=torch.long)
+    text_labels = torch.full((B, n), IGNORE, dtype=torch.long)
+    code_labels = torch.full((B, n), IGNORE, dtype=torch.long)
+    for b, s in enumerate(seqs):
+        m = len(s.input_ids)
+        sl = slice(n - m, n) if left_pad else slice(0, m)
+        tl, cl = s.labels()
+        ids[b, sl], codes[b, sl], mask[b, sl] = torch.tensor(s.input_ids), torch.tensor(s.code_ids), 1
+        text_labels[b, sl], code_labels[b, sl] = torch.tensor(tl), torch.tensor(cl)
+    images = [s.image for s in seqs if s.image is not None]
+    task_names = list(TASKS)
+    return Batch(
+        ids, codes, mask, text_labels, code_labels,
+        torch.tensor([TASK_GROUPS.index(TASKS[s.task]) for s in seqs]),
+        torch.tensor([task_names.index(s.task) for s in seqs]),
+        pixels(images) if images else None,
+    )
