@@ -95,6 +95,68 @@ def _add_data_verb(verbs: argparse._SubParsersAction) -> None:
     c.set_defaults(func=cmd_data_check)
 
 
+def _add_sampling_args(p: argparse.ArgumentParser, temperature: float, cfg_scale: float | None) -> None:
+    p.add_argument("--temperature", type=float, default=temperature,
+                   help=f"sampling temperature, 0 = greedy (default {temperature})")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = all)")
+    if cfg_scale is not None:
+        p.add_argument("--cfg-scale", type=float, default=cfg_scale,
+                       help=f"classifier-free guidance scale, 1 = none (default {cfg_scale})")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def _sampling(args: argparse.Namespace):
+    from utamoe.generation import SamplingConfig
+
+    return SamplingConfig(temperature=args.temperature, top_k=args.top_k,
+                          cfg_scale=getattr(args, "cfg_scale", 1.0), seed=args.seed)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from utamoe.infer import load_for_inference, read_image, run_generate
+
+    model, encoder = load_for_inference(args.model, args.device)
+    edit = read_image(args.edit_image, model.config.image_size) if args.edit_image else None
+    written = run_generate(model, encoder, args.prompt, args.out, args.num_images,
+                           _sampling(args), edit_image=edit)
+    for path in written:
+        print(path)
+    return 0
+
+
+def cmd_answer(args: argparse.Namespace) -> int:
+    from utamoe.infer import load_for_inference, read_image, run_answer
+
+    model, encoder = load_for_inference(args.model, args.device)
+    image = read_image(args.image, model.config.image_size)
+    for question, answer in zip(args.question, run_answer(model, encoder, image, args.question,
+                                                          args.task, _sampling(args))):
+        print(f"{question}\t{answer}")
+    return 0
+
+
+def _add_inference_verbs(verbs: argparse._SubParsersAction) -> None:
+    g = verbs.add_parser("generate", help="draw images from text prompts (or edit an image)")
+    g.add_argument("--model", required=True, help="model directory (e.g. RUN/model)")
+    g.add_argument("--prompt", required=True, action="append",
+                   help="a scene description, or an edit instruction with --edit-image (repeatable)")
+    g.add_argument("--out", required=True,
+                   help="output PNG; with several prompts/images, OUT_<prompt>_<image>.png")
+    g.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
+    g.add_argument("--edit-image", help="input image to edit (makes the prompts edit instructions)")
+    _add_sampling_args(g, temperature=1.0, cfg_scale=3.0)
+    g.set_defaults(func=cmd_generate)
+    a = verbs.add_parser("answer", help="answer questions about an image")
+    a.add_argument("--model", required=True, help="model directory (e.g. RUN/model)")
+    a.add_argument("--image", required=True, help="input PNG")
+    a.add_argument("--question", required=True, action="append", help="question (repeatable)")
+    a.add_argument("--task", default="vqa", choices=["vqa", "caption", "pope", "grounding"],
+                   help="understanding task the question belongs to (default vqa)")
+    _add_sampling_args(a, temperature=0.0, cfg_scale=None)
+    a.set_defaults(func=cmd_answer)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="utamoe",
@@ -106,13 +168,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("version", help="print the utamoe and torch versions")
     p.set_defaults(func=cmd_version)
     _add_data_verb(verbs)
+    _add_inference_verbs(verbs)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    from utamoe.config import ConfigError
+    from utamoe.data.formats import DataFormatError
+    from utamoe.infer import InputError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, DataFormatError, InputError, OSError) as err:
+        # Bad input, named by the error itself: no traceback for a user's mistake.
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return isinstance(value, (list, tuple)) and all(
             _type_ok(v, args[0]) for v in value
         ) if args else isinstance(value, (list, tuple))
+    if origin is dict:
+        return isinstance(value, dict)
     if hint is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is int:

@@ -1,0 +1,1 @@
+"""Bridges between utamoe and other model families (Hugging Face Janus / Janus-Pro)."""

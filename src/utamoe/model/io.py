@@ -1,0 +1,123 @@
+"""Saving and loading a UnifiedModel as one self-describing directory.
+
+    DIR/utamoe.json          format name/version, UnifiedConfig (HF part configs inlined),
+                             the image tokenizer's kind
+    DIR/model.safetensors    every weight except the image tokenizer's
+    DIR/text_tokenizer/      the text tokenizer (save_pretrained)
+    DIR/image_tokenizer/     the image tokenizer (its own save_pretrained)
+
+Saving writes a sibling temporary directory and renames it over DIR only when
+everything is on disk, so an interrupted save never replaces a good model.
+Loading rebuilds the architecture from the saved configs (never from the
+original checkpoint paths) and loads the weights strictly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from safetensors.torch import load_model, save_model
+
+from utamoe.config import from_dict, to_dict
+from utamoe.model.config import HFPart, UnifiedConfig
+from utamoe.model.unified import UnifiedModel
+from utamoe.text_tokenizer import load_text_tokenizer
+
+FORMAT, VERSION = "utamoe-model", 1
+CONFIG_FILE, WEIGHTS_FILE = "utamoe.json", "model.safetensors"
+
+
+def _image_tokenizer_class(kind: str):
+    if kind == "VQTokenizer":
+        from utamoe.vision.tokenizer import VQTokenizer
+
+        return VQTokenizer
+    if kind == "JanusVQTokenizer":
+        from utamoe.interop.hf_janus import JanusVQTokenizer
+
+        return JanusVQTokenizer
+    raise ValueError(f"unknown image tokenizer kind {kind!r} in {CONFIG_FILE}")
+
+
+def _without_image_tokenizer(model: UnifiedModel) -> UnifiedModel:
+    """A shallow view of `model` without its image tokenizer, which is saved on its own.
+
+    `safetensors.torch.save_model` / `load_model` are used (not save_file) because they
+    handle tied weights (e.g. lm_head tied to the embedding table)."""
+    view = copy.copy(model)
+    view._modules = {k: v for k, v in model._modules.items() if k != "image_tokenizer"}
+    return view
+
+
+def _frozen_parts(model: UnifiedModel) -> UnifiedConfig:
+    """The config with each HF part inlined as its current config (no paths)."""
+    cfg = copy.deepcopy(model.config)
+    tied = model.lm_head.weight is model.lm.get_input_embeddings().weight
+    cfg.backbone = HFPart(config={**model.lm.config.to_dict(), "tie_word_embeddings": tied})
+    cfg.vision = HFPart(config=model.und_encoder.config.to_dict())
+    return cfg
+
+
+def save_model_dir(model: UnifiedModel, out_dir: str | Path, text_tokenizer=None) -> Path:
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        cfg = _frozen_parts(model)
+        tok = model.image_tokenizer
+        meta = {"format": FORMAT, "version": VERSION, "config": to_dict(cfg),
+                "image_tokenizer": type(tok).__name__ if tok is not None else None}
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        save_model(_without_image_tokenizer(model), str(tmp / WEIGHTS_FILE))
+        if tok is not None:
+            tok.save_pretrained(tmp / "image_tokenizer")
+        if text_tokenizer is not None:
+            text_tokenizer.save_pretrained(str(tmp / "text_tokenizer"))
+        backup = out.with_name(f".{out.name}.old")
+        if out.exists():
+            shutil.rmtree(backup, ignore_errors=True)
+            out.rename(backup)
+        tmp.rename(out)
+        shutil.rmtree(backup, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_config(model_dir: str | Path) -> tuple[UnifiedConfig, dict]:
+    path = Path(model_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{model_dir} is not a utamoe model directory (no {CONFIG_FILE}); "
+            f"give the directory that `utamoe train` or `utamoe demo` wrote (e.g. RUN/model)"
+        )
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); the model directory is damaged") from err
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}")
+    return from_dict(UnifiedConfig, meta["config"], str(path)), meta
+
+
+def load_model_dir(model_dir: str | Path, device: str = "cpu"):
+    """(UnifiedModel, text tokenizer or None) from a directory written by `save_model_dir`."""
+    model_dir = Path(model_dir)
+    cfg, meta = read_config(model_dir)
+    image_tok = None
+    if meta.get("image_tokenizer"):
+        image_tok = _image_tokenizer_class(meta["image_tokenizer"]).from_pretrained(
+            model_dir / "image_tokenizer")
+    model = UnifiedModel.build(cfg, image_tok)
+    weights = model_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} is missing; the model directory is incomplete")
+    load_model(_without_image_tokenizer(model), str(weights), strict=True, device=device)
+    text_dir = model_dir / "text_tokenizer"
+    text_tok = load_text_tokenizer(text_dir) if text_dir.is_dir() else None
+    return model.to(device).eval(), text_tok

@@ -1,0 +1,97 @@
+"""The parts of a unified model, built from `HFPart`s or created here when they are small.
+
+Backbone and understanding encoder come from Hugging Face (any causal decoder;
+any SigLIP/CLIP-style vision tower). The aligners and the image-code head are
+small MLPs with the same structure as Janus's (`fc1`, `hidden_layers`, GELU;
+`proj_out`, `vision_head`), so Janus checkpoints map onto them one to one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from utamoe.model.config import HFPart
+
+
+class MLPAligner(nn.Module):
+    """Linear -> (GELU -> Linear) x (depth - 1): features from one space into another."""
+
+    def __init__(self, in_dim: int, out_dim: int, depth: int = 2):
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, out_dim)
+        self.hidden_layers = nn.ModuleList(nn.Linear(out_dim, out_dim) for _ in range(depth - 1))
+        self.activation_fn = nn.GELU()
+
+    def forward(self, x):
+        x = self.fc1(x)
+        for layer in self.hidden_layers:
+            x = layer(self.activation_fn(x))
+        return x
+
+
+class GenHead(nn.Module):
+    """Backbone hidden state -> logits over image codes (Janus's generation head)."""
+
+    def __init__(self, hidden: int, num_codes: int, proj_dim: int | None = None):
+        super().__init__()
+        proj_dim = proj_dim or hidden
+        self.proj_out = nn.Linear(hidden, proj_dim)
+        self.activation_fn = nn.GELU()
+        self.vision_head = nn.Linear(proj_dim, num_codes)
+
+    def forward(self, h):
+        return self.vision_head(self.activation_fn(self.proj_out(h)))
+
+
+def _require_dir(path: str, what: str) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(
+            f"{what}: directory {p} does not exist (utamoe loads weights from local directories only; "
+            f"download the checkpoint first, or give a `config` to build a fresh model)"
+        )
+    return p
+
+
+def build_backbone(part: HFPart, vocab_size: int) -> tuple[nn.Module, nn.Module]:
+    """(decoder base model, lm_head) from a local ...ForCausalLM directory or a config dict.
+
+    The embedding table grows to `vocab_size` when the text tokenizer added tokens.
+    """
+    if part.path is not None:
+        causal = AutoModelForCausalLM.from_pretrained(str(_require_dir(part.path, "model.backbone")))
+    else:
+        cfg = AutoConfig.for_model(**{**part.config, "vocab_size": vocab_size})
+        causal = AutoModelForCausalLM.from_config(cfg)
+    if causal.get_input_embeddings().num_embeddings < vocab_size:
+        causal.resize_token_embeddings(vocab_size)
+    return causal.get_decoder(), causal.get_output_embeddings()
+
+
+def _janus_vision(config: dict) -> nn.Module:
+    # Janus's SigLIP tower is not registered with AutoModel.
+    from transformers.models.janus.configuration_janus import JanusVisionConfig
+    from transformers.models.janus.modeling_janus import JanusVisionModel
+
+    cfg = {k: v for k, v in config.items() if k != "model_type"}
+    return JanusVisionModel(JanusVisionConfig(**cfg))
+
+
+def build_vision(part: HFPart) -> nn.Module:
+    """A vision tower whose forward(pixel_values=...) gives `last_hidden_state` (B, P, Dv)."""
+    if part.path is not None:
+        model = AutoModel.from_pretrained(str(_require_dir(part.path, "model.vision")))
+    elif part.config.get("model_type") == "janus_vision_model":
+        model = _janus_vision(part.config)
+    else:
+        model = AutoModel.from_config(AutoConfig.for_model(**part.config))
+    # A full CLIP/SigLIP (text + vision) directory: keep the vision tower only.
+    return getattr(model, "vision_model", model) if hasattr(model, "text_model") else model
+
+
+def hidden_size_of(module: nn.Module) -> int:
+    cfg = module.config
+    return getattr(cfg, "hidden_size", None) or cfg.get_text_config().hidden_size

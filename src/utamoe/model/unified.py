@@ -1,0 +1,169 @@
+"""UnifiedModel: one autoregressive backbone that reads and writes images (Janus layout + TA-MoE).
+
+    understanding: image -> und_encoder -> und_aligner --+
+    text tokens -> backbone's embedding table -----------+--> backbone (MLPs = TA-MoE) --> lm_head -> text
+    image codes -> gen_embed -> gen_aligner -------------+                            --> gen_head -> codes
+
+`embed` places each kind of input at its positions (see utamoe.data.sequences for
+the layouts), `hidden` runs the backbone (with a KV cache when asked), `forward`
+computes a mixed-task batch's losses. Task labels for the TA-MoE layers are the
+sample's task group, broadcast over its tokens (padding gets -1), so the group
+router is supervised by what each sequence is, never guessed from token ids.
+Model code is single-device PyTorch; distribution lives in utamoe.train.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utamoe.data.formats import TASKS
+from utamoe.data.sequences import IGNORE, Batch
+from utamoe.model.config import UnifiedConfig
+from utamoe.model.parts import (
+    GenHead,
+    MLPAligner,
+    build_backbone,
+    build_vision,
+    hidden_size_of,
+)
+from utamoe.moe import MoEConfig, moe_layers, route, upcycle
+
+
+@dataclass
+class UnifiedOutput:
+    loss: torch.Tensor  # und loss + gen loss + router aux loss (what to backpropagate)
+    group_losses: dict[str, torch.Tensor] = field(default_factory=dict)  # token-mean CE per group
+    task_losses: dict[str, float] = field(default_factory=dict)  # detached, for logs
+    moe_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    moe_stats: dict = field(default_factory=dict)
+
+
+class UnifiedModel(nn.Module):
+    def __init__(self, config: UnifiedConfig, lm: nn.Module, lm_head: nn.Module,
+                 und_encoder: nn.Module, und_aligner: nn.Module, gen_embed: nn.Embedding,
+                 gen_aligner: nn.Module, gen_head: nn.Module, image_tokenizer: nn.Module | None = None):
+        super().__init__()
+        self.config = config
+        self.lm, self.lm_head = lm, lm_head
+        self.und_encoder, self.und_aligner = und_encoder, und_aligner
+        self.gen_embed, self.gen_aligner, self.gen_head = gen_embed, gen_aligner, gen_head
+        self.image_tokenizer = image_tokenizer
+        if image_tokenizer is not None:
+            image_tokenizer.requires_grad_(False).eval()  # a frozen codec, as in Janus
+
+    @classmethod
+    def build(cls, config: UnifiedConfig, image_tokenizer: nn.Module | None = None) -> UnifiedModel:
+        """Fresh model from configs (`vocab_size`, `num_codes`, `code_grid`, `und_slot_id` set)."""
+        for key in ("vocab_size", "num_codes", "code_grid"):
+            if getattr(config, key) <= 0:
+                raise ValueError(f"UnifiedConfig.{key} must be set (from the tokenizers) before build")
+        lm, lm_head = build_backbone(config.backbone, config.vocab_size)
+        vision = build_vision(config.vision)
+        d = hidden_size_of(lm)
+        model = cls(
+            config, lm, lm_head, vision,
+            MLPAligner(hidden_size_of(vision), d, config.aligner_depth),
+            nn.Embedding(config.num_codes, config.code_embed_dim),
+            MLPAligner(config.code_embed_dim, d, config.aligner_depth),
+            GenHead(d, config.num_codes, config.gen_head_dim or None),
+            image_tokenizer,
+        )
+        if config.moe is not None:
+            upcycle(model.lm, config.moe)
+        return model
+
+    # ------------------------------------------------------------------ parts of the forward
+
+    @property
+    def und_tokens(self) -> int:
+        """Feature vectors the understanding encoder gives per image (slots in a sequence)."""
+        size = self.config.image_size
+        with torch.no_grad():
+            dummy = torch.zeros(1, 3, size, size, device=self.gen_embed.weight.device)
+            return self.und_features(dummy).shape[1]
+
+    def und_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.und_encoder.parameters()).dtype
+        hidden = self.und_encoder(pixel_values=pixel_values.to(dtype)).last_hidden_state
+        return self.und_aligner(hidden)
+
+    def code_embeddings(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.gen_aligner(self.gen_embed(codes))
+
+    def embed(self, input_ids: torch.Tensor, code_ids: torch.Tensor | None = None,
+              pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, S, D) input embeddings: text table, understanding features, code embeddings."""
+        emb = self.lm.get_input_embeddings()(input_ids)
+        if pixel_values is not None:
+            slots = input_ids == self.config.und_slot_id
+            feats = self.und_features(pixel_values).to(emb.dtype)
+            if int(slots.sum()) != feats.shape[0] * feats.shape[1]:
+                raise ValueError(
+                    f"{int(slots.sum())} understanding slots in the batch but {feats.shape[0]} images "
+                    f"x {feats.shape[1]} features; build sequences with the model's und_tokens"
+                )
+            emb = emb.masked_scatter(slots[..., None], feats.reshape(-1, emb.shape[-1]))
+        if code_ids is not None:
+            is_code = code_ids >= 0
+            if bool(is_code.any()):
+                codes = self.code_embeddings(code_ids[is_code]).to(emb.dtype)
+                emb = emb.masked_scatter(is_code[..., None], codes)
+        return emb
+
+    def hidden(self, embeds, attention_mask=None, position_ids=None, past_key_values=None,
+               use_cache: bool = False):
+        out = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                      past_key_values=past_key_values, use_cache=use_cache)
+        return out.last_hidden_state, out.past_key_values
+
+    # ------------------------------------------------------------------ training forward
+
+    def forward(self, batch: Batch) -> UnifiedOutput:
+        labels = batch.group_ids[:, None].expand_as(batch.input_ids).masked_fill(
+            batch.attention_mask == 0, -1)
+        with route(self.lm, task_labels=labels, attention_mask=batch.attention_mask) as session:
+            emb = self.embed(batch.input_ids, batch.code_ids, batch.pixel_values)
+            h, _ = self.hidden(emb, attention_mask=batch.attention_mask)
+        group_losses, per_token = {}, {}
+        text_pos = batch.text_labels != IGNORE
+        if bool(text_pos.any()):
+            ce = F.cross_entropy(self.lm_head(h[text_pos]).float(), batch.text_labels[text_pos],
+                                 reduction="none")
+            group_losses["und"] = ce.mean()
+            per_token["und"] = (ce.detach(), text_pos)
+        code_pos = batch.code_labels != IGNORE
+        if bool(code_pos.any()):
+            ce = F.cross_entropy(self.gen_head(h[code_pos]).float(), batch.code_labels[code_pos],
+                                 reduction="none")
+            group_losses["gen"] = ce.mean()
+            per_token["gen"] = (ce.detach(), code_pos)
+        loss = sum(group_losses.values())
+        if moe_layers(self.lm):
+            loss = loss + session.aux_loss().to(loss.device)
+        return UnifiedOutput(loss, group_losses, _task_losses(batch, per_token),
+                             session.losses(), session.stats())
+
+    # ------------------------------------------------------------------ surgery
+
+    def upcycle(self, moe: MoEConfig, group_mlps: dict | None = None) -> None:
+        """Turn the backbone's dense MLPs into TA-MoE layers (recorded in the config)."""
+        upcycle(self.lm, moe, group_mlps=group_mlps)
+        self.config.moe = moe
+
+
+def _task_losses(batch: Batch, per_token: dict) -> dict[str, float]:
+    """Mean CE per task (detached): the row of each loss token tells its task."""
+    out: dict[str, float] = {}
+    names = list(TASKS)
+    for ce, pos in per_token.values():
+        rows = pos.nonzero()[:, 0]
+        tasks = batch.task_ids[rows]
+        for t in tasks.unique().tolist():
+            out[names[t]] = float(ce[tasks == t].mean())
+    return out
+
+

@@ -1,0 +1,90 @@
+"""The text tokenizer: trained on a dataset's own text, or loaded from a local directory.
+
+Unified sequences need a few special tokens beside ordinary text: sequence
+boundaries, image boundaries, a prompt/answer separator, a slot token for each understanding feature and
+each image code (their embeddings come from the vision side, not the text
+table), a null prompt for classifier-free guidance, and one marker per task.
+`train_text_tokenizer` trains a byte-level BPE with the `tokenizers` library
+(lossless decode, no unknown words for users' own data); `load_text_tokenizer`
+takes any Hugging Face tokenizer directory and adds the special tokens it lacks.
+Either way the result is a `PreTrainedTokenizerFast` that saves with
+`save_pretrained(dir)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from utamoe.data.formats import TASKS
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+IMAGE_START, IMAGE_END = "<img>", "</img>"
+UND_SLOT, CODE_SLOT, NULL, SEP = "<und_slot>", "<code_slot>", "<null>", "<sep>"
+TASK_TOKENS = {task: f"<{task}>" for task in TASKS}
+SPECIAL_TOKENS = [PAD, BOS, EOS, UNK, IMAGE_START, IMAGE_END, UND_SLOT, CODE_SLOT, NULL, SEP,
+                  *TASK_TOKENS.values()]
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """Ids of the special tokens in one tokenizer (looked up once, used by collate and generation)."""
+
+    pad: int
+    bos: int
+    eos: int
+    image_start: int
+    image_end: int
+    und_slot: int
+    code_slot: int
+    null: int
+    sep: int
+    tasks: dict[str, int]
+
+    @classmethod
+    def of(cls, tok: PreTrainedTokenizerFast) -> SpecialIds:
+        ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+        missing = [t for t, i in ids.items() if i is None or i == tok.unk_token_id and t != UNK]
+        if missing:
+            raise ValueError(f"tokenizer lacks special tokens {missing}; load it with load_text_tokenizer")
+        return cls(ids[PAD], ids[BOS], ids[EOS], ids[IMAGE_START], ids[IMAGE_END], ids[UND_SLOT],
+                   ids[CODE_SLOT], ids[NULL], ids[SEP], {task: ids[t] for task, t in TASK_TOKENS.items()})
+
+
+def _wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK,
+        additional_special_tokens=SPECIAL_TOKENS[4:],
+    )
+
+
+def train_text_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on `texts` (prompts and answers), with utamoe's special tokens."""
+    tok = Tokenizer(models.BPE(unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return _wrap(tok)
+
+
+def load_text_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    """A tokenizer from a local directory (ours or any HF one), with utamoe's special tokens added."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"text tokenizer directory {path} does not exist")
+    tok = AutoTokenizer.from_pretrained(str(path))
+    missing = [t for t in SPECIAL_TOKENS if t not in tok.get_vocab()]
+    if missing:
+        tok.add_special_tokens({"additional_special_tokens": missing})
+    for attr, value in (("pad_token", PAD), ("bos_token", BOS), ("eos_token", EOS)):
+        if getattr(tok, attr) is None:
+            tok.add_special_tokens({attr: value})
+    return tok
