@@ -107,7 +107,7 @@ def print_check(result: CheckResult, console=None) -> None:
             console.print(f"[red]{split}: {report.skipped} broken record(s) skipped; first "
                           f"{len(report.errors)}:[/red]")
             for err in report.errors:
-                console.print(f"  {err}", markup=False, highlight=False)
+                console.print(f"  {err}", markup=False, highlight=False, soft_wrap=True)
     status = "[green]OK[/green]" if result.n_errors == 0 else f"[red]{result.n_errors} errors[/red]"
     total = sum(t.count for tasks in result.splits.values() for t in tasks.values())
     console.print(f"{total} valid samples in {len(result.splits)} split(s); {status}")

@@ -1,0 +1,153 @@
+"""`evaluate_model`, the eval writers and `utamoe eval` end to end (tiny model, tiny data)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.model.helpers import tiny_model
+from utamoe.cli import main
+from utamoe.data.formats import load_split
+from utamoe.data.shapes import ShapesWorldConfig, generate_dataset, write_dataset
+from utamoe.eval.benchmark import evaluate
+from utamoe.eval.geneval import FACETS, PSNR_CAP
+from utamoe.eval.report import write_eval_outputs
+from utamoe.eval.run import EvalSampling, evaluate_model, world_config_of
+from utamoe.infer import load_for_inference
+from utamoe.model.io import save_model_dir
+
+WORLD = ShapesWorldConfig(sizes={"test": 3})
+HEADLINE = ["vqa_accuracy", "pope_accuracy", "pope_f1", "caption_f1", "grounding_acc50",
+            "t2i_correct_all", *(f"t2i_{f}" for f in FACETS), "edit_correct_all", "edit_psnr",
+            "edit_ssim"]
+RATES = [k for k in HEADLINE if k != "edit_psnr"]
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return generate_dataset(WORLD)["test"]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A tiny random model and a ShapesWorld dataset (2 samples per task) on disk."""
+    root = tmp_path_factory.mktemp("eval")
+    model, tok, _ = tiny_model()
+    save_model_dir(model, root / "run" / "model", tok)
+    write_dataset(root / "data", ShapesWorldConfig(sizes={"test": 2, "val": 1}))
+    return root
+
+
+def oracle(task, batch, start):
+    return [s.target if s.group == "und" else s.target_image for s in batch]
+
+
+def wrong(task, batch, start):
+    flip = {"yes": "no", "no": "yes"}
+    blank = np.full((48, 48, 3), 20, np.uint8)  # the background: no object at all
+    return [flip.get(s.target, "purple elephant [0.90,0.90,0.95,0.95]") if s.group == "und"
+            else blank for s in batch]
+
+
+def test_ground_truth_scores_one(samples):
+    result = evaluate_model(None, None, samples, predict_fn=oracle, world_config=WORLD,
+                            progress=False)
+    assert set(result.headline) == set(HEADLINE)
+    assert all(result.headline[k] == 1.0 for k in RATES), result.headline
+    assert result.headline["edit_psnr"] == PSNR_CAP
+    assert result.counts == {t: 3 for t in WORLD.tasks}
+    # The same numbers as the shared scorer gives for the same predictions.
+    assert result.per_task == evaluate(result.samples, result.predictions, WORLD)
+    assert all(v.correct_all for v in result.verdicts.values()) and len(result.verdicts) == 6
+
+
+def test_wrong_answers_score_zero(samples, tmp_path):
+    result = evaluate_model(None, None, samples, predict_fn=wrong, world_config=WORLD,
+                            progress=False)
+    assert all(result.headline[k] == 0.0 for k in RATES if k != "edit_ssim"), result.headline
+    assert result.headline["edit_psnr"] < 40 and result.headline["edit_ssim"] < 0.95
+    assert result.per_task == evaluate(result.samples, result.predictions, WORLD)
+    paths = write_eval_outputs(result, tmp_path)
+    assert set(paths) == {"metrics", "report", "predictions", "samples"}
+    lines = [json.loads(x) for x in paths["predictions"].read_text().splitlines()]
+    assert len(lines) == 18 and lines[0]["prediction"] == "purple elephant [0.90,0.90,0.95,0.95]"
+    assert [x["correct_all"] for x in lines if x["task"] == "t2i"] == [False] * 3
+
+
+def test_batches_offsets_and_max_per_task(samples):
+    calls = []
+
+    def spy(task, batch, start):
+        calls.append((task, len(batch), start))
+        return oracle(task, batch, start)
+
+    result = evaluate_model(None, None, samples, EvalSampling(seed=5), batch_size=2,
+                            max_per_task=3, predict_fn=spy, world_config=WORLD, progress=False)
+    assert calls[:2] == [("caption", 2, 0), ("caption", 1, 2)] and len(calls) == 12
+    assert result.sampling.batch_size == 2 and result.sampling.seed == 5
+    one = evaluate_model(None, None, samples, max_per_task=1, predict_fn=oracle,
+                         world_config=WORLD, progress=False)
+    assert sum(one.counts.values()) == 6
+    with pytest.raises(ValueError, match="predictions for"):
+        evaluate_model(None, None, samples, predict_fn=lambda t, b, s: [], progress=False)
+
+
+def test_without_world_config_image_tasks_get_similarity_only(samples, tmp_path):
+    result = evaluate_model(None, None, samples, predict_fn=oracle, progress=False)
+    assert result.headline["vqa_accuracy"] == 1.0 and result.headline["edit_ssim"] == 1.0
+    assert "t2i_correct_all" not in result.headline and "edit_correct_all" not in result.headline
+    assert any("t2i" in n and "skipped" in n for n in result.notes)
+    paths = write_eval_outputs(result, tmp_path)
+    assert "scene-parser scores" in paths["report"].read_text()
+    assert "not scored" not in paths["predictions"].read_text()  # no verdicts invented
+
+
+def test_real_model_is_reproducible(samples, saved):
+    model, encoder = load_for_inference(saved / "run" / "model")
+    model.train()
+    t2i = [s for s in samples if s.task == "t2i"][:2]
+    runs = [evaluate_model(model, encoder, t2i, EvalSampling(seed=3), world_config=WORLD,
+                           progress=False) for _ in range(2)]
+    assert all(np.array_equal(a, b) for a, b in zip(runs[0].predictions, runs[1].predictions))
+    assert runs[0].predictions[0].shape == (48, 48, 3)
+    assert model.training  # evaluation switched to eval mode and back
+
+
+def test_cli_eval_writes_all_outputs(saved, capsys):
+    argv = ["eval", "--model", str(saved / "run" / "model"), "--data", str(saved / "data"),
+            "--batch-size", "4", "--seed", "7", "--cfg-scale", "2.0", "--top-k", "8",
+            "--max-new-tokens", "8"]
+    assert main(argv) == 0
+    out_dir = saved / "run" / "eval-test"  # the default: beside the model directory
+    printed = capsys.readouterr().out
+    assert "vqa_accuracy" in printed and str(out_dir / "metrics.json") in printed
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert set(HEADLINE) <= set(metrics)
+    assert all(0.0 <= metrics[k] <= 1.0 for k in RATES) and metrics["edit_psnr"] >= 0
+    assert set(metrics["per_task"]) == set(WORLD.tasks) and metrics["split"] == "test"
+    assert metrics["sampling"] | {"seed": 7, "cfg_scale": 2.0, "top_k": 8,
+                                  "batch_size": 4} == metrics["sampling"]
+    assert metrics["counts"] == {t: 2 for t in WORLD.tasks} and metrics["seconds"] > 0
+    report = (out_dir / "report.md").read_text()
+    assert "## Sampling settings" in report and "--seed 7" in report and "cfg_scale | 2.0" in report
+    from PIL import Image
+
+    with Image.open(out_dir / "samples.png") as im:
+        assert im.size[0] > 600 and im.size[1] > 300
+
+
+def test_cli_eval_errors_are_clear(saved, tmp_path, capsys):
+    model, data = str(saved / "run" / "model"), str(saved / "data")
+    assert main(["eval", "--model", str(tmp_path / "nope"), "--data", data]) == 2
+    assert "model directory" in capsys.readouterr().err
+    assert main(["eval", "--model", model, "--data", str(tmp_path / "nope")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    assert main(["eval", "--model", model, "--data", data, "--split", "train"]) == 2
+    err = capsys.readouterr().err
+    assert "no split 'train'" in err and "test, val" in err
+
+
+def test_world_config_of(saved, tmp_path):
+    assert world_config_of(saved / "data").sizes == {"test": 2, "val": 1}
+    assert world_config_of(tmp_path) is None
+    assert len(load_split(saved / "data" / "test.jsonl")[0]) == 12
