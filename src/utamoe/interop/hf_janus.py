@@ -2,7 +2,8 @@
 
 Janus already has the layout utamoe uses: a SigLIP tower + MLP aligner for
 understanding, a VQ tokenizer + code embedding + aligner + head for generation,
-and a Llama backbone. `from_hf_janus` reuses those modules as they are (no copy),
+and a Llama backbone. `from_hf_janus` reuses those modules as they are (no copy;
+the VQ model becomes a `VQTokenizer` with Janus's blocks and weights),
 so before upcycling our understanding and generation logits equal Janus's; then
 `model.upcycle(MoEConfig())` turns its Llama MLPs into TA-MoE layers. Weights are
 read from a local directory only (`load_janus(path)`), as a user with Janus-Pro-1B
@@ -14,47 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from utamoe.model.config import HFPart, UnifiedConfig
 from utamoe.model.unified import UnifiedModel
-
-
-class JanusVQTokenizer(nn.Module):
-    """Janus's VQ model behind utamoe's image tokenizer interface (encode/decode/save/load)."""
-
-    def __init__(self, vq: nn.Module):
-        super().__init__()
-        self.vq = vq
-
-    @property
-    def num_codes(self) -> int:
-        return self.vq.config.num_embeddings
-
-    @property
-    def grid_size(self) -> int:
-        return self.vq.quantize.quant_state_dims[0]
-
-    @torch.no_grad()
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> codes (B, h, w)."""
-        out = self.vq.encode(pixels.to(self.vq.dtype), return_dict=True)
-        g = self.grid_size
-        return out.image_tokens.view(pixels.shape[0], g, g)
-
-    @torch.no_grad()
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes (B, h, w) or (B, h*w) -> (B, 3, H, W) in about [-1, 1]."""
-        return self.vq.decode(codes.reshape(codes.shape[0], -1))
-
-    def save_pretrained(self, path) -> None:
-        self.vq.save_pretrained(str(path))
-
-    @classmethod
-    def from_pretrained(cls, path) -> JanusVQTokenizer:
-        from transformers.models.janus.modeling_janus import JanusVQVAE
-
-        return cls(JanusVQVAE.from_pretrained(str(path)))
+from utamoe.vision.tokenizer import VQTokenizer
 
 
 def janus_config(janus) -> UnifiedConfig:
@@ -83,7 +47,7 @@ def from_hf_janus(janus) -> UnifiedModel:
     return UnifiedModel(
         janus_config(janus), inner.language_model, janus.lm_head, inner.vision_model, inner.aligner,
         inner.generation_embeddings, inner.generation_aligner, inner.generation_head,
-        JanusVQTokenizer(inner.vqmodel),
+        VQTokenizer.from_janus(inner.vqmodel, image_size=janus.config.vision_config.image_size),
     )
 
 

@@ -36,10 +36,6 @@ def _image_tokenizer_class(kind: str):
         from utamoe.vision.tokenizer import VQTokenizer
 
         return VQTokenizer
-    if kind == "JanusVQTokenizer":
-        from utamoe.interop.hf_janus import JanusVQTokenizer
-
-        return JanusVQTokenizer
     raise ValueError(f"unknown image tokenizer kind {kind!r} in {CONFIG_FILE}")
 
 

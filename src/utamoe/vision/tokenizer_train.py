@@ -1,0 +1,298 @@
+"""Training and evaluation of the VQ image tokenizer (`utamoe tokenizer train`).
+
+`train_tokenizer` fits a `VQTokenizer` on a dataset directory in the utamoe format
+(every input and target image of the train split, deduplicated) or on a list of
+uint8 images, then evaluates it on held-out images: reconstruction PSNR and SSIM
+(scikit-image), the ShapesWorld parse-agreement rate (does the decoded image parse
+back to the same scene?) and codebook usage (codes used, perplexity, dead codes).
+
+Loss = L1 + L2 reconstruction + the quantizer's codebook and commitment terms. No
+perceptual or GAN loss: ShapesWorld images are flat colours on a flat background,
+with no texture for an adversary or a VGG feature to sharpen, and what matters
+downstream (colour, shape, size, cell) is exactly what a pixel loss measures; both
+would also cost more CPU time than the whole budget. Dead codes (a known VQ failure)
+are revived every `restart_every` steps from random encoder outputs of the batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from utamoe.vision.tokenizer import TokenizerConfig, VQTokenizer
+
+REPORT_FILE = "train_report.json"
+
+
+# ---------------------------------------------------------------- data
+
+
+def dedupe(images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Images with byte-identical duplicates removed, first occurrence kept (the same
+    scene is rendered by several tasks; duplicates would only weight it more)."""
+    seen, out = set(), []
+    for img in images:
+        arr = np.ascontiguousarray(img, dtype=np.uint8)
+        key = hashlib.blake2b(arr.tobytes() + str(arr.shape).encode(), digest_size=16).digest()
+        if key not in seen:
+            seen.add(key)
+            out.append(arr)
+    return out
+
+
+def split_images(data_dir: str | os.PathLike, split: str) -> list[np.ndarray]:
+    """Every input and target image of one split of a dataset directory, deduplicated."""
+    from utamoe.data.formats import load_split
+
+    samples, _ = load_split(Path(data_dir) / f"{split}.jsonl")
+    images = [img for s in samples for img in (s.image, s.target_image) if img is not None]
+    return dedupe(images)
+
+
+def shapes_config_of(data_dir: str | os.PathLike):
+    """The ShapesWorldConfig a dataset was generated with (from its manifest), else None."""
+    from utamoe.data.formats import read_manifest
+    from utamoe.data.shapes import ShapesWorldConfig
+
+    manifest = read_manifest(data_dir)
+    if str(manifest.get("generator", "")).startswith("utamoe.data.shapes") and "config" in manifest:
+        return ShapesWorldConfig.from_dict(manifest["config"])
+    return None
+
+
+def shapes_images(n: int, shapes=None, seed: int = 0, all_combos: bool = True) -> list[np.ndarray]:
+    """`n` random ShapesWorld renders. With `all_combos` the held-out colour-shape pairs
+    are drawn too: the tokenizer is a codec, and a codec that never saw a red triangle
+    cannot write one, which would cap compositional generation before the model is tried."""
+    from utamoe.data.shapes import ShapesWorldConfig, render, sample_scene
+
+    shapes = shapes or ShapesWorldConfig()
+    combos = shapes.all_combos() if all_combos else shapes.allowed_combos()
+    rng = np.random.default_rng(seed)
+    return [render(sample_scene(rng, shapes, combos), shapes) for _ in range(n)]
+
+
+def _resolve_data(data, eval_images, shapes, eval_max: int, seed: int):
+    """(train uint8 (N, H, W, 3), eval uint8 (M, H, W, 3), shapes config or None)."""
+    if isinstance(data, (str, os.PathLike)):
+        root = Path(data)
+        train = split_images(root, "train")
+        if eval_images is None:
+            eval_split = "test" if (root / "test.jsonl").is_file() else "val"
+            eval_images = split_images(root, eval_split)
+        shapes = shapes if shapes is not None else shapes_config_of(root)
+    else:
+        train = dedupe(list(data))
+        if eval_images is None:  # hold out 10% (at least one image) for evaluation
+            n_eval = max(1, len(train) // 10)
+            if len(train) < 2:
+                raise ValueError("train_tokenizer needs >= 2 images (or pass eval_images)")
+            train, eval_images = train[:-n_eval], train[-n_eval:]
+    if not train:
+        raise ValueError(f"no training images found in {data!r}")
+    rng = np.random.default_rng(seed)
+    eval_list = list(eval_images)
+    if len(eval_list) > eval_max:
+        eval_list = [eval_list[i] for i in sorted(rng.choice(len(eval_list), eval_max, replace=False))]
+    return np.stack(train), np.stack(eval_list), shapes
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate_tokenizer(model: VQTokenizer, images, shapes=None, batch_size: int = 64) -> dict:
+    """Reconstruction PSNR/SSIM, parse agreement (when `shapes`, a ShapesWorldConfig, is
+    given) and codebook usage of `model` on uint8 images (N, H, W, 3)."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    model.eval()
+    images = np.asarray(images, dtype=np.uint8)
+    codes, recon = [], []
+    for i in range(0, len(images), batch_size):
+        c = model.encode(images[i:i + batch_size])
+        codes.append(c)
+        recon.append(model.to_uint8(model.decode(c)))
+    codes_all, rec = torch.cat(codes), np.concatenate(recon)
+    psnr = [peak_signal_noise_ratio(a, b, data_range=255) for a, b in zip(images, rec)]
+    ssim = [structural_similarity(a, b, channel_axis=-1, data_range=255) for a, b in zip(images, rec)]
+    out = {"n_images": len(images), "psnr": float(np.mean(np.minimum(psnr, 100.0))),
+           "ssim": float(np.mean(ssim)), **codebook_usage(codes_all, model.num_codes)}
+    if shapes is not None:
+        from utamoe.data.shapes import parse_image
+
+        agree = [parse_image(b, shapes) == parse_image(a, shapes) for a, b in zip(images, rec)]
+        out["parse_agreement"] = float(np.mean(agree))
+    return out
+
+
+def codebook_usage(codes: torch.Tensor, num_codes: int) -> dict:
+    """Codes used / codebook size, perplexity (exp of the code entropy) and dead codes."""
+    counts = torch.bincount(codes.flatten().cpu(), minlength=num_codes).double()
+    p = counts / counts.sum().clamp(min=1)
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    used = int((counts > 0).sum())
+    return {"codes_used": used, "codebook_size": num_codes, "usage": used / num_codes,
+            "perplexity": float(entropy.exp()), "dead_codes": num_codes - used}
+
+
+# ---------------------------------------------------------------- training
+
+
+def _lr_at(step: int, steps: int, lr: float) -> float:
+    """Linear warm-up over 5% of the steps, then cosine decay to 10% of `lr`."""
+    warm = max(1, steps // 20)
+    if step < warm:
+        return lr * (step + 1) / warm
+    t = (step - warm) / max(1, steps - warm)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _edge_weight(x: torch.Tensor, strength: float) -> torch.Tensor:
+    """1 + strength * local gradient magnitude (B, 1, H, W): the pixels that tell a small
+    circle from a small square are a few corner pixels, which a plain mean over a
+    mostly-flat image lets the quantizer merge into one code."""
+    if strength <= 0:
+        return torch.ones_like(x[:, :1])
+    gx = F.pad((x[..., :, 1:] - x[..., :, :-1]).abs(), (0, 1, 0, 0))
+    gy = F.pad((x[..., 1:, :] - x[..., :-1, :]).abs(), (0, 0, 0, 1))
+    g = (gx + gy).amax(dim=1, keepdim=True)
+    g = torch.maximum(g, F.max_pool2d(g, 3, 1, 1))  # both sides of an edge
+    return 1 + strength * g
+
+
+def _train_step(model, opt, batch: torch.Tensor, cfg: TokenizerConfig) -> dict:
+    recon, _, vq = model(batch)
+    err = (recon - batch).abs() + (recon - batch) ** 2
+    rec_loss = (err * _edge_weight(batch, cfg.edge_weight)).mean()
+    loss = rec_loss + cfg.codebook_weight * vq["codebook"] + cfg.commitment_weight * vq["commitment"]
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return {"loss": loss.item(), "recon": rec_loss.item()}
+
+
+def _progress(enabled: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]:.1f} it/s"), TimeElapsedColumn(), "<",
+                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not enabled)
+
+
+def fit(model: VQTokenizer, images: np.ndarray, steps: int, batch_size: int, lr: float,
+        seed: int = 0, progress: bool = True) -> dict:
+    """Train `model` in place on uint8 images (N, H, W, 3); returns the training log."""
+    cfg = model.config
+    # Flat backgrounds make GroupNorm outputs (hence activations and gradients) tiny;
+    # denormal floats then slow CPU steps down 10-30x. Flushing them to zero is
+    # harmless for training; it is a process-wide setting and stays on.
+    torch.set_flush_denormal(True)
+    gen = torch.Generator().manual_seed(seed)
+    data = model.to_pixels(images)  # all in memory: 48x48 images are ~27 KB each as float
+    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99))
+    last_restart = int(steps * cfg.restart_until)
+    log = {"loss": [], "recon": [], "restarts": [], "revived": 0}
+    model.train()
+    model.quantize.usage.zero_()
+    start = time.perf_counter()
+    with _progress(progress) as bar:
+        job = bar.add_task("tokenizer", total=steps, rate=0.0, info="")
+        for step in range(steps):
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, steps, lr)
+            batch = data[torch.randint(len(data), (batch_size,), generator=gen)]
+            out = _train_step(model, opt, batch, cfg)
+            log["loss"].append(out["loss"])
+            log["recon"].append(out["recon"])
+            if (step + 1) % cfg.restart_every == 0 and step < last_restart:
+                with torch.no_grad():
+                    z = F.normalize(model.latents(batch).permute(0, 2, 3, 1).flatten(0, 2), dim=-1)
+                n = model.quantize.restart_dead(z, gen)
+                log["restarts"].append((step + 1, n))
+                log["revived"] += n
+            rate = (step + 1) / max(time.perf_counter() - start, 1e-9)
+            bar.update(job, advance=1, rate=rate, info=f"loss {out['recon']:.4f}")
+    log["seconds"] = time.perf_counter() - start
+    model.eval()
+    return log
+
+
+def train_tokenizer(
+    data: str | os.PathLike | Sequence[np.ndarray],
+    config: TokenizerConfig | None = None,
+    out_dir: str | os.PathLike | None = None,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    *,
+    eval_images: Sequence[np.ndarray] | None = None,
+    shapes=None,
+    eval_max: int = 200,
+) -> tuple[VQTokenizer, dict[str, Any]]:
+    """Train a VQ tokenizer; returns (model, report) and saves both to `out_dir` if given.
+
+    `data`: a dataset directory (train split in, test split -- else val -- evaluated)
+    or uint8 images (N, H, W, 3) (10% held out unless `eval_images` is given).
+    `steps`/`batch_size`/`lr` default to the config's. `shapes` (a ShapesWorldConfig)
+    turns on parse agreement; it is read from a ShapesWorld dataset's manifest.
+    At most `eval_max` evaluation images are used (a seeded random subset).
+    """
+    config = config or TokenizerConfig()
+    steps = steps or config.steps
+    batch_size = batch_size or config.batch_size
+    lr = lr or config.lr
+    train, evals, shapes = _resolve_data(data, eval_images, shapes, eval_max, seed)
+    if train.shape[1:3] != (config.image_size, config.image_size):
+        raise ValueError(f"images are {train.shape[1]}x{train.shape[2]} but the tokenizer "
+                         f"config says image_size={config.image_size}; set it to match")
+    torch.manual_seed(seed)
+    model = VQTokenizer(config)
+    log = fit(model, train, steps, batch_size, lr, seed, progress)
+    metrics = evaluate_tokenizer(model, evals, shapes)
+    report = {
+        "config": config.to_dict(), "steps": steps, "batch_size": batch_size, "lr": lr,
+        "seed": seed, "train_images": len(train), "train_seconds": round(log["seconds"], 2),
+        "final_recon_loss": float(np.mean(log["recon"][-10:])),
+        "recon_loss_start": float(np.mean(log["recon"][:5])),
+        "codes_revived": log["revived"], "restarts": log["restarts"], "eval": metrics,
+    }
+    if out_dir is not None:
+        path = model.save_pretrained(out_dir)
+        tmp = path / f".{REPORT_FILE}.tmp"
+        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path / REPORT_FILE)
+    return model, report
+
+
+def format_report(report: dict) -> str:
+    """A few human-readable lines for the CLI."""
+    m = report["eval"]
+    lines = [f"trained {report['steps']} steps (batch {report['batch_size']}) on "
+             f"{report['train_images']} images in {report['train_seconds']:.1f} s; "
+             f"recon loss {report['recon_loss_start']:.4f} -> {report['final_recon_loss']:.4f}",
+             f"eval on {m['n_images']} images: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}"
+             + (f", parse agreement {m['parse_agreement']:.1%}" if "parse_agreement" in m else ""),
+             f"codebook: {m['codes_used']}/{m['codebook_size']} codes used, perplexity "
+             f"{m['perplexity']:.1f}, {m['dead_codes']} dead; {report['codes_revived']} codes "
+             "revived during training"]
+    return "\n".join(lines)
