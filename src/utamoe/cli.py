@@ -157,6 +157,142 @@ def _add_inference_verbs(verbs: argparse._SubParsersAction) -> None:
     a.set_defaults(func=cmd_answer)
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import shlex
+    from pathlib import Path
+
+    from utamoe.data.formats import DataFormatError, list_splits, load_split
+    from utamoe.eval.report import print_summary, write_eval_outputs
+    from utamoe.eval.run import EvalSampling, evaluate_model, world_config_of
+    from utamoe.infer import InputError, load_for_inference
+
+    for flag, value in (("--batch-size", args.batch_size), ("--max-per-task", args.max_per_task),
+                        ("--max-new-tokens", args.max_new_tokens)):
+        if value is not None and value < 1:
+            raise InputError(f"{flag} must be at least 1, got {value}")
+    data = Path(args.data)
+    splits = list_splits(data)
+    if args.split not in splits:
+        raise DataFormatError(data, None, f"no split '{args.split}' here (found: "
+                              f"{', '.join(splits) or 'none'}); pass --split with one of them")
+    model, encoder = load_for_inference(args.model, args.device)
+    samples, _ = load_split(data / f"{args.split}.jsonl")
+    out = Path(args.out) if args.out else Path(args.model).resolve().parent / f"eval-{args.split}"
+    sampling = EvalSampling(temperature=args.temperature, top_k=args.top_k,
+                            cfg_scale=args.cfg_scale, seed=args.seed,
+                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    result = evaluate_model(model, encoder, samples, sampling, max_per_task=args.max_per_task,
+                            world_config=world_config_of(data))
+    result.split, result.model, result.data = args.split, str(args.model), str(data)
+    command = ["utamoe", "eval", "--model", str(args.model), "--data", str(data), "--split",
+               args.split, "--out", str(out), "--batch-size", str(args.batch_size),
+               "--temperature", str(args.temperature), "--top-k", str(args.top_k),
+               "--cfg-scale", str(args.cfg_scale), "--seed", str(args.seed),
+               "--max-new-tokens", str(args.max_new_tokens), "--device", args.device]
+    if args.max_per_task:
+        command += ["--max-per-task", str(args.max_per_task)]
+    paths = write_eval_outputs(result, out, command=shlex.join(command))
+    print_summary(result, paths)
+    return 0
+
+
+def _add_eval_verb(verbs: argparse._SubParsersAction) -> None:
+    e = verbs.add_parser("eval", help="score a model on every task of a dataset split",
+                         description="Generate and score every task of a split: text answers "
+                                     "are greedy; --temperature/--top-k/--cfg-scale/--seed set "
+                                     "image sampling. Writes metrics.json, report.md, "
+                                     "samples.png and predictions.jsonl (docs/evaluation.md).")
+    e.add_argument("--model", required=True, help="model directory (e.g. RUN/model)")
+    e.add_argument("--data", required=True, help="dataset directory (one <split>.jsonl per split)")
+    e.add_argument("--split", default="test", help="split to evaluate (default test)")
+    e.add_argument("--out", help="output directory (default: <model dir>/../eval-<split>)")
+    e.add_argument("--max-per-task", type=int, help="evaluate the first N samples of each task")
+    e.add_argument("--batch-size", type=int, default=32, help="samples per generation batch "
+                   "(default 32; image seeds depend on it)")
+    e.add_argument("--max-new-tokens", type=int, default=48,
+                   help="longest text answer in tokens (default 48)")
+    _add_sampling_args(e, temperature=1.0, cfg_scale=3.0)
+    e.set_defaults(func=cmd_eval)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from utamoe.train.config import load_config
+    from utamoe.train.trainer import Trainer, TrainingStopped
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            print(f"error: {run_dir} is not a run directory (no config.yaml)", file=sys.stderr)
+            return 2
+        cfg = load_config(str(run_dir / "config.yaml"), args.set)
+    else:
+        if not args.config:
+            print("error: give --config FILE (or --resume RUN_DIR)", file=sys.stderr)
+            return 2
+        cfg = load_config(args.config, args.set)
+        run_dir = Path(args.out or cfg.run.out)
+        if (run_dir / "checkpoints").is_dir() and not args.force:
+            print(f"error: {run_dir} already holds a run; continue it with --resume {run_dir} "
+                  f"or pass --force to start over", file=sys.stderr)
+            return 2
+    try:
+        model_dir = Trainer(cfg, run_dir).run(resume=bool(args.resume))
+    except TrainingStopped as stop:
+        print(f"stopped: {stop}", file=sys.stderr)
+        return 3
+    print(f"model written to {model_dir}")
+    return 0
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from utamoe.vision.tokenizer import TokenizerConfig
+    from utamoe.vision.tokenizer_train import format_report, train_tokenizer
+
+    config = TokenizerConfig.quick() if args.quick else TokenizerConfig()
+    _, report = train_tokenizer(args.data, config, out_dir=args.out, steps=args.steps,
+                                batch_size=args.batch_size, seed=args.seed)
+    print(format_report(report))
+    print(f"tokenizer written to {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from utamoe.demo import run_demo
+
+    run_demo(args.out, quick=args.quick, seed=args.seed)
+    return 0
+
+
+def _add_training_verbs(verbs: argparse._SubParsersAction) -> None:
+    d = verbs.add_parser("demo", help="the whole path on ShapesWorld: data, tokenizers, UTAMoE "
+                                      "recipe, evaluation (about 10 minutes on 2 CPU cores)")
+    d.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    d.add_argument("--quick", action="store_true", help="same path, tiny sizes (~1 minute)")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_demo)
+    t = verbs.add_parser("train", help="train a model from a YAML recipe (or resume a run)")
+    t.add_argument("--config", help="YAML experiment config (see configs/)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value by dotted key, e.g. train.lr=3e-4 (repeatable)")
+    t.add_argument("--out", help="run directory (default: run.out from the config)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
+    t.add_argument("--force", action="store_true", help="start over in a directory that holds a run")
+    t.set_defaults(func=cmd_train)
+    tok = verbs.add_parser("tokenizer", help="image tokenizer tools")
+    sub = tok.add_subparsers(dest="tokenizer_verb", metavar="COMMAND")
+    sub.required = True
+    tr = sub.add_parser("train", help="train the VQ image tokenizer on a dataset directory")
+    tr.add_argument("--data", required=True, help="dataset directory (train split used)")
+    tr.add_argument("--out", required=True, help="output directory for the tokenizer")
+    tr.add_argument("--steps", type=int, help="training steps (default: the config's)")
+    tr.add_argument("--batch-size", type=int, help="batch size (default: the config's)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--quick", action="store_true", help="the ~10 s smoke-test setting")
+    tr.set_defaults(func=cmd_tokenizer_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="utamoe",
@@ -169,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_version)
     _add_data_verb(verbs)
     _add_inference_verbs(verbs)
+    _add_eval_verb(verbs)
+    _add_training_verbs(verbs)
     return parser
 
 

@@ -47,6 +47,21 @@ def _type_ok(value: Any, hint: Any) -> bool:
     return True
 
 
+def _coerce_float(value: Any, hint: Any) -> Any:
+    """YAML 1.1 reads `3e-4` (no dot) as a string; accept it where a float is expected."""
+    if not isinstance(value, str):
+        return value
+    floats = hint is float or (
+        get_origin(hint) in (typing.Union, types.UnionType) and float in get_args(hint)
+    )
+    if floats:
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _dataclass_in(hint: Any) -> type | None:
     """The dataclass a field holds (also inside `X | None`), or None."""
     if dataclasses.is_dataclass(hint):
@@ -80,6 +95,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     for name, value in data.items():
         hint = hints[name]
         nested = _dataclass_in(hint)
+        value = _coerce_float(value, hint)
         if nested is not None and isinstance(value, dict):
             value = from_dict(nested, value, prefix + name)
         elif not _type_ok(value, hint):

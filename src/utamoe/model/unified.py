@@ -30,7 +30,7 @@ from utamoe.model.parts import (
     build_vision,
     hidden_size_of,
 )
-from utamoe.moe import MoEConfig, moe_layers, route, upcycle
+from utamoe.moe import MoEConfig, RoutingSession, moe_layers, route, upcycle
 
 
 @dataclass
@@ -39,7 +39,12 @@ class UnifiedOutput:
     group_losses: dict[str, torch.Tensor] = field(default_factory=dict)  # token-mean CE per group
     task_losses: dict[str, float] = field(default_factory=dict)  # detached, for logs
     moe_losses: dict[str, torch.Tensor] = field(default_factory=dict)
-    moe_stats: dict = field(default_factory=dict)
+    session: RoutingSession | None = None
+
+    @property
+    def moe_stats(self) -> dict:
+        """Routing statistics summed over layers (computed on first read: logging only)."""
+        return self.session.stats() if self.session is not None else {}
 
 
 class UnifiedModel(nn.Module):
@@ -129,23 +134,18 @@ class UnifiedModel(nn.Module):
             emb = self.embed(batch.input_ids, batch.code_ids, batch.pixel_values)
             h, _ = self.hidden(emb, attention_mask=batch.attention_mask)
         group_losses, per_token = {}, {}
-        text_pos = batch.text_labels != IGNORE
-        if bool(text_pos.any()):
-            ce = F.cross_entropy(self.lm_head(h[text_pos]).float(), batch.text_labels[text_pos],
-                                 reduction="none")
-            group_losses["und"] = ce.mean()
-            per_token["und"] = (ce.detach(), text_pos)
-        code_pos = batch.code_labels != IGNORE
-        if bool(code_pos.any()):
-            ce = F.cross_entropy(self.gen_head(h[code_pos]).float(), batch.code_labels[code_pos],
-                                 reduction="none")
-            group_losses["gen"] = ce.mean()
-            per_token["gen"] = (ce.detach(), code_pos)
+        for group, head, labels in (("und", self.lm_head, batch.text_labels),
+                                    ("gen", self.gen_head, batch.code_labels)):
+            pos = labels != IGNORE
+            if bool(pos.any()):
+                ce = F.cross_entropy(head(h[pos]).float(), labels[pos], reduction="none")
+                group_losses[group] = ce.mean()
+                per_token[group] = (ce.detach(), pos)
         loss = sum(group_losses.values())
         if moe_layers(self.lm):
             loss = loss + session.aux_loss().to(loss.device)
         return UnifiedOutput(loss, group_losses, _task_losses(batch, per_token),
-                             session.losses(), session.stats())
+                             session.losses(), session)
 
     # ------------------------------------------------------------------ surgery
 

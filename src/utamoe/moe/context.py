@@ -21,7 +21,7 @@ the session object is created, owned and read by the caller.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -35,8 +35,15 @@ from utamoe.moe.losses import LayerLosses
 class LayerRecord:
     name: str
     losses: LayerLosses
-    stats: dict
+    make_stats: Callable[[], dict]  # statistics are computed only when someone reads them
     coefs: tuple[float, float, float]  # group, balance, z
+    _stats: dict | None = None
+
+    @property
+    def stats(self) -> dict:
+        if self._stats is None:
+            self._stats = self.make_stats()
+        return self._stats
 
 
 def _in_backward() -> bool:
@@ -83,9 +90,9 @@ class RoutingSession:
             f"(with a KV cache, give the labels of the new tokens only, or per-sequence labels)"
         )
 
-    def record(self, name: str, losses: LayerLosses, stats: dict, coefs) -> None:
+    def record(self, name: str, losses: LayerLosses, make_stats: Callable[[], dict], coefs) -> None:
         if not _in_backward():
-            self.records.append(LayerRecord(name, losses, stats, tuple(coefs)))
+            self.records.append(LayerRecord(name, losses, make_stats, tuple(coefs)))
 
     def losses(self) -> dict[str, torch.Tensor]:
         """Each router loss averaged over the layers that ran (keeps the autograd graph)."""

@@ -17,6 +17,8 @@ routing statistics there; otherwise it only routes.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 
 import torch
@@ -94,7 +96,15 @@ class TaskAwareMoE(nn.Module):
         `group_mlps` (one per task group, e.g. the task FFNs of stage 1) initialise the routed
         experts of each group instead; shared experts always copy `mlp`.
         """
-        w_gate_up, w_down = dense_weights(mlp)
+        groups = None if group_mlps is None else [dense_weights(m) for m in group_mlps]
+        return cls.from_weights(config, act, dense_weights(mlp), groups)
+
+    @classmethod
+    def from_weights(cls, config: MoEConfig, act: str, dense, groups=None) -> TaskAwareMoE:
+        """Build from FFN weights: `dense` = (w_gate_up (D, 2F), w_down (F, D)) initialises the
+        shared experts, the LoRA base, and the routed experts of every group unless `groups`
+        gives one (w_gate_up, w_down) pair per task group."""
+        w_gate_up, w_down = dense
         layer = cls(config, w_gate_up.shape[0], w_down.shape[0], act)
         layer.to(dtype=w_gate_up.dtype, device=w_gate_up.device)
         layer.router.float()  # router weights stay fp32: routing decisions are precision-sensitive
@@ -105,7 +115,7 @@ class TaskAwareMoE(nn.Module):
             return layer
         eg = config.experts_per_group
         for g in range(config.num_groups):
-            src = dense_weights(group_mlps[g]) if group_mlps is not None else (w_gate_up, w_down)
+            src = groups[g] if groups is not None else dense
             layer.experts.copy_from(*src, experts=range(g * eg, (g + 1) * eg))
         if layer.shared is not None:
             layer.shared.copy_from(w_gate_up, w_down)
@@ -141,9 +151,12 @@ class TaskAwareMoE(nn.Module):
         if valid_T is None:
             valid_T = torch.ones(x_TD.shape[0], dtype=torch.bool, device=x_TD.device)
         losses = layer_losses(routing, labels_T, valid_T, cfg.num_groups)
-        stats = routing_stats(
-            routing, labels_T, valid_T, cfg.num_groups, cfg.num_experts, len(cfg.group_names)
-        )
+        # Statistics are only needed when logged: keep a detached copy of the routing and
+        # compute them on first read.
+        frozen = Routing(**{f.name: None if getattr(routing, f.name) is None
+                            else getattr(routing, f.name).detach() for f in dataclasses.fields(routing)})
+        stats = functools.partial(routing_stats, frozen, labels_T, valid_T, cfg.num_groups,
+                                  cfg.num_experts, len(cfg.group_names))
         coefs = (cfg.group_loss_coef, cfg.balance_loss_coef, cfg.z_loss_coef)
         self.session.record(self.session_name, losses, stats, coefs)
 

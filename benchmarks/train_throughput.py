@@ -1,0 +1,108 @@
+"""Training throughput: the TA-MoE model against a dense model with the same active parameters.
+
+Both models are the ShapesWorld-sized unified model of configs/base.yaml. TA-MoE:
+each FFN becomes 2 groups x 4 experts, top-2 inside the group, plus 1 shared expert,
+so a token passes through 3 expert FFNs of width F. Dense equivalent: one FFN of width
+3F (same active parameters and FLOPs per token). Both train on the same mixed-task
+batches (synthetic ShapesWorld samples, random image codes), fused AdamW, fp32, in
+turns within one run; tokens/s counts non-padding tokens. Target: TA-MoE >= 0.8x dense.
+
+    python benchmarks/train_throughput.py [--steps 20] [--batch 32] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/README.md
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from utamoe.data.sequences import collate, training_sequences  # noqa: E402
+from utamoe.data.shapes import ShapesWorldConfig, generate_dataset  # noqa: E402
+from utamoe.infer import make_encoder  # noqa: E402
+from utamoe.model.config import HFPart, UnifiedConfig  # noqa: E402
+from utamoe.model.unified import UnifiedModel  # noqa: E402
+from utamoe.moe import MoEConfig  # noqa: E402
+from utamoe.text_tokenizer import SpecialIds, train_text_tokenizer  # noqa: E402
+from utamoe.train.config import load_config  # noqa: E402
+
+
+class RandomCodes(torch.nn.Module):
+    """Stands in for the VQ tokenizer: speed does not depend on which codes a batch holds."""
+
+    num_codes, grid_size = 256, 6
+
+    def encode(self, pixels):
+        g = torch.Generator().manual_seed(int(pixels.sum().item() * 1000) % 2**31)
+        return torch.randint(0, self.num_codes, (pixels.shape[0], 6, 6), generator=g)
+
+
+def build(base: UnifiedConfig, tok, moe: MoEConfig | None, ffn_scale: int) -> UnifiedModel:
+    backbone = dict(base.backbone.config)
+    backbone["intermediate_size"] *= ffn_scale
+    cfg = UnifiedConfig(backbone=HFPart(config=backbone), vision=base.vision, moe=moe,
+                        vocab_size=len(tok), num_codes=256, code_grid=6,
+                        und_slot_id=SpecialIds.of(tok).und_slot)
+    torch.manual_seed(0)
+    return UnifiedModel.build(cfg, RandomCodes())
+
+
+def batches(encoder, samples, n: int, batch: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        chosen = [samples[i] for i in rng.integers(len(samples), size=batch)]
+        out.append(collate(training_sequences(encoder, chosen, 0.1, rng), encoder.special.pad))
+    return out
+
+
+def step(model, opt, batch) -> int:
+    model(batch).loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return int(batch.attention_mask.sum())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    base = load_config("utamoe").model
+    samples = generate_dataset(ShapesWorldConfig(sizes={"train": 50, "val": 0, "test": 0, "heldout": 0}))["train"]
+    tok = train_text_tokenizer([t for s in samples for t in (s.prompt, s.target) if t], 512)
+    ta = MoEConfig(num_experts=8, top_k=2, num_shared_experts=1)
+    models = {"ta_moe": build(base, tok, ta, 1), "dense_3f": build(base, tok, None, 3)}
+    encoder = make_encoder(models["ta_moe"], tok)
+    data = batches(encoder, samples, args.steps + 2, args.batch)
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True) for k, m in models.items()}
+    seconds = {k: 0.0 for k in models}
+    tokens = 0
+    for i, batch in enumerate(data):
+        for name, model in models.items():  # in turns, so load changes hit both alike
+            start = time.perf_counter()
+            n = step(model, opts[name], batch)
+            if i >= 2:  # warm-up
+                seconds[name] += time.perf_counter() - start
+        tokens += n if i >= 2 else 0
+    tps = {k: tokens / s for k, s in seconds.items()}
+    result = {"steps": args.steps, "batch": args.batch, "threads": torch.get_num_threads(),
+              "tokens_per_s": {k: round(v, 1) for k, v in tps.items()},
+              "ratio_ta_over_dense": round(tps["ta_moe"] / tps["dense_3f"], 3),
+              "load": round(os.getloadavg()[0], 2)}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"training tokens/s ({args.steps} steps x batch {args.batch}, {result['threads']} threads, "
+              f"load {result['load']}): TA-MoE {tps['ta_moe']:.0f}, dense 3F {tps['dense_3f']:.0f}, "
+              f"ratio {result['ratio_ta_over_dense']:.3f} (target >= 0.8)")
+
+
+if __name__ == "__main__":
+    main()

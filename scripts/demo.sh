@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Quickstart command 1: install what is needed, then run the main job on the built-in default:
+# `utamoe demo` (ShapesWorld data, tokenizers, the UTAMoE recipe, evaluation). Extra arguments
+# go to it (e.g. --quick, --out DIR).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1
+bash scripts/install.sh
+PY=${PYTHON:-python3}
+"$PY" -m utamoe.cli demo "$@"

@@ -1,0 +1,241 @@
+"""The training config: what to train, on what data, in which stages (YAML, validated).
+
+    run:    out dir, seed
+    data:   dataset dir (our JSONL+PNG format), error policy, which splits
+    tokenizers: image tokenizer (a saved dir, or train one here) and text tokenizer
+    model:  UnifiedConfig (backbone, vision, moe, ...)
+    train:  optimiser, precision, batch, logging and checkpoint cadence (defaults for stages)
+    stages: the recipe: a list of stages run in order
+
+Every key is checked on load: unknown keys, wrong types and impossible values are
+errors naming the key (`stages[1].lora.rank must be >= 1`). `--set a.b=c`
+overrides use the same dotted paths (`--set train.lr=3e-4`,
+`--set stages.1.steps=200`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from utamoe.config import ConfigError, from_dict, to_dict
+from utamoe.data.formats import TASKS
+from utamoe.model.config import UnifiedConfig
+from utamoe.moe import MoEConfig
+
+SURGERIES = ("split_ffn", "upcycle")
+
+
+@dataclass
+class RunConfig:
+    out: str = "runs/utamoe"
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    dir: str = ""
+    train_split: str = "train"
+    on_error: Literal["raise", "skip"] = "raise"
+    # Drop samples whose task is not in any stage's mixture (saves tokenizing them).
+    max_samples_per_task: int = 0  # 0 = all
+
+
+@dataclass
+class TokenizersConfig:
+    image: str | None = None  # a saved image tokenizer dir; None = train one (image_train)
+    image_train: dict[str, Any] = field(default_factory=dict)  # TokenizerConfig overrides
+    # 0: train the image tokenizer on the train split's images. N > 0 (ShapesWorld data only):
+    # on N fresh renders covering every colour-shape pair, so that the codec can draw the
+    # held-out pairs (it never sees them in any task; docs/tokenizer.md).
+    image_train_renders: int = 0
+    text: str | None = None  # a saved/HF text tokenizer dir; None = train BPE on the data
+    text_vocab_size: int = 512
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)
+    clip_grad: float = 1.0
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
+    log_every: int = 10
+    ckpt_every: int = 200
+    max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
+    collapse_share: float = 0.9  # warn when one expert serves this share of its group's tokens
+    collapse_patience: int = 5  # ... for this many logged steps in a row
+
+
+@dataclass
+class LoraStageConfig:
+    rank: int = 16
+    alpha: float = 32.0
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    dropout: float = 0.0
+
+
+@dataclass
+class StageConfig:
+    name: str = "stage"
+    steps: int = 100
+    # Task -> weight of the data mixture (tasks absent here are not sampled).
+    mixture: dict[str, float] = field(default_factory=lambda: {t: 1.0 for t in TASKS})
+    # Model surgery at the start of the stage: "split_ffn" (one FFN copy per task group,
+    # oracle-routed) or "upcycle" (FFNs -> TA-MoE; from split FFNs when present).
+    surgery: list[str] = field(default_factory=list)
+    moe: MoEConfig | None = None  # the TA-MoE / top-k config used by "upcycle"
+    # Trainable parameters: globs over names; empty = everything; `frozen` wins over it.
+    trainable: list[str] = field(default_factory=list)
+    frozen: list[str] = field(default_factory=list)
+    lora: LoraStageConfig | None = None  # LoRA (PEFT) on these modules, merged at stage end
+    lr: float | None = None  # None = train.lr
+    warmup_steps: int | None = None
+
+
+@dataclass
+class ExperimentConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizers: TokenizersConfig = field(default_factory=TokenizersConfig)
+    model: UnifiedConfig = field(default_factory=UnifiedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
+
+    def validate(self) -> ExperimentConfig:
+        t = self.train
+        for key in ("batch_size", "grad_accum", "log_every", "ckpt_every", "max_bad_steps"):
+            if getattr(t, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {getattr(t, key)}")
+        if t.lr <= 0 or not 0 <= t.min_lr_ratio <= 1:
+            raise ConfigError("train.lr must be > 0 and train.min_lr_ratio in [0, 1]")
+        if not self.stages:
+            raise ConfigError("stages: the recipe needs at least one stage")
+        for i, st in enumerate(self.stages):
+            where = f"stages[{i}] ({st.name})"
+            if st.steps < 1:
+                raise ConfigError(f"{where}.steps must be >= 1, got {st.steps}")
+            bad = [k for k in st.mixture if k not in TASKS]
+            if bad:
+                raise ConfigError(f"{where}.mixture: unknown tasks {bad}; known: {', '.join(TASKS)}")
+            if not any(w > 0 for w in st.mixture.values()) or any(w < 0 for w in st.mixture.values()):
+                raise ConfigError(f"{where}.mixture: weights must be >= 0 with at least one > 0")
+            unknown = [s for s in st.surgery if s not in SURGERIES]
+            if unknown:
+                raise ConfigError(f"{where}.surgery: unknown {unknown}; known: {', '.join(SURGERIES)}")
+            if "upcycle" in st.surgery and st.moe is None and self.model.moe is None:
+                raise ConfigError(f"{where}: surgery 'upcycle' needs stages[{i}].moe (a MoE config)")
+            if st.lora is not None and st.lora.rank < 1:
+                raise ConfigError(f"{where}.lora.rank must be >= 1, got {st.lora.rank}")
+        return self
+
+
+def _stage_list(data: dict) -> dict:
+    stages = data.get("stages")
+    if stages is not None and not isinstance(stages, list):
+        raise ConfigError("stages must be a list of stage mappings")
+    return data
+
+
+def build_config(data: dict, where: str = "config") -> ExperimentConfig:
+    data = _stage_list(dict(data))
+    stages = data.pop("stages", None)
+    cfg = from_dict(ExperimentConfig, data, where)
+    if stages is not None:
+        cfg.stages = [from_dict(StageConfig, s, f"{where}: stages[{i}]") for i, s in enumerate(stages)]
+    return cfg.validate()
+
+
+def _parse_value(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """`a.b=c` overrides on the raw mapping (list items by index: stages.1.steps=5)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set takes KEY=VALUE with a dotted key, got {item!r}")
+        node: Any = data
+        parts = key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            node = _child(node, part, ".".join(parts[: depth + 1]))
+        last = parts[-1]
+        if isinstance(node, list):
+            node[_index(node, last, key)] = _parse_value(raw)
+        else:
+            node[last] = _parse_value(raw)
+    return data
+
+
+def _index(node: list, part: str, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"--set {key}: '{part}' is not an index of a list of {len(node)}")
+    return int(part)
+
+
+def _child(node: Any, part: str, key: str) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, key)]
+    if not isinstance(node, dict):
+        raise ConfigError(f"--set {key}: cannot descend into a {type(node).__name__}")
+    return node.setdefault(part, {})
+
+
+RECIPES = Path(__file__).resolve().parent.parent / "configs"
+
+
+def recipe_path(name: str) -> Path:
+    """A config file path, or the name of a recipe shipped with utamoe (`utamoe`, `joint_dense`)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    packaged = RECIPES / (name if name.endswith(".yaml") else f"{name}.yaml")
+    if packaged.is_file():
+        return packaged
+    known = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+    raise ConfigError(f"config file {name} does not exist and is not a shipped recipe "
+                      f"({', '.join(known)})")
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml(path: Path, seen: tuple = ()) -> dict:
+    """A YAML mapping; `extends: other.yaml` (relative to this file) is merged under it."""
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: `extends` loops back to itself")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    base_path = path.parent / base
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: extends {base}, but {base_path} does not exist")
+    return _deep_merge(read_yaml(base_path, (*seen, path.resolve())), data)
+
+
+def load_config(path: str, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a config file or shipped recipe, apply `--set` overrides, validate."""
+    file = recipe_path(path)
+    return build_config(apply_overrides(read_yaml(file), overrides or []), str(file))
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

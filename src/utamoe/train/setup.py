@@ -1,0 +1,117 @@
+"""Everything a run needs before its first step: data, tokenizers, model, encoded data.
+
+Tokenizers are trained once per run (by the main process) and saved in the run
+directory, so a resumed run or another process loads them instead of training
+again. The model config is completed from them (vocabulary, codebook, code grid,
+image size) and the model is built with the run's seed on every process alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from utamoe.config import ConfigError
+from utamoe.data.formats import load_split
+from utamoe.infer import make_encoder
+from utamoe.model.unified import UnifiedModel
+from utamoe.text_tokenizer import SpecialIds, load_text_tokenizer, train_text_tokenizer
+from utamoe.train.config import ExperimentConfig
+from utamoe.train.data import TrainData
+
+
+@dataclass
+class RunParts:
+    model: UnifiedModel
+    text_tokenizer: object
+    data: TrainData
+    skipped: int
+
+
+def load_samples(cfg: ExperimentConfig, log=print):
+    root = Path(cfg.data.dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.dir {root} does not exist (make one with `utamoe data shapes "
+                                f"--out DIR` or point it at a dataset in the utamoe format)")
+    samples, report = load_split(root / f"{cfg.data.train_split}.jsonl", on_error=cfg.data.on_error)
+    if report.skipped:
+        log(f"[data] {report.summary()}")
+    wanted = {t for st in cfg.stages for t, w in st.mixture.items() if w > 0}
+    samples = [s for s in samples if s.task in wanted]
+    if cfg.data.max_samples_per_task > 0:
+        kept, count = [], {}
+        for s in samples:
+            count[s.task] = count.get(s.task, 0) + 1
+            if count[s.task] <= cfg.data.max_samples_per_task:
+                kept.append(s)
+        samples = kept
+    return samples, report.skipped
+
+
+def _once(acc, path: Path, make, load):
+    """Create an artefact on the main process (unless it exists), then load it everywhere."""
+    if acc.is_main_process and not path.exists():
+        make(path)
+    acc.wait_for_everyone()
+    return load(path)
+
+
+def text_tokenizer_for(cfg: ExperimentConfig, samples, run_dir: Path, acc):
+    if cfg.tokenizers.text:
+        return load_text_tokenizer(cfg.tokenizers.text)
+    texts = [t for s in samples for t in (s.prompt, s.target) if t]
+
+    def make(path: Path) -> None:
+        train_text_tokenizer(texts, cfg.tokenizers.text_vocab_size).save_pretrained(str(path))
+
+    return _once(acc, run_dir / "text_tokenizer", make, load_text_tokenizer)
+
+
+def image_tokenizer_for(cfg: ExperimentConfig, run_dir: Path, acc, progress: bool):
+    from utamoe.vision.tokenizer import TokenizerConfig, VQTokenizer
+    from utamoe.vision.tokenizer_train import (
+        shapes_config_of,
+        shapes_images,
+        split_images,
+        train_tokenizer,
+    )
+
+    if cfg.tokenizers.image:
+        return VQTokenizer.from_pretrained(cfg.tokenizers.image)
+
+    def make(path: Path) -> None:
+        tcfg = TokenizerConfig.from_dict(cfg.tokenizers.image_train)
+        renders = cfg.tokenizers.image_train_renders
+        if renders <= 0:  # the dataset's own train images; evaluated on its test split
+            train_tokenizer(cfg.data.dir, tcfg, out_dir=path, seed=cfg.run.seed, progress=progress)
+            return
+        world = shapes_config_of(cfg.data.dir)
+        if world is None:
+            raise ConfigError("tokenizers.image_train_renders needs a ShapesWorld dataset "
+                              f"(no ShapesWorld manifest in {cfg.data.dir}); set it to 0")
+        train_tokenizer(shapes_images(renders, world, seed=cfg.run.seed + 1), tcfg, out_dir=path,
+                        seed=cfg.run.seed, progress=progress, shapes=world,
+                        eval_images=split_images(cfg.data.dir, "test") or None)
+
+    return _once(acc, run_dir / "image_tokenizer", make, VQTokenizer.from_pretrained)
+
+
+def prepare_run(cfg: ExperimentConfig, run_dir: Path, acc, progress: bool = True) -> RunParts:
+    from utamoe.train.progress import bar
+
+    samples, skipped = load_samples(cfg)
+    text_tok = text_tokenizer_for(cfg, samples, run_dir, acc)
+    image_tok = image_tokenizer_for(cfg, run_dir, acc, progress)
+    model_cfg = dataclasses.replace(
+        cfg.model, vocab_size=len(text_tok), num_codes=image_tok.num_codes,
+        code_grid=image_tok.grid_size, und_slot_id=SpecialIds.of(text_tok).und_slot,
+        image_size=image_tok.config.image_size)
+    model = UnifiedModel.build(model_cfg, image_tok)
+    data = TrainData(samples, make_encoder(model, text_tok), cfg.run.seed, acc.process_index)
+    todo = sum(1 for t in ("t2i", "edit") for s in data.by_task.get(t, [])
+               for img in (s.image, s.target_image) if img is not None)
+    with bar(unit="img", enabled=progress) as progress_bar:
+        job = progress_bar.add_task("encoding images to VQ codes", total=todo)
+        data.precompute_codes(image_tok, progress=lambda n: progress_bar.advance(job, n))
+    return RunParts(model, text_tok, data, skipped)

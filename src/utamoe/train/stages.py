@@ -1,0 +1,123 @@
+"""Stage mechanics: model surgery, trainable-parameter selection, LoRA on and off.
+
+Surgery (run at the start of a stage, recorded so a resumed run replays it):
+- `split_ffn`: every dense MLP of the backbone becomes one FFN copy per task group,
+  routed by the task label (a TaskAwareMoE with one expert per group, oracle
+  routing, no shared expert). The dense MLP itself is kept aside, frozen, in
+  `model.ffn_stash`, to become the shared expert later. UTAMoE stage 1.
+- `upcycle`: FFNs become TA-MoE layers (or the plain top-k baseline). After
+  `split_ffn`, group g's experts start from task FFN g, the shared experts from
+  the stashed dense FFN, and the group router keeps what it learned; otherwise
+  every expert copies the dense MLP. UTAMoE stage 2.
+Trainable parameters are chosen with globs over names (`lm.layers.*.self_attn.*`);
+LoRA adapters come from PEFT and are merged into the base weights at stage end.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+import torch
+from torch import nn
+
+from utamoe.data.formats import TASK_GROUPS
+from utamoe.moe import MoEConfig, TaskAwareMoE
+from utamoe.moe.experts import GatedFFN, dense_weights
+from utamoe.moe.upcycle import check_dense_mlp, decoder_layers, detect_activation
+
+SPLIT_CONFIG = dict(routing="task_aware", group_names=TASK_GROUPS, num_experts=len(TASK_GROUPS),
+                    top_k=1, num_shared_experts=0, group_routing="oracle",
+                    balance_loss_coef=0.0, z_loss_coef=0.0)
+
+
+def split_ffn(model) -> None:
+    """UTAMoE stage-1 surgery (see module docstring)."""
+    _, layers = decoder_layers(model.lm)
+    stash = nn.ModuleDict()
+    for i, block in enumerate(layers):
+        check_dense_mlp(block.mlp, f"lm.layers.{i}.mlp")
+        act = detect_activation(block.mlp)
+        w_gate_up, w_down = dense_weights(block.mlp)
+        ffn = GatedFFN(w_gate_up.shape[0], w_down.shape[0], act).to(w_gate_up.dtype)
+        with torch.no_grad():
+            ffn.w_gate_up.copy_(w_gate_up)
+            ffn.w_down.copy_(w_down)
+        stash[str(i)] = ffn
+        block.mlp = TaskAwareMoE.from_weights(MoEConfig(**SPLIT_CONFIG), act, (w_gate_up, w_down))
+    model.ffn_stash = stash.requires_grad_(False)
+    model.config.moe = MoEConfig(**SPLIT_CONFIG)  # so a stage-1 model saves and reloads as such
+
+
+def upcycle_stage(model, moe: MoEConfig) -> None:
+    """UTAMoE stage-2 surgery: TA-MoE from the split task FFNs, or from the dense MLPs."""
+    stash = getattr(model, "ffn_stash", None)
+    if stash is None:
+        model.upcycle(moe)
+        return
+    _, layers = decoder_layers(model.lm)
+    for i, block in enumerate(layers):
+        split = block.mlp
+        dense = (stash[str(i)].w_gate_up.detach(), stash[str(i)].w_down.detach())
+        groups = [(split.experts.w_gate_up[g].detach(), split.experts.w_down[g].detach())
+                  for g in range(split.config.num_groups)]
+        new = TaskAwareMoE.from_weights(moe, stash[str(i)].act_name, dense,
+                                        groups if moe.routing == "task_aware" else None)
+        if moe.routing == "task_aware" and split.config.group_names == moe.group_names:
+            new.router.group_gate.load_state_dict(split.router.group_gate.state_dict())
+        block.mlp = new
+    del model.ffn_stash
+    model.config.moe = moe
+
+
+def apply_surgery(model, ops: list[str], moe: MoEConfig | None) -> None:
+    for op in ops:
+        if op == "split_ffn":
+            split_ffn(model)
+        elif op == "upcycle":
+            upcycle_stage(model, moe or model.config.moe)
+        else:  # validated in the config already
+            raise ValueError(f"unknown surgery {op!r}")
+
+
+def select_trainable(model: nn.Module, trainable: list[str], frozen: list[str]) -> list[str]:
+    """Set requires_grad from globs (empty `trainable` = all); returns the trainable names.
+
+    Parameters that are frozen by construction (the image tokenizer, a LoRA base, the FFN
+    stash) stay frozen whatever the globs say."""
+    always_frozen = ("image_tokenizer.", "ffn_stash.")
+    names = []
+    for name, p in model.named_parameters():
+        on = not trainable or any(fnmatch.fnmatchcase(name, g) for g in trainable)
+        on = on and not any(fnmatch.fnmatchcase(name, g) for g in frozen)
+        on = on and not name.startswith(always_frozen) and ".base." not in name
+        if ".lora_" in name:  # PEFT adapters: trainable unless explicitly frozen
+            on = not any(fnmatch.fnmatchcase(name, g) for g in frozen)
+        p.requires_grad_(on)
+        if on:
+            names.append(name)
+    if not names:
+        raise ValueError(f"no parameter matches trainable={trainable} minus frozen={frozen}")
+    return names
+
+
+def add_lora(model, rank: int, alpha: float, targets: list[str], dropout: float = 0.0) -> None:
+    """PEFT LoRA adapters on the backbone's modules named in `targets` (e.g. q_proj)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=dropout)
+    inject_adapter_in_model(cfg, model.lm)
+
+
+def merge_lora(model) -> int:
+    """Fold every LoRA adapter into its base layer and remove the wrappers; returns the count."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    merged = 0
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, module.get_base_layer())
+            merged += 1
+    return merged
