@@ -215,6 +215,56 @@ def _add_eval_verb(verbs: argparse._SubParsersAction) -> None:
     e.set_defaults(func=cmd_eval)
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    import shlex
+    from pathlib import Path
+
+    from utamoe.data.formats import DataFormatError, list_splits, load_split
+    from utamoe.eval.analyze import print_analysis_summary, run_analysis, write_analysis_outputs
+    from utamoe.infer import InputError, load_for_inference
+
+    for flag, value in (("--batches", args.batches), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise InputError(f"{flag} must be at least 1, got {value}")
+    data = Path(args.data)
+    splits = list_splits(data)
+    if args.split not in splits:
+        raise DataFormatError(data, None, f"no split '{args.split}' here (found: "
+                              f"{', '.join(splits) or 'none'}); pass --split with one of them")
+    model, encoder = load_for_inference(args.model, args.device)
+    samples, _ = load_split(data / f"{args.split}.jsonl")
+    out = Path(args.out) if args.out else Path(args.model).resolve().parent / "analysis"
+    result = run_analysis(model, encoder, samples, batches=args.batches,
+                          batch_size=args.batch_size, seed=args.seed)
+    result.settings.update(split=args.split, model=str(args.model), data=str(data))
+    command = shlex.join(["utamoe", "analyze", "--model", str(args.model), "--data", str(data),
+                          "--split", args.split, "--out", str(out), "--batches",
+                          str(args.batches), "--batch-size", str(args.batch_size), "--seed",
+                          str(args.seed), "--device", args.device])
+    paths = write_analysis_outputs(result, out, command=command)
+    print_analysis_summary(result, paths)
+    return 0
+
+
+def _add_analyze_verb(verbs: argparse._SubParsersAction) -> None:
+    a = verbs.add_parser("analyze", help="task-conflict gradients and routing of a model on a split",
+                         description="Cosine between the understanding- and generation-loss "
+                                     "gradients per layer and module, and where each task's "
+                                     "tokens are routed. Writes conflict.json, routing.json, "
+                                     "analysis.md, conflict.png and routing.png "
+                                     "(docs/analysis.md).")
+    a.add_argument("--model", required=True, help="model directory (e.g. RUN/model)")
+    a.add_argument("--data", required=True, help="dataset directory (one <split>.jsonl per split)")
+    a.add_argument("--split", default="test", help="split to analyse (default test)")
+    a.add_argument("--out", help="output directory (default: <model dir>/../analysis)")
+    a.add_argument("--batches", type=int, default=4,
+                   help="batch pairs for the gradients, batches per task for routing (default 4)")
+    a.add_argument("--batch-size", type=int, default=16, help="samples per batch (default 16)")
+    a.add_argument("--seed", type=int, default=0, help="which samples go in the batches (default 0)")
+    a.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    a.set_defaults(func=cmd_analyze)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -306,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_verb(verbs)
     _add_inference_verbs(verbs)
     _add_eval_verb(verbs)
+    _add_analyze_verb(verbs)
     _add_training_verbs(verbs)
     return parser
 
