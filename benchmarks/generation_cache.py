@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/README.md
 
-from utamoe.data.sequences import Encoder
-from utamoe.generation import SamplingConfig, generate_codes
-from utamoe.model.config import UnifiedConfig
-from utamoe.model.unified import UnifiedModel
-from utamoe.moe import MoEConfig
-from utamoe.text_tokenizer import SpecialIds, train_text_tokenizer
+import torch  # noqa: E402
+
+from utamoe.data.sequences import Encoder  # noqa: E402
+from utamoe.generation import SamplingConfig, generate_codes  # noqa: E402
+from utamoe.model.config import UnifiedConfig  # noqa: E402
+from utamoe.model.unified import UnifiedModel  # noqa: E402
+from utamoe.moe import MoEConfig  # noqa: E402
+from utamoe.text_tokenizer import SpecialIds, train_text_tokenizer  # noqa: E402
 
 
 def build(grid: int, moe: bool):
