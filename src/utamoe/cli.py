@@ -196,16 +196,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model_data_args(p: argparse.ArgumentParser, verb: str, out_name: str) -> None:
+    """--model, --data, --split, --out: shared by the verbs that read a model and a dataset."""
+    p.add_argument("--model", required=True, help="model directory (e.g. RUN/model)")
+    p.add_argument("--data", required=True, help="dataset directory (one <split>.jsonl per split)")
+    p.add_argument("--split", default="test", help=f"split to {verb} (default test)")
+    p.add_argument("--out", help=f"output directory (default: <model dir>/../{out_name})")
+
+
 def _add_eval_verb(verbs: argparse._SubParsersAction) -> None:
     e = verbs.add_parser("eval", help="score a model on every task of a dataset split",
                          description="Generate and score every task of a split: text answers "
                                      "are greedy; --temperature/--top-k/--cfg-scale/--seed set "
                                      "image sampling. Writes metrics.json, report.md, "
                                      "samples.png and predictions.jsonl (docs/evaluation.md).")
-    e.add_argument("--model", required=True, help="model directory (e.g. RUN/model)")
-    e.add_argument("--data", required=True, help="dataset directory (one <split>.jsonl per split)")
-    e.add_argument("--split", default="test", help="split to evaluate (default test)")
-    e.add_argument("--out", help="output directory (default: <model dir>/../eval-<split>)")
+    _add_model_data_args(e, "evaluate", "eval-<split>")
     e.add_argument("--max-per-task", type=int, help="evaluate the first N samples of each task")
     e.add_argument("--batch-size", type=int, default=32, help="samples per generation batch "
                    "(default 32; image seeds depend on it)")
@@ -253,10 +258,7 @@ def _add_analyze_verb(verbs: argparse._SubParsersAction) -> None:
                                      "tokens are routed. Writes conflict.json, routing.json, "
                                      "analysis.md, conflict.png and routing.png "
                                      "(docs/analysis.md).")
-    a.add_argument("--model", required=True, help="model directory (e.g. RUN/model)")
-    a.add_argument("--data", required=True, help="dataset directory (one <split>.jsonl per split)")
-    a.add_argument("--split", default="test", help="split to analyse (default test)")
-    a.add_argument("--out", help="output directory (default: <model dir>/../analysis)")
+    _add_model_data_args(a, "analyse", "analysis")
     a.add_argument("--batches", type=int, default=4,
                    help="batch pairs for the gradients, batches per task for routing (default 4)")
     a.add_argument("--batch-size", type=int, default=16, help="samples per batch (default 16)")

@@ -16,6 +16,7 @@ good checkpoint in place.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
@@ -193,7 +194,7 @@ class Trainer:
             batch = self.data.batch(index, state.step * t.grad_accum + micro, t.batch_size,
                                     stage.mixture, cfg_dropout).to(acc.device)
             sync = micro == t.grad_accum - 1
-            ctx = acc.no_sync(self.prepared) if not sync else _null()
+            ctx = acc.no_sync(self.prepared) if not sync else contextlib.nullcontext()
             with ctx, acc.autocast():
                 out = self.prepared(batch)
             finite = torch.tensor(float(torch.isfinite(out.loss)), device=acc.device)
@@ -249,11 +250,3 @@ class Trainer:
                 plot_losses(self.log.path, self.run_dir / "loss.png")
         self.accelerator.wait_for_everyone()
         return out
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
