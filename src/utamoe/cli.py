@@ -159,25 +159,13 @@ def _add_inference_verbs(verbs: argparse._SubParsersAction) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     import shlex
-    from pathlib import Path
 
-    from utamoe.data.formats import DataFormatError, list_splits, load_split
     from utamoe.eval.report import print_summary, write_eval_outputs
     from utamoe.eval.run import EvalSampling, evaluate_model, world_config_of
-    from utamoe.infer import InputError, load_for_inference
 
-    for flag, value in (("--batch-size", args.batch_size), ("--max-per-task", args.max_per_task),
-                        ("--max-new-tokens", args.max_new_tokens)):
-        if value is not None and value < 1:
-            raise InputError(f"{flag} must be at least 1, got {value}")
-    data = Path(args.data)
-    splits = list_splits(data)
-    if args.split not in splits:
-        raise DataFormatError(data, None, f"no split '{args.split}' here (found: "
-                              f"{', '.join(splits) or 'none'}); pass --split with one of them")
-    model, encoder = load_for_inference(args.model, args.device)
-    samples, _ = load_split(data / f"{args.split}.jsonl")
-    out = Path(args.out) if args.out else Path(args.model).resolve().parent / f"eval-{args.split}"
+    model, encoder, samples, data, out = _model_and_split(
+        args, f"eval-{args.split}", batch_size=args.batch_size, max_per_task=args.max_per_task,
+        max_new_tokens=args.max_new_tokens)
     sampling = EvalSampling(temperature=args.temperature, top_k=args.top_k,
                             cfg_scale=args.cfg_scale, seed=args.seed,
                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
@@ -194,6 +182,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     paths = write_eval_outputs(result, out, command=shlex.join(command))
     print_summary(result, paths)
     return 0
+
+
+def _model_and_split(args: argparse.Namespace, out_name: str, **counts):
+    """Check counts >= 1, the split exists; load the model and the split's samples.
+
+    Returns (model, encoder, samples, data dir, output dir)."""
+    from pathlib import Path
+
+    from utamoe.data.formats import DataFormatError, list_splits, load_split
+    from utamoe.infer import InputError, load_for_inference
+
+    for name, value in counts.items():
+        if value is not None and value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    data = Path(args.data)
+    splits = list_splits(data)
+    if args.split not in splits:
+        raise DataFormatError(data, None, f"no split '{args.split}' here (found: "
+                              f"{', '.join(splits) or 'none'}); pass --split with one of them")
+    model, encoder = load_for_inference(args.model, args.device)
+    samples, _ = load_split(data / f"{args.split}.jsonl")
+    out = Path(args.out) if args.out else Path(args.model).resolve().parent / out_name
+    return model, encoder, samples, data, out
 
 
 def _add_model_data_args(p: argparse.ArgumentParser, verb: str, out_name: str) -> None:
@@ -222,23 +233,11 @@ def _add_eval_verb(verbs: argparse._SubParsersAction) -> None:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     import shlex
-    from pathlib import Path
 
-    from utamoe.data.formats import DataFormatError, list_splits, load_split
     from utamoe.eval.analyze import print_analysis_summary, run_analysis, write_analysis_outputs
-    from utamoe.infer import InputError, load_for_inference
 
-    for flag, value in (("--batches", args.batches), ("--batch-size", args.batch_size)):
-        if value < 1:
-            raise InputError(f"{flag} must be at least 1, got {value}")
-    data = Path(args.data)
-    splits = list_splits(data)
-    if args.split not in splits:
-        raise DataFormatError(data, None, f"no split '{args.split}' here (found: "
-                              f"{', '.join(splits) or 'none'}); pass --split with one of them")
-    model, encoder = load_for_inference(args.model, args.device)
-    samples, _ = load_split(data / f"{args.split}.jsonl")
-    out = Path(args.out) if args.out else Path(args.model).resolve().parent / "analysis"
+    model, encoder, samples, data, out = _model_and_split(
+        args, "analysis", batches=args.batches, batch_size=args.batch_size)
     result = run_analysis(model, encoder, samples, batches=args.batches,
                           batch_size=args.batch_size, seed=args.seed)
     result.settings.update(split=args.split, model=str(args.model), data=str(data))
