@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 from safetensors.torch import load_model, save_model
 
 from utamoe.config import from_dict, to_dict
+from utamoe.fsutil import atomic_directory
 from utamoe.model.config import HFPart, UnifiedConfig
 from utamoe.model.unified import UnifiedModel
 from utamoe.text_tokenizer import load_text_tokenizer
@@ -59,13 +58,9 @@ def _frozen_parts(model: UnifiedModel) -> UnifiedConfig:
 
 
 def save_model_dir(model: UnifiedModel, out_dir: str | Path, text_tokenizer=None) -> Path:
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        cfg = _frozen_parts(model)
+    with atomic_directory(out_dir) as tmp:
         tok = model.image_tokenizer
-        meta = {"format": FORMAT, "version": VERSION, "config": to_dict(cfg),
+        meta = {"format": FORMAT, "version": VERSION, "config": to_dict(_frozen_parts(model)),
                 "image_tokenizer": type(tok).__name__ if tok is not None else None}
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
         save_model(_without_image_tokenizer(model), str(tmp / WEIGHTS_FILE))
@@ -73,16 +68,7 @@ def save_model_dir(model: UnifiedModel, out_dir: str | Path, text_tokenizer=None
             tok.save_pretrained(tmp / "image_tokenizer")
         if text_tokenizer is not None:
             text_tokenizer.save_pretrained(str(tmp / "text_tokenizer"))
-        backup = out.with_name(f".{out.name}.old")
-        if out.exists():
-            shutil.rmtree(backup, ignore_errors=True)
-            out.rename(backup)
-        tmp.rename(out)
-        shutil.rmtree(backup, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out_dir)
 
 
 def read_config(model_dir: str | Path) -> tuple[UnifiedConfig, dict]:

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from utamoe.config import ConfigError, from_dict, to_dict
+from utamoe.fsutil import atomic_directory
 
 CONFIG_FILE = "tokenizer_config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -321,26 +320,12 @@ class VQTokenizer(nn.Module):
         target, then renamed over it, so a killed save never leaves a broken tokenizer."""
         from safetensors.torch import save_file
 
-        target = Path(directory).resolve()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
+        with atomic_directory(directory) as tmp:
             state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
             meta = {"format": FORMAT_NAME, "version": 1, "config": self.config.to_dict()}
             (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-            old = None
-            if target.exists():  # move the old one aside first: rename cannot replace a dir
-                old = target.with_name(f".{target.name}.old-{os.getpid()}")
-                shutil.rmtree(old, ignore_errors=True)
-                target.rename(old)
-            tmp.rename(target)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return target
+        return Path(directory).resolve()
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike,
