@@ -65,6 +65,10 @@ def arm_table() -> dict[str, Arm]:
         "utamoe_alpha_fixed": Arm("utamoe", (f"{moe}.alpha=fixed",), "ablation", "alpha fixed at 0.5"),
         "joint_dense_wide": Arm("joint_dense", (), "extra", "dense with 3x FFN width = the MoE "
                                 "arms' active FFN params", default=False, ffn_mult=3),
+        # The recipe's documented option: stage 2 trains everything (vision tower and attention
+        # included) like joint_dense's second stage does, to separate "TA-MoE" from "LoRA".
+        "utamoe_full_ft": Arm("utamoe", ("stages.2.lora=null", "stages.2.trainable=[]"), "extra",
+                              "stage 2 fully fine-tuned (no LoRA, nothing frozen)", default=False),
     }
 
 
@@ -72,7 +76,7 @@ def arm_names() -> list[str]:
     # Names only: no recipe is read here, so --help stays fast (a test checks it matches).
     return ["und_only", "gen_only", "joint_dense", "joint_topk", "utamoe", "utamoe_no_shared",
             "utamoe_no_group_loss", "utamoe_oracle", "utamoe_one_stage", "utamoe_alpha_fixed",
-            "joint_dense_wide"]
+            "joint_dense_wide", "utamoe_full_ft"]
 
 
 # ---------------------------------------------------------------- scales
@@ -101,7 +105,7 @@ SCALES = {
     "full": Scale({"train": 2000, "val": 50, "test": 200, "heldout": 200}, 1.0,
                   about="the recipes' steps (1500 per arm), 200 test and 200 held-out samples "
                         "per task"),
-    # ~50 min for 10 arms x 3 seeds on a quiet 2-core CPU (experiments/README.md, "Time").
+    # 41 min for 10 arms x 3 seeds with --jobs 2 on 2 CPU cores (measured; experiments/README.md).
     "small": Scale({"train": 2000, "val": 50, "test": 200, "heldout": 100}, 0.14,
                    ("train.log_every=10",),
                    about="0.14 x the recipes' steps (210 per arm), 200 test and 100 held-out "

@@ -1,4 +1,4 @@
-"""Aggregation of the task-conflict experiment: OUT/summary.json and OUT/summary.md.
+"""Aggregation of the task-conflict experiment: OUT/summary.json, summary.md and summary.png.
 
 Reads the finished runs under OUT/runs/ARM/seed-S (metrics-<split>.json, train_done.json,
 metrics.jsonl, model_info.json) and reports, per split, mean and sample std over seeds
@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from arms import SPLITS, Layout, arm_table, read_json, write_json
+from figures import plot_summary
 
 METRICS = ("vqa_accuracy", "pope_accuracy", "pope_f1", "caption_f1", "grounding_acc50",
            "t2i_correct_all", "t2i_object", "t2i_count", "t2i_color", "t2i_size", "t2i_position",
@@ -29,7 +30,8 @@ PAIRS = (("joint_dense", "und_only"), ("joint_dense", "gen_only"),
          ("joint_topk", "joint_dense"), ("utamoe", "joint_dense"), ("utamoe", "joint_topk"),
          ("utamoe_no_shared", "utamoe"), ("utamoe_no_group_loss", "utamoe"),
          ("utamoe_oracle", "utamoe"), ("utamoe_one_stage", "utamoe"),
-         ("utamoe_alpha_fixed", "utamoe"), ("joint_dense_wide", "joint_dense"),
+         ("utamoe_alpha_fixed", "utamoe"), ("joint_dense_wide", "joint_dense"), ("utamoe_full_ft", "utamoe"),
+         ("utamoe_full_ft", "joint_dense"),
          ("utamoe", "joint_dense_wide"))
 
 
@@ -195,7 +197,9 @@ def summarize(lay: Layout) -> dict:
     }
     write_json(lay.out / "summary.json", summary)
     (lay.out / "summary.md").write_text(markdown(summary))
-    print(f"[summary] {lay.out / 'summary.md'} and summary.json", flush=True)
+    png = plot_summary(summary, lay.out / "summary.png")
+    print(f"[summary] {lay.out / 'summary.md'}, summary.json"
+          + (f" and {png.name}" if png else ""), flush=True)
     return summary
 
 

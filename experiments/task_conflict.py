@@ -155,8 +155,9 @@ def model_info(model) -> dict:
 
 def eval_run(lay: Layout, arm: str, seed: int, scale: str, progress: bool) -> None:
     from utamoe.data.formats import load_split
+    from utamoe.demo import demo_sampling
     from utamoe.eval.report import write_eval_outputs
-    from utamoe.eval.run import EvalSampling, evaluate_model, world_config_of
+    from utamoe.eval.run import evaluate_model, world_config_of
     from utamoe.infer import load_for_inference
 
     run_dir, data = lay.run(arm, seed), lay.data(seed)
@@ -166,13 +167,15 @@ def eval_run(lay: Layout, arm: str, seed: int, scale: str, progress: bool) -> No
     model, encoder = load_for_inference(run_dir / "model")
     write_json(run_dir / "model_info.json", model_info(model))
     bs, tasks = SCALES[scale].eval_batch, trained_tasks(arm, scale)
+    sampling = demo_sampling(seed)  # greedy + CFG 1.5, as the demo (benchmarks/RESULTS.md)
     for split in todo:
         samples = [x for x in load_split(data / f"{split}.jsonl")[0] if x.task in tasks]
-        result = evaluate_model(model, encoder, samples, EvalSampling(seed=seed), batch_size=bs,
+        result = evaluate_model(model, encoder, samples, sampling, batch_size=bs,
                                 progress=progress, world_config=world_config_of(data))
         result.split, result.model, result.data = split, str(run_dir / "model"), str(data)
         command = (f"utamoe eval --model {run_dir / 'model'} --data {data} --split {split} "
-                   f"--seed {seed} --batch-size {bs} --out {run_dir / f'eval-{split}'}")
+                   f"--seed {seed} --batch-size {bs} --temperature {sampling.temperature} "
+                   f"--cfg-scale {sampling.cfg_scale} --out {run_dir / f'eval-{split}'}")
         write_eval_outputs(result, run_dir / f"eval-{split}", command)
         write_json(run_dir / f"metrics-{split}.json", {
             "arm": arm, "seed": seed, "split": split, "metrics": result.headline,
@@ -349,12 +352,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     _check_experiment(lay, args.scale)
     start, hw = time.perf_counter(), hardware()
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
     command = shlex.join(["python", sys.argv[0] if argv is None else "experiments/task_conflict.py",
                           *(sys.argv[1:] if argv is None else argv)])
     _prepare_seeds(lay, args)
     runs = _plan(lay, args)
     failed = run_all(lay, runs, args)
-    record = {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    record = {"command": command, "started": started,
               "wall_s": round(time.perf_counter() - start, 1), "runs": len(runs),
               "jobs": args.jobs, "failed": failed, "hardware": hw}
     with open(lay.out / "invocations.jsonl", "a") as fh:

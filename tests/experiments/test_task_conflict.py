@@ -10,6 +10,7 @@ import shlex
 import statistics
 
 import arms
+import figures
 import pytest
 import summary
 import task_conflict as tc
@@ -113,6 +114,13 @@ def test_summary_mean_std_and_paired_differences(tmp_path):
     assert "| utamoe - joint_dense | 3 | +0.100 ± 0.100 |" in md
     assert json.loads((tmp_path / "summary.json").read_text())["metrics"] == json.loads(
         json.dumps(s["metrics"]))
+    png = tmp_path / "summary.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_summary_figure_needs_a_finished_run(tmp_path):
+    assert figures.plot_summary({"metrics": {"test": {}, "heldout": {}}}, tmp_path / "s.png") is None
+    assert not (tmp_path / "s.png").exists()
 
 
 TINY = ["--scale", "tiny", "--seeds", "0", "--only", "joint_dense", "utamoe_one_stage", "--quiet"]
