@@ -30,9 +30,9 @@ PAIRS = (("joint_dense", "und_only"), ("joint_dense", "gen_only"),
          ("joint_topk", "joint_dense"), ("utamoe", "joint_dense"), ("utamoe", "joint_topk"),
          ("utamoe_no_shared", "utamoe"), ("utamoe_no_group_loss", "utamoe"),
          ("utamoe_oracle", "utamoe"), ("utamoe_one_stage", "utamoe"),
-         ("utamoe_alpha_fixed", "utamoe"), ("joint_dense_wide", "joint_dense"), ("utamoe_full_ft", "utamoe"),
-         ("utamoe_full_ft", "joint_dense"),
-         ("utamoe", "joint_dense_wide"))
+         ("utamoe_alpha_fixed", "utamoe"), ("joint_dense_wide", "joint_dense"),
+         ("utamoe", "joint_dense_wide"), ("utamoe_full_ft", "utamoe"),
+         ("utamoe_full_ft", "joint_dense"))
 
 
 # ---------------------------------------------------------------- reading the runs

@@ -173,9 +173,9 @@ def eval_run(lay: Layout, arm: str, seed: int, scale: str, progress: bool) -> No
         result = evaluate_model(model, encoder, samples, sampling, batch_size=bs,
                                 progress=progress, world_config=world_config_of(data))
         result.split, result.model, result.data = split, str(run_dir / "model"), str(data)
-        command = (f"utamoe eval --model {run_dir / 'model'} --data {data} --split {split} "
-                   f"--seed {seed} --batch-size {bs} --temperature {sampling.temperature} "
-                   f"--cfg-scale {sampling.cfg_scale} --out {run_dir / f'eval-{split}'}")
+        command = shlex.join(["utamoe", "eval", "--model", str(run_dir / "model"), "--data",
+                              str(data), "--split", split, *sampling.cli_args(),
+                              "--out", str(run_dir / f"eval-{split}")])
         write_eval_outputs(result, run_dir / f"eval-{split}", command)
         write_json(run_dir / f"metrics-{split}.json", {
             "arm": arm, "seed": seed, "split": split, "metrics": result.headline,

@@ -173,10 +173,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             world_config=world_config_of(data))
     result.split, result.model, result.data = args.split, str(args.model), str(data)
     command = ["utamoe", "eval", "--model", str(args.model), "--data", str(data), "--split",
-               args.split, "--out", str(out), "--batch-size", str(args.batch_size),
-               "--temperature", str(args.temperature), "--top-k", str(args.top_k),
-               "--cfg-scale", str(args.cfg_scale), "--seed", str(args.seed),
-               "--max-new-tokens", str(args.max_new_tokens), "--device", args.device]
+               args.split, "--out", str(out), *sampling.cli_args(), "--device", args.device]
     if args.max_per_task:
         command += ["--max-per-task", str(args.max_per_task)]
     paths = write_eval_outputs(result, out, command=shlex.join(command))

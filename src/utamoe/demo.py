@@ -15,6 +15,7 @@ Re-running with the same --out resumes an interrupted demo from its last checkpo
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -77,10 +78,11 @@ def _evaluate(model_dir: Path, data_dir: Path, world, out: Path, seed: int):
 
     model, encoder = load_for_inference(model_dir)
     samples, _ = load_split(data_dir / "test.jsonl")
-    result = evaluate_model(model, encoder, samples, demo_sampling(seed), world_config=world)
+    sampling = demo_sampling(seed)
+    result = evaluate_model(model, encoder, samples, sampling, world_config=world)
     result.split, result.model, result.data = "test", str(model_dir), str(data_dir)
-    command = (f"utamoe eval --model {model_dir} --data {data_dir} --split test --seed {seed} "
-               f"--temperature 0 --cfg-scale 1.5")
+    command = shlex.join(["utamoe", "eval", "--model", str(model_dir), "--data", str(data_dir),
+                          "--split", "test", *sampling.cli_args()])
     paths = write_eval_outputs(result, out / "eval", command)
     print_summary(result, paths)
     return result, paths

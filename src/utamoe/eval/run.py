@@ -87,6 +87,12 @@ class EvalSampling:
         return SamplingConfig(temperature=self.temperature, top_k=self.top_k,
                               cfg_scale=self.cfg_scale, seed=self.seed + offset)
 
+    def cli_args(self) -> list[str]:
+        """The `utamoe eval` options that reproduce these settings (its text answers are greedy)."""
+        return ["--batch-size", str(self.batch_size), "--temperature", str(self.temperature),
+                "--top-k", str(self.top_k), "--cfg-scale", str(self.cfg_scale),
+                "--seed", str(self.seed), "--max-new-tokens", str(self.max_new_tokens)]
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
