@@ -82,3 +82,12 @@ def test_evaluate_all_tasks_together():
     # Predictions by id; missing ones count as wrong, not as errors.
     partial = evaluate(samples, {samples[0].id: perfect[0]})
     assert partial["caption"]["f1"] < 1.0 and partial["t2i"]["correct_all"] == 0.0
+
+
+def test_vqa_accuracy_is_broken_down_by_question_type():
+    samples = [s for s in generate_dataset(ShapesWorldConfig(sizes={"test": 30}))["test"] if s.task == "vqa"]
+    answers = [s.target if s.meta["qtype"] != "count" else "many" for s in samples]
+    vqa = evaluate(samples, answers)["vqa"]
+    types = {s.meta["qtype"] for s in samples}
+    assert {k for k in vqa if k.startswith("accuracy_")} == {f"accuracy_{t}" for t in types}
+    assert vqa["accuracy_count"] == 0.0 and all(vqa[f"accuracy_{t}"] == 1.0 for t in types - {"count"})

@@ -109,3 +109,39 @@ def test_grouped_matmul_matches_loop_and_handles_unaligned_shapes():
         torch.testing.assert_close(grouped_matmul(x, w, offsets), loop_matmul(x, w, offsets))
         ref = torch.cat([x[0:3] @ w[0], x[3:10] @ w[2], x[10:11] @ w[3]])
         torch.testing.assert_close(grouped_matmul(x, w, offsets), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES[:1] + CASES[3:4], ids=["ffn", "lora"])
+def test_padding_is_skipped_and_changes_nothing_for_real_tokens(case):
+    """Padded positions are not routed: real tokens get the same outputs, losses and gradients
+    as the same tokens without padding, padded positions get zeros and no gradient."""
+    from utamoe.moe import route
+
+    layer = make_layer(**case)
+    torch.manual_seed(1)
+    x = torch.randn(2, 7, 32)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+    labels = torch.tensor([[0] * 7, [1] * 4 + [-1] * 3])
+    g = torch.randn(2, 7, 32)
+
+    def forward(inputs, lab, msk, grad_out):
+        inputs = inputs.clone().requires_grad_(True)
+        layer.zero_grad()
+        with route(layer, task_labels=lab, attention_mask=msk) as session:
+            y = layer(inputs)
+            ((y * grad_out).sum() + session.aux_loss()).backward()
+        return y.detach(), inputs.grad, grads(layer), {k: float(v.detach()) for k, v in session.losses().items()}
+
+    y, dx, dw, losses = forward(x, labels, mask, g)
+    keep = mask.reshape(-1).bool()
+    y_ref, dx_ref, dw_ref, losses_ref = forward(
+        x.reshape(-1, 32)[keep][None], labels.reshape(-1)[keep][None], None, g.reshape(-1, 32)[keep][None])
+    assert_close(y.reshape(-1, 32)[keep], y_ref[0], torch.float32, "outputs")
+    assert torch.count_nonzero(y.reshape(-1, 32)[~keep]) == 0
+    assert_close(dx.reshape(-1, 32)[keep], dx_ref[0], torch.float32, "input grad")
+    assert torch.count_nonzero(dx.reshape(-1, 32)[~keep]) == 0
+    for name in dw_ref:
+        assert_close(dw[name], dw_ref[name], torch.float32, name)
+    assert losses.keys() == losses_ref.keys()
+    for name in losses:
+        assert losses[name] == pytest.approx(losses_ref[name], rel=1e-5, abs=1e-7), name

@@ -48,7 +48,7 @@ def _score_task(task: str, pairs: list[tuple[Sample, Any]], config: ShapesWorldC
     golds = [s.target or "" for s, _ in pairs]
     preds = [p for _, p in pairs]
     if task == "vqa":
-        return metrics.vqa_accuracy(preds, golds)
+        return {**metrics.vqa_accuracy(preds, golds), **_vqa_by_type(pairs)}
     if task == "pope":
         return metrics.pope_metrics(preds, golds)
     if task == "caption":
@@ -60,6 +60,17 @@ def _score_task(task: str, pairs: list[tuple[Sample, Any]], config: ShapesWorldC
     if task == "edit":
         return aggregate(_score_edit(s, p, config) for s, p in pairs)
     raise ValueError(f"no scorer for task '{task}'")
+
+
+def _vqa_by_type(pairs: list[tuple[Sample, Any]]) -> dict[str, float]:
+    """`accuracy_<qtype>` for ShapesWorld questions (colour, count, relation, ...): which kind
+    of question a model gets wrong is what decides the next experiment."""
+    by_type: dict[str, list[bool]] = {}
+    for s, p in pairs:
+        qtype = (s.meta or {}).get("qtype")
+        if qtype:
+            by_type.setdefault(str(qtype), []).append(metrics.exact_match(p, s.target or ""))
+    return {f"accuracy_{q}": sum(v) / len(v) for q, v in sorted(by_type.items())}
 
 
 def _score_t2i(sample: Sample, image: Any, config: ShapesWorldConfig):

@@ -131,6 +131,19 @@ class TaskAwareMoE(nn.Module):
         labels_T = valid_T = None
         if self.session is not None:
             labels_T, valid_T = self.session.token_view(shape, hidden.device)
+        padded = self.session is not None and self.session.attention_mask is not None
+        if padded and 0 < int(valid_T.sum()) < valid_T.numel():
+            # Padding (attention_mask 0) is never attended to and carries no loss: route and
+            # run only the real tokens (mixed-task batches are ~30 % padding), zeros elsewhere.
+            # (Label -1 alone may mark a real token without a task label: that one is computed.)
+            keep_N = valid_T.nonzero().squeeze(1)
+            labels_N = None if labels_T is None else labels_T.index_select(0, keep_N)
+            y_ND = self._mix(x_TD.index_select(0, keep_N), labels_N, None)
+            return x_TD.new_zeros(x_TD.shape, dtype=y_ND.dtype).index_copy(0, keep_N, y_ND).reshape(shape)
+        return self._mix(x_TD, labels_T, valid_T).reshape(shape)
+
+    def _mix(self, x_TD: torch.Tensor, labels_T, valid_T) -> torch.Tensor:
+        """Route, dispatch and add the shared experts for rows x_TD (and record in a session)."""
         routing = self.router(x_TD, labels_T)
         dispatch = sorted_dispatch if self.config.dispatch == "grouped" else loop_dispatch
         y_TD = dispatch(x_TD, routing, self.experts, self.base, self.config.num_experts)
@@ -144,7 +157,7 @@ class TaskAwareMoE(nn.Module):
             y_TD = a * y_TD + (1 - a) * shared
         if self.session is not None:
             self._record(routing, labels_T, valid_T, x_TD)
-        return y_TD.reshape(shape)
+        return y_TD
 
     def _record(self, routing: Routing, labels_T, valid_T, x_TD) -> None:
         cfg = self.config
