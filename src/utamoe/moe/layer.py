@@ -12,7 +12,8 @@ into its tokens; tests assert both agree in values and gradients.
 
 When the layer runs inside `utamoe.moe.route(...)` it reads task labels from the
 session (for oracle routing and the group loss) and records its losses and
-routing statistics there; otherwise it only routes.
+routing statistics there; otherwise it only routes. A session given an attention
+mask also lets the layer skip padding: only real tokens are routed and computed.
 """
 
 from __future__ import annotations
