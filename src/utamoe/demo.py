@@ -97,10 +97,14 @@ def demo_sampling(seed: int):
     return EvalSampling(temperature=0.0, cfg_scale=1.5, seed=seed)
 
 
-def _report(out: Path, metrics: dict, quick: bool) -> str:
+def _report(out: Path, metrics: dict, quick: bool, vqa: dict | None = None) -> str:
     rows = "\n".join(f"| {k} | {metrics[k]:.4f} | {TARGETS.get(k, '')} |" for k in HEADLINE if k in metrics)
     verdicts = [f"- {k}: {metrics[k]:.3f} vs target {v} -> {'met' if metrics[k] >= v else 'MISSED'}"
                 for k, v in TARGETS.items() if k in metrics and not quick]
+    by_type = ", ".join(f"{k.removeprefix('accuracy_')} {v:.2f}" for k, v in (vqa or {}).items()
+                        if k.startswith("accuracy_"))
+    if by_type:  # which questions fail says more than the mean
+        verdicts.append(f"- VQA accuracy by question type: {by_type}")
     return "\n".join([
         f"# utamoe demo{' (quick)' if quick else ''}", "",
         f"Finished in {metrics['seconds']:.0f} s (data, tokenizers, UTAMoE recipe, evaluation).", "",
@@ -127,6 +131,6 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0) -> dict:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     if "samples" in paths:
         shutil.copyfile(paths["samples"], out / "samples.png")
-    (out / "report.md").write_text(_report(out, metrics, quick))
+    (out / "report.md").write_text(_report(out, metrics, quick, result.per_task.get("vqa")))
     console.print(f"[bold green]demo finished in {metrics['seconds']:.0f} s[/]; see {out}/report.md")
     return metrics

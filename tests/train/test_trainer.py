@@ -222,3 +222,4 @@ def test_demo_quick_end_to_end(tmp_path):
         assert key in metrics
     for name in ("metrics.json", "report.md", "samples.png", "model/utamoe.json", "data/test.jsonl"):
         assert (tmp_path / "demo" / name).is_file(), name
+    assert "VQA accuracy by question type" in (tmp_path / "demo" / "report.md").read_text()
