@@ -60,6 +60,20 @@ class RoutingSession:
         self.task_labels = task_labels
         self.attention_mask = attention_mask
         self.records: list[LayerRecord] = []
+        self._real: dict = {}
+
+    def real_tokens(self, valid_T: torch.Tensor) -> torch.Tensor | None:
+        """Flat indices of the real (attention_mask 1) tokens when some are padding, else None.
+
+        Computed once per session and shape, not once per layer: finding them costs a host
+        sync on accelerators."""
+        if self.attention_mask is None:
+            return None
+        key = (tuple(valid_T.shape), valid_T.device)
+        if key not in self._real:
+            keep = valid_T.nonzero().squeeze(1)
+            self._real[key] = keep if 0 < keep.numel() < valid_T.numel() else None
+        return self._real[key]
 
     def token_view(self, hidden_shape: torch.Size, device) -> tuple:
         """(labels_T or None, valid_T) matching a layer input of shape (B, S, D) or (T, D)."""

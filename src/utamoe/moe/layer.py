@@ -132,12 +132,11 @@ class TaskAwareMoE(nn.Module):
         labels_T = valid_T = None
         if self.session is not None:
             labels_T, valid_T = self.session.token_view(shape, hidden.device)
-        padded = self.session is not None and self.session.attention_mask is not None
-        if padded and 0 < int(valid_T.sum()) < valid_T.numel():
+        keep_N = None if self.session is None else self.session.real_tokens(valid_T)
+        if keep_N is not None:
             # Padding (attention_mask 0) is never attended to and carries no loss: route and
             # run only the real tokens (mixed-task batches are ~30 % padding), zeros elsewhere.
             # (Label -1 alone may mark a real token without a task label: that one is computed.)
-            keep_N = valid_T.nonzero().squeeze(1)
             labels_N = None if labels_T is None else labels_T.index_select(0, keep_N)
             y_ND = self._mix(x_TD.index_select(0, keep_N), labels_N, None)
             return x_TD.new_zeros(x_TD.shape, dtype=y_ND.dtype).index_copy(0, keep_N, y_ND).reshape(shape)
