@@ -132,5 +132,6 @@ def measure(models, opts, data) -> tuple[dict[str, float], float]:
             tokens, slots = tokens + n, slots + batch.attention_mask.numel()
     return {k: tokens / s for k, s in seconds.items()}, 1 - tokens / slots
 
+
 if __name__ == "__main__":
     main()
