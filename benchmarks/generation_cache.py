@@ -21,8 +21,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/README.md
 import torch  # noqa: E402
 
 from utamoe.data.sequences import Encoder  # noqa: E402
-from utamoe.generation import SamplingConfig, generate_codes  # noqa: E402
 from utamoe.model.config import UnifiedConfig  # noqa: E402
+from utamoe.model.generation import SamplingConfig, generate_codes  # noqa: E402
 from utamoe.model.unified import UnifiedModel  # noqa: E402
 from utamoe.moe import MoEConfig  # noqa: E402
 from utamoe.text_tokenizer import SpecialIds, train_text_tokenizer  # noqa: E402

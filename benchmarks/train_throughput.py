@@ -31,7 +31,6 @@ import torch  # noqa: E402
 
 from utamoe.data.sequences import collate, training_sequences  # noqa: E402
 from utamoe.data.shapes import ShapesWorldConfig, generate_dataset  # noqa: E402
-from utamoe.infer import make_encoder  # noqa: E402
 from utamoe.model.config import HFPart, UnifiedConfig  # noqa: E402
 from utamoe.model.unified import UnifiedModel  # noqa: E402
 from utamoe.moe import MoEConfig  # noqa: E402
@@ -96,7 +95,7 @@ def main() -> None:
     tok = train_text_tokenizer([t for s in samples for t in (s.prompt, s.target) if t], 512)
     ta = MoEConfig(num_experts=8, top_k=2, num_shared_experts=1)
     models = {"ta_moe": build(base, tok, ta, 1), "dense_3f": build(base, tok, None, 3)}
-    encoder = make_encoder(models["ta_moe"], tok)
+    encoder = models["ta_moe"].sequence_encoder(tok)
     opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True) for k, m in models.items()}
     result = {"steps": args.steps, "batch": args.batch, "threads": torch.get_num_threads()}
     for kind in ("padded", "unpadded"):

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from utamoe.data.formats import load_split
-from utamoe.data.sequences import pixels
-from utamoe.infer import load_for_inference
+from utamoe.predict import Predictor
+from utamoe.vision.processor import pixel_values
 
 
 def linear_probe(features: list[np.ndarray], labels: list, seed: int = 0) -> float:
@@ -54,7 +54,7 @@ def collect(model, samples) -> dict[str, list]:
     with torch.no_grad():
         for start in range(0, len(samples), 200):
             chunk = samples[start:start + 200]
-            px = pixels([s.image for s in chunk])
+            px = pixel_values([s.image for s in chunk])
             feats = model.und_features(px).reshape(len(chunk), grid, grid, -1)
             for b, s in enumerate(chunk):
                 objects = {(o["row"], o["col"]): o for o in s.meta["scene"]}
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="train")
     ap.add_argument("--images", type=int, default=2000, help="caption images to probe")
     args = ap.parse_args(argv)
-    model, _ = load_for_inference(args.model)
+    model = Predictor.load(args.model).model
     samples = [s for s in load_split(f"{args.data}/{args.split}.jsonl")[0] if s.task == "caption"]
     rows = collect(model.eval(), samples[:args.images])
     on = [i for i, v in enumerate(rows["tok_on_object"]) if v]

@@ -155,22 +155,23 @@ def model_info(model) -> dict:
 
 def eval_run(lay: Layout, arm: str, seed: int, scale: str, progress: bool) -> None:
     from utamoe.data.formats import load_split
+    from utamoe.data.shapes.benchmark import world_config_of
     from utamoe.demo import demo_sampling
     from utamoe.eval.report import write_eval_outputs
-    from utamoe.eval.run import evaluate_model, world_config_of
-    from utamoe.infer import load_for_inference
+    from utamoe.eval.run import evaluate_model
+    from utamoe.predict import Predictor
 
     run_dir, data = lay.run(arm, seed), lay.data(seed)
     todo = [s for s in SPLITS if not (run_dir / f"metrics-{s}.json").is_file()]
     if not todo:
         return
-    model, encoder = load_for_inference(run_dir / "model")
-    write_json(run_dir / "model_info.json", model_info(model))
+    predictor = Predictor.load(run_dir / "model")
+    write_json(run_dir / "model_info.json", model_info(predictor.model))
     bs, tasks = SCALES[scale].eval_batch, trained_tasks(arm, scale)
     sampling = demo_sampling(seed)  # greedy + CFG 1.5, as the demo (benchmarks/RESULTS.md)
     for split in todo:
         samples = [x for x in load_split(data / f"{split}.jsonl")[0] if x.task in tasks]
-        result = evaluate_model(model, encoder, samples, sampling, batch_size=bs,
+        result = evaluate_model(predictor, samples, sampling, batch_size=bs,
                                 progress=progress, world_config=world_config_of(data))
         result.split, result.model, result.data = split, str(run_dir / "model"), str(data)
         command = shlex.join(["utamoe", "eval", "--model", str(run_dir / "model"), "--data",

@@ -107,31 +107,74 @@ def _add_sampling_args(p: argparse.ArgumentParser, temperature: float, cfg_scale
 
 
 def _sampling(args: argparse.Namespace):
-    from utamoe.generation import SamplingConfig
+    from utamoe.model.generation import SamplingConfig
 
     return SamplingConfig(temperature=args.temperature, top_k=args.top_k,
                           cfg_scale=getattr(args, "cfg_scale", 1.0), seed=args.seed)
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    from utamoe.infer import load_for_inference, read_image, run_generate
+def read_image(path: str):
+    """An image file as an HxWx3 uint8 array (any size and mode: the model's processor resizes)."""
+    from pathlib import Path
 
-    model, encoder = load_for_inference(args.model, args.device)
-    edit = read_image(args.edit_image, model.config.image_size) if args.edit_image else None
-    written = run_generate(model, encoder, args.prompt, args.out, args.num_images,
-                           _sampling(args), edit_image=edit)
-    for path in written:
-        print(path)
+    from PIL import Image, UnidentifiedImageError
+
+    from utamoe.predict import InputError
+    from utamoe.vision.processor import to_rgb
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image {path} does not exist")
+    try:
+        with Image.open(path) as im:
+            return to_rgb(im)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise InputError(f"cannot read image {path}: {err}") from err
+
+
+def output_paths(out: str, n_prompts: int, n_images: int):
+    """OUT itself for one image; OUT_<prompt>_<image>.png for several."""
+    from pathlib import Path
+
+    from utamoe.predict import InputError
+
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise InputError(f"--out {out} must end in .png")
+    if n_prompts * n_images == 1:
+        return [[out]]
+    return [[out.with_name(f"{out.stem}_{i}_{j}.png") for j in range(n_images)]
+            for i in range(n_prompts)]
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from PIL import Image
+
+    from utamoe.predict import Predictor
+
+    predictor = Predictor.load(args.model, args.device)
+    edit = read_image(args.edit_image) if args.edit_image else None
+    paths = output_paths(args.out, len(args.prompt), args.num_images)
+    sampling = _sampling(args)
+    for j in range(args.num_images):  # image j of every prompt uses seed + j
+        images = predictor.generate(args.prompt, dataclasses.replace(sampling, seed=sampling.seed + j),
+                                    images=edit)
+        for i, img in enumerate(images):
+            paths[i][j].parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(paths[i][j])
+            print(paths[i][j])
     return 0
 
 
 def cmd_answer(args: argparse.Namespace) -> int:
-    from utamoe.infer import load_for_inference, read_image, run_answer
+    from utamoe.predict import Predictor
 
-    model, encoder = load_for_inference(args.model, args.device)
-    image = read_image(args.image, model.config.image_size)
-    for question, answer in zip(args.question, run_answer(model, encoder, image, args.question,
-                                                          args.task, _sampling(args))):
+    predictor = Predictor.load(args.model, args.device)
+    image = read_image(args.image)
+    answers = predictor.answer(image, args.question, args.task, _sampling(args))
+    for question, answer in zip(args.question, answers):
         print(f"{question}\t{answer}")
     return 0
 
@@ -151,8 +194,9 @@ def _add_inference_verbs(verbs: argparse._SubParsersAction) -> None:
     a.add_argument("--model", required=True, help="model directory (e.g. RUN/model)")
     a.add_argument("--image", required=True, help="input PNG")
     a.add_argument("--question", required=True, action="append", help="question (repeatable)")
-    a.add_argument("--task", default="vqa", choices=["vqa", "caption", "pope", "grounding"],
-                   help="understanding task the question belongs to (default vqa)")
+    a.add_argument("--task", default="vqa",
+                   help="text task the question belongs to: a registered task such as vqa, "
+                        "caption, pope, grounding (default vqa)")
     _add_sampling_args(a, temperature=0.0, cfg_scale=None)
     a.set_defaults(func=cmd_answer)
 
@@ -160,16 +204,17 @@ def _add_inference_verbs(verbs: argparse._SubParsersAction) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     import shlex
 
+    from utamoe.data.shapes.benchmark import world_config_of
     from utamoe.eval.report import print_summary, write_eval_outputs
-    from utamoe.eval.run import EvalSampling, evaluate_model, world_config_of
+    from utamoe.eval.run import EvalSampling, evaluate_model
 
-    model, encoder, samples, data, out = _model_and_split(
+    predictor, samples, data, out = _model_and_split(
         args, f"eval-{args.split}", batch_size=args.batch_size, max_per_task=args.max_per_task,
         max_new_tokens=args.max_new_tokens)
     sampling = EvalSampling(temperature=args.temperature, top_k=args.top_k,
                             cfg_scale=args.cfg_scale, seed=args.seed,
                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    result = evaluate_model(model, encoder, samples, sampling, max_per_task=args.max_per_task,
+    result = evaluate_model(predictor, samples, sampling, max_per_task=args.max_per_task,
                             world_config=world_config_of(data))
     result.split, result.model, result.data = args.split, str(args.model), str(data)
     command = ["utamoe", "eval", "--model", str(args.model), "--data", str(data), "--split",
@@ -184,11 +229,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _model_and_split(args: argparse.Namespace, out_name: str, **counts):
     """Check counts >= 1, the split exists; load the model and the split's samples.
 
-    Returns (model, encoder, samples, data dir, output dir)."""
+    Returns (predictor, samples, data dir, output dir)."""
     from pathlib import Path
 
     from utamoe.data.formats import DataFormatError, list_splits, load_split
-    from utamoe.infer import InputError, load_for_inference
+    from utamoe.predict import InputError, Predictor
 
     for name, value in counts.items():
         if value is not None and value < 1:
@@ -198,10 +243,10 @@ def _model_and_split(args: argparse.Namespace, out_name: str, **counts):
     if args.split not in splits:
         raise DataFormatError(data, None, f"no split '{args.split}' here (found: "
                               f"{', '.join(splits) or 'none'}); pass --split with one of them")
-    model, encoder = load_for_inference(args.model, args.device)
+    predictor = Predictor.load(args.model, args.device)
     samples, _ = load_split(data / f"{args.split}.jsonl")
     out = Path(args.out) if args.out else Path(args.model).resolve().parent / out_name
-    return model, encoder, samples, data, out
+    return predictor, samples, data, out
 
 
 def _add_model_data_args(p: argparse.ArgumentParser, verb: str, out_name: str) -> None:
@@ -233,9 +278,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     from utamoe.eval.analyze import print_analysis_summary, run_analysis, write_analysis_outputs
 
-    model, encoder, samples, data, out = _model_and_split(
+    predictor, samples, data, out = _model_and_split(
         args, "analysis", batches=args.batches, batch_size=args.batch_size)
-    result = run_analysis(model, encoder, samples, batches=args.batches,
+    result = run_analysis(predictor.model, predictor.encoder, samples, batches=args.batches,
                           batch_size=args.batch_size, seed=args.seed)
     result.settings.update(split=args.split, model=str(args.model), data=str(data))
     command = shlex.join(["utamoe", "analyze", "--model", str(args.model), "--data", str(data),
@@ -364,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from utamoe.config import ConfigError
     from utamoe.data.formats import DataFormatError
-    from utamoe.infer import InputError
+    from utamoe.predict import InputError
 
     try:
         return int(args.func(args) or 0)

@@ -74,12 +74,12 @@ def _evaluate(model_dir: Path, data_dir: Path, world, out: Path, seed: int):
     from utamoe.data.formats import load_split
     from utamoe.eval.report import print_summary, write_eval_outputs
     from utamoe.eval.run import evaluate_model
-    from utamoe.infer import load_for_inference
+    from utamoe.predict import Predictor
 
-    model, encoder = load_for_inference(model_dir)
+    predictor = Predictor.load(model_dir)
     samples, _ = load_split(data_dir / "test.jsonl")
     sampling = demo_sampling(seed)
-    result = evaluate_model(model, encoder, samples, sampling, world_config=world)
+    result = evaluate_model(predictor, samples, sampling, world_config=world)
     result.split, result.model, result.data = "test", str(model_dir), str(data_dir)
     command = shlex.join(["utamoe", "eval", "--model", str(model_dir), "--data", str(data_dir),
                           "--split", "test", *sampling.cli_args()])

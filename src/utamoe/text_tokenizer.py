@@ -3,7 +3,9 @@
 Unified sequences need a few special tokens beside ordinary text: sequence
 boundaries, image boundaries, a prompt/answer separator, a slot token for each understanding feature and
 each image code (their embeddings come from the vision side, not the text
-table), a null prompt for classifier-free guidance, and one marker per task.
+table), a null prompt for classifier-free guidance, and one marker per task of the task
+registry (`<caption>`, `<t2i>`, ...; a task registered later gets its marker in
+tokenizers trained or loaded after it).
 `train_text_tokenizer` trains a byte-level BPE with the `tokenizers` library
 (lossless decode, no unknown words for users' own data); `load_text_tokenizer`
 takes any Hugging Face tokenizer directory and adds the special tokens it lacks.
@@ -20,14 +22,21 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from utamoe.data.formats import TASKS
+from utamoe.tasks import task_names
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 IMAGE_START, IMAGE_END = "<img>", "</img>"
 UND_SLOT, CODE_SLOT, NULL, SEP = "<und_slot>", "<code_slot>", "<null>", "<sep>"
-TASK_TOKENS = {task: f"<{task}>" for task in TASKS}
-SPECIAL_TOKENS = [PAD, BOS, EOS, UNK, IMAGE_START, IMAGE_END, UND_SLOT, CODE_SLOT, NULL, SEP,
-                  *TASK_TOKENS.values()]
+BASE_SPECIAL_TOKENS = [PAD, BOS, EOS, UNK, IMAGE_START, IMAGE_END, UND_SLOT, CODE_SLOT, NULL, SEP]
+
+
+def task_token(task: str) -> str:
+    return f"<{task}>"
+
+
+def special_tokens() -> list[str]:
+    """The structural tokens, then one marker per registered task (registry order)."""
+    return [*BASE_SPECIAL_TOKENS, *(task_token(t) for t in task_names())]
 
 
 @dataclass(frozen=True)
@@ -43,22 +52,32 @@ class SpecialIds:
     code_slot: int
     null: int
     sep: int
-    tasks: dict[str, int]
+    tasks: dict[str, int]  # the registered tasks this tokenizer has a marker for
 
     @classmethod
     def of(cls, tok: PreTrainedTokenizerFast) -> SpecialIds:
-        ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-        missing = [t for t, i in ids.items() if i is None or i == tok.unk_token_id and t != UNK]
+        vocab = tok.get_vocab()
+        missing = [t for t in BASE_SPECIAL_TOKENS if t not in vocab]
         if missing:
             raise ValueError(f"tokenizer lacks special tokens {missing}; load it with load_text_tokenizer")
+        ids = {t: vocab[t] for t in BASE_SPECIAL_TOKENS}
+        tasks = {task: vocab[task_token(task)] for task in task_names() if task_token(task) in vocab}
         return cls(ids[PAD], ids[BOS], ids[EOS], ids[IMAGE_START], ids[IMAGE_END], ids[UND_SLOT],
-                   ids[CODE_SLOT], ids[NULL], ids[SEP], {task: ids[t] for task, t in TASK_TOKENS.items()})
+                   ids[CODE_SLOT], ids[NULL], ids[SEP], tasks)
+
+    def task(self, name: str) -> int:
+        """The marker id of a task; a clear error when the tokenizer predates the task."""
+        if name not in self.tasks:
+            raise ValueError(f"the text tokenizer has no {task_token(name)} token: it was trained "
+                             f"before task {name!r} was registered; train a new tokenizer (and "
+                             "model) with the task registered")
+        return self.tasks[name]
 
 
 def _wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK,
-        additional_special_tokens=SPECIAL_TOKENS[4:],
+        additional_special_tokens=special_tokens()[4:],
     )
 
 
@@ -68,20 +87,24 @@ def train_text_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> PreTrai
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        vocab_size=vocab_size, special_tokens=special_tokens(), show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return _wrap(tok)
 
 
-def load_text_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """A tokenizer from a local directory (ours or any HF one), with utamoe's special tokens added."""
+def load_text_tokenizer(path: str | Path, add_tasks: bool = True) -> PreTrainedTokenizerFast:
+    """A tokenizer from a local directory (ours or any HF one), with utamoe's special tokens added.
+
+    `add_tasks=False` adds no task markers: a trained model's own tokenizer is loaded as it was
+    saved, since a marker added later would have no row in the model's embedding table."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"text tokenizer directory {path} does not exist")
     tok = AutoTokenizer.from_pretrained(str(path))
-    missing = [t for t in SPECIAL_TOKENS if t not in tok.get_vocab()]
+    wanted = special_tokens() if add_tasks else BASE_SPECIAL_TOKENS
+    missing = [t for t in wanted if t not in tok.get_vocab()]
     if missing:
         tok.add_special_tokens({"additional_special_tokens": missing})
     for attr, value in (("pad_token", PAD), ("bos_token", BOS), ("eos_token", EOS)):

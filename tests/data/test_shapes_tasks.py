@@ -8,7 +8,6 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from utamoe.data import TASKS
 from utamoe.data.shapes import (
     ShapesWorldConfig,
     generate_dataset,
@@ -21,8 +20,9 @@ from utamoe.data.shapes import (
     resolve,
 )
 from utamoe.data.shapes.text import apply_edit, describe
-from utamoe.data.shapes.world import COLS, ROWS
+from utamoe.data.shapes.world import COLS, ROWS, SHAPES_TASKS
 from utamoe.eval.metrics import box_iou
+from utamoe.tasks import group_of
 
 SIZES = {"train": 60, "val": 10, "test": 10, "heldout": 30}
 CFG = ShapesWorldConfig(seed=7, sizes=SIZES)
@@ -50,10 +50,10 @@ def test_generation_is_deterministic_and_stable(data):
 
 def test_counts_ids_and_groups(data):
     for split, samples in data.items():
-        assert Counter(s.task for s in samples) == {t: SIZES[split] for t in TASKS}
+        assert Counter(s.task for s in samples) == {t: SIZES[split] for t in SHAPES_TASKS}
         assert len({s.id for s in samples}) == len(samples)
         for s in samples:
-            assert s.group == TASKS[s.task]
+            assert s.group == group_of(s.task)
             assert (s.target is None) == (s.group == "gen")
 
 

@@ -11,8 +11,8 @@ from utamoe.data.shapes import (
     render,
 )
 from utamoe.data.shapes.text import t2i_prompt
-from utamoe.eval.benchmark import evaluate
 from utamoe.eval.geneval import PSNR_CAP, aggregate, score_edit, score_generation
+from utamoe.eval.scoring import evaluate
 
 CFG = ShapesWorldConfig()
 RED = SceneObject("circle", "red", "large", 0, 0)
@@ -72,15 +72,16 @@ def test_edit_scoring():
 
 
 def test_evaluate_all_tasks_together():
-    samples = generate_dataset(ShapesWorldConfig(sizes={"test": 6}))["test"]
+    world = ShapesWorldConfig(sizes={"test": 6})
+    samples = generate_dataset(world)["test"]
     perfect = [s.target if s.group == "und" else s.target_image for s in samples]
-    report = evaluate(samples, perfect)
+    report = evaluate(samples, perfect, world)
     assert set(report) == {"caption", "vqa", "pope", "grounding", "t2i", "edit"}
     assert report["vqa"]["accuracy"] == report["pope"]["f1"] == report["caption"]["f1"] == 1.0
     assert report["grounding"]["accuracy"] == 1.0
     assert report["t2i"]["correct_all"] == report["edit"]["correct_all"] == 1.0
     # Predictions by id; missing ones count as wrong, not as errors.
-    partial = evaluate(samples, {samples[0].id: perfect[0]})
+    partial = evaluate(samples, {samples[0].id: perfect[0]}, world)
     assert partial["caption"]["f1"] < 1.0 and partial["t2i"]["correct_all"] == 0.0
 
 

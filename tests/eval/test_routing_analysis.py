@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from tests.model.helpers import mixed_samples, tiny_model
-from utamoe.data.formats import TASK_GROUPS, TASKS
 from utamoe.data.sequences import collate
 from utamoe.eval.analyze import plot_routing, routing_markdown
 from utamoe.eval.routing import routing_analysis
 from utamoe.moe import MoEConfig, TaskAwareMoE, route
+from utamoe.tasks import GROUPS, group_of
 
 D = 4
 
@@ -52,7 +52,7 @@ class OneLayer(nn.Module):
             g.expert_gate.weight.copy_(w)
 
     def forward(self, batch: FakeBatch):
-        label = TASK_GROUPS.index(TASKS[batch.task])
+        label = GROUPS.index(group_of(batch.task))
         labels = torch.full(batch.attention_mask.shape, label).masked_fill(
             batch.attention_mask == 0, -1)
         with route(self, task_labels=labels, attention_mask=batch.attention_mask) as session:

@@ -9,15 +9,16 @@ from tests.model.helpers import tiny_model
 from utamoe.cli import main
 from utamoe.data.formats import load_split
 from utamoe.data.shapes import ShapesWorldConfig, generate_dataset, write_dataset
-from utamoe.eval.benchmark import evaluate
+from utamoe.data.shapes.benchmark import world_config_of
 from utamoe.eval.geneval import FACETS, PSNR_CAP
 from utamoe.eval.report import write_eval_outputs
-from utamoe.eval.run import EvalSampling, evaluate_model, world_config_of
-from utamoe.infer import load_for_inference
+from utamoe.eval.run import EvalSampling, evaluate_model
+from utamoe.eval.scoring import evaluate
 from utamoe.model.io import save_model_dir
+from utamoe.predict import Predictor
 
 WORLD = ShapesWorldConfig(sizes={"test": 3})
-HEADLINE = ["vqa_accuracy", "pope_accuracy", "pope_f1", "caption_f1", "grounding_acc50",
+HEADLINE = ["vqa_accuracy", "pope_accuracy", "pope_f1", "caption_f1", "caption_exact", "grounding_acc50",
             "t2i_correct_all", *(f"t2i_{f}" for f in FACETS), "edit_correct_all", "edit_psnr",
             "edit_ssim"]
 RATES = [k for k in HEADLINE if k != "edit_psnr"]
@@ -50,7 +51,7 @@ def wrong(task, batch, start):
 
 
 def test_ground_truth_scores_one(samples):
-    result = evaluate_model(None, None, samples, predict_fn=oracle, world_config=WORLD,
+    result = evaluate_model(None, samples, predict_fn=oracle, world_config=WORLD,
                             progress=False)
     assert set(result.headline) == set(HEADLINE)
     assert all(result.headline[k] == 1.0 for k in RATES), result.headline
@@ -62,7 +63,7 @@ def test_ground_truth_scores_one(samples):
 
 
 def test_wrong_answers_score_zero(samples, tmp_path):
-    result = evaluate_model(None, None, samples, predict_fn=wrong, world_config=WORLD,
+    result = evaluate_model(None, samples, predict_fn=wrong, world_config=WORLD,
                             progress=False)
     assert all(result.headline[k] == 0.0 for k in RATES if k != "edit_ssim"), result.headline
     assert result.headline["edit_psnr"] < 40 and result.headline["edit_ssim"] < 0.95
@@ -81,32 +82,35 @@ def test_batches_offsets_and_max_per_task(samples):
         calls.append((task, len(batch), start))
         return oracle(task, batch, start)
 
-    result = evaluate_model(None, None, samples, EvalSampling(seed=5), batch_size=2,
+    result = evaluate_model(None, samples, EvalSampling(seed=5), batch_size=2,
                             max_per_task=3, predict_fn=spy, world_config=WORLD, progress=False)
     assert calls[:2] == [("caption", 2, 0), ("caption", 1, 2)] and len(calls) == 12
     assert result.sampling.batch_size == 2 and result.sampling.seed == 5
-    one = evaluate_model(None, None, samples, max_per_task=1, predict_fn=oracle,
+    one = evaluate_model(None, samples, max_per_task=1, predict_fn=oracle,
                          world_config=WORLD, progress=False)
     assert sum(one.counts.values()) == 6
     with pytest.raises(ValueError, match="predictions for"):
-        evaluate_model(None, None, samples, predict_fn=lambda t, b, s: [], progress=False)
+        evaluate_model(None, samples, predict_fn=lambda t, b, s: [], progress=False)
 
 
 def test_without_world_config_image_tasks_get_similarity_only(samples, tmp_path):
-    result = evaluate_model(None, None, samples, predict_fn=oracle, progress=False)
+    result = evaluate_model(None, samples, predict_fn=oracle, progress=False)
     assert result.headline["vqa_accuracy"] == 1.0 and result.headline["edit_ssim"] == 1.0
     assert "t2i_correct_all" not in result.headline and "edit_correct_all" not in result.headline
-    assert any("t2i" in n and "skipped" in n for n in result.notes)
+    assert result.scorers["t2i"] == result.scorers["edit"] == "image_similarity"
+    assert result.scorers["caption"] == "caption_generic"
+    assert any("generic scorers only" in n for n in result.notes)
     paths = write_eval_outputs(result, tmp_path)
-    assert "scene-parser scores" in paths["report"].read_text()
+    assert "Scored by `image_similarity`" in paths["report"].read_text()
     assert "not scored" not in paths["predictions"].read_text()  # no verdicts invented
 
 
 def test_real_model_is_reproducible(samples, saved):
-    model, encoder = load_for_inference(saved / "run" / "model")
+    predictor = Predictor.load(saved / "run" / "model")
+    model = predictor.model
     model.train()
     t2i = [s for s in samples if s.task == "t2i"][:2]
-    runs = [evaluate_model(model, encoder, t2i, EvalSampling(seed=3), world_config=WORLD,
+    runs = [evaluate_model(predictor, t2i, EvalSampling(seed=3), world_config=WORLD,
                            progress=False) for _ in range(2)]
     assert all(np.array_equal(a, b) for a, b in zip(runs[0].predictions, runs[1].predictions))
     assert runs[0].predictions[0].shape == (48, 48, 3)

@@ -15,7 +15,8 @@ import pytest
 import summary
 import task_conflict as tc
 
-from utamoe.data.formats import TASKS
+from utamoe.data.shapes.world import SHAPES_TASKS
+from utamoe.tasks import group_of
 from utamoe.train.config import load_config
 
 
@@ -59,10 +60,10 @@ def test_every_arm_builds_a_valid_config_with_equal_total_steps(scale):
         assert m.top_k + m.num_shared_experts == 3 and m.num_experts == 8, arm
     width = cfgs["joint_dense"].model.backbone.config["intermediate_size"]
     assert cfgs["joint_dense_wide"].model.backbone.config["intermediate_size"] == 3 * width
-    und = {t for t, g in TASKS.items() if g == "und"}
+    und = {t for t in SHAPES_TASKS if group_of(t) == "und"}
     assert {t for st in cfgs["und_only"].stages for t in st.mixture} == und
-    assert {t for st in cfgs["gen_only"].stages for t in st.mixture} == set(TASKS) - und
-    assert arms.trained_tasks("und_only", scale) == und and arms.trained_tasks("utamoe", scale) == set(TASKS)
+    assert {t for st in cfgs["gen_only"].stages for t in st.mixture} == set(SHAPES_TASKS) - und
+    assert arms.trained_tasks("und_only", scale) == und and arms.trained_tasks("utamoe", scale) == set(SHAPES_TASKS)
     assert arms.arm_names() == list(arms.arm_table())
 
 

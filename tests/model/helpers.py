@@ -7,7 +7,6 @@ import torch
 
 from utamoe.data.formats import Sample
 from utamoe.data.sequences import collate
-from utamoe.infer import make_encoder
 from utamoe.model.config import HFPart, UnifiedConfig
 from utamoe.model.unified import UnifiedModel
 from utamoe.moe import MoEConfig
@@ -40,7 +39,7 @@ def tiny_model(moe: MoEConfig | None = DEFAULT, seed: int = 0):
         und_slot_id=SpecialIds.of(tok).und_slot, code_embed_dim=8,
     )
     model = UnifiedModel.build(cfg, vq)
-    return model, tok, make_encoder(model, tok)
+    return model, tok, model.sequence_encoder(tok)
 
 
 def images(n: int, seed: int = 0) -> list[np.ndarray]:

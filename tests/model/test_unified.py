@@ -20,7 +20,7 @@ def test_mixed_task_forward_backward_reaches_every_trainable_part():
     assert set(out.moe_losses) == {"group", "balance", "z"}
     assert torch.isfinite(out.loss)
     out.loss.backward()
-    for prefix in ("lm.", "lm_head.", "und_encoder.", "und_aligner.", "gen_embed.",
+    for prefix in ("lm.", "lm_head.", "und_encoder.tower.", "und_encoder.aligner.", "gen_embed.",
                    "gen_aligner.", "gen_head."):
         grads = [p.grad for n, p in model.named_parameters() if n.startswith(prefix) and p.requires_grad]
         assert grads and any(g is not None and g.abs().sum() > 0 for g in grads), prefix

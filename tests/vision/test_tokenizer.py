@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from utamoe.data.shapes import ShapesWorldConfig, render, sample_scene
+from utamoe.data.shapes.benchmark import parse_agreement
+from utamoe.data.shapes.benchmark import renders as shapes_images
 from utamoe.vision import (
     TokenizerConfig,
     TokenizerLoadError,
     VQTokenizer,
     codebook_usage,
-    shapes_images,
     train_tokenizer,
 )
 
@@ -154,5 +155,6 @@ def test_default_tokenizer_parses_back_99_percent():
     rng = np.random.default_rng(123)
     test = [render(sample_scene(rng, shapes, shapes.allowed_combos()), shapes) for _ in range(200)]
     _, report = train_tokenizer(shapes_images(9000, shapes, seed=0), TokenizerConfig(),
-                                seed=0, progress=False, eval_images=test, shapes=shapes)
+                                seed=0, progress=False, eval_images=test,
+                                agreement=parse_agreement(shapes))
     assert report["eval"]["parse_agreement"] >= 0.99, report["eval"]

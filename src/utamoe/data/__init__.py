@@ -5,8 +5,6 @@ they can be generated, checked and scored without the model stack.
 """
 
 from utamoe.data.formats import (
-    TASK_GROUPS,
-    TASKS,
     DataFormatError,
     LoadReport,
     Sample,
@@ -16,8 +14,6 @@ from utamoe.data.formats import (
 )
 
 __all__ = [
-    "TASKS",
-    "TASK_GROUPS",
     "DataFormatError",
     "LoadReport",
     "Sample",

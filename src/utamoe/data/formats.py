@@ -5,6 +5,11 @@ referenced by paths relative to the directory, and optionally `dataset.json` (a
 manifest: format name and version, generator config). One JSON object per line is
 one `Sample`; docs/data_format.md documents every field with examples.
 
+Which tasks exist, their groups and whether they need an input image come from the
+task registry (utamoe.tasks). Images are read at their own size and converted to
+RGB (any PNG/JPEG mode); resizing to a model's resolution is the model's image
+processor's job (utamoe.vision.processor), not the dataset's.
+
 `Sample` is shared by the in-memory ShapesWorld generator and this loader, so a
 training pipeline sees the same objects whether data was generated or loaded.
 Every loading error is a `DataFormatError` naming the file and line and saying
@@ -23,19 +28,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-# The task registry: task name -> task group. Understanding (und) reads an image and
-# answers in text; generation (gen) produces an image.
-TASKS: dict[str, str] = {
-    "caption": "und",
-    "vqa": "und",
-    "pope": "und",
-    "grounding": "und",
-    "t2i": "gen",
-    "edit": "gen",
-}
-TASK_GROUPS = ("und", "gen")
-# Tasks whose record must carry an input image.
-NEEDS_IMAGE = frozenset({"caption", "vqa", "pope", "grounding", "edit"})
+from utamoe.tasks import get_task, is_task, task_names
+
 FORMAT_NAME = "utamoe-dataset"
 FORMAT_VERSION = 1
 MANIFEST = "dataset.json"
@@ -72,7 +66,7 @@ class Sample:
 
     @property
     def group(self) -> str:
-        return TASKS[self.task]
+        return get_task(self.task).group
 
     def to_record(self) -> dict[str, Any]:
         """The JSON record (paths must be set: `write_split` sets them when it saves images)."""
@@ -133,23 +127,25 @@ def _check_fields(rec: Any, path: Path, line: int) -> None:
     if not rec["id"]:
         raise _fail(path, line, "field 'id' is empty; give every sample a unique id")
     task = rec["task"]
-    if task not in TASKS:
-        raise _fail(path, line, f"unknown task '{task}'; use one of {', '.join(TASKS)}")
-    if rec["group"] != TASKS[task]:
-        raise _fail(path, line, f"task '{task}' belongs to group '{TASKS[task]}', "
+    if not is_task(task):
+        raise _fail(path, line, f"unknown task '{task}'; use one of {', '.join(task_names())} "
+                    "(or register your own task with utamoe.tasks.register_task)")
+    spec = get_task(task)
+    if rec["group"] != spec.group:
+        raise _fail(path, line, f"task '{task}' belongs to group '{spec.group}', "
                     f"but the record says group '{rec['group']}'")
     for key in ("image", "target", "target_image"):
         if rec.get(key) is not None and not isinstance(rec[key], str):
             raise _fail(path, line, f"field '{key}' must be a string or null, got {rec[key]!r}")
     if not isinstance(rec.get("meta", {}), dict):
         raise _fail(path, line, "field 'meta' must be a JSON object")
-    if task in NEEDS_IMAGE and not rec.get("image"):
+    if spec.needs_image and not rec.get("image"):
         raise _fail(path, line, f"task '{task}' needs an input image: set 'image' to a PNG "
                     "path relative to the dataset directory")
-    if TASKS[task] == "und" and not rec.get("target"):
+    if spec.output == "text" and not rec.get("target"):
         raise _fail(path, line, f"missing target: task '{task}' needs a non-empty text "
                     "'target' (the expected answer)")
-    if TASKS[task] == "gen" and not rec.get("target_image"):
+    if spec.output == "image" and not rec.get("target_image"):
         raise _fail(path, line, f"missing target: task '{task}' needs 'target_image', a PNG "
                     "path relative to the dataset directory")
 
@@ -164,9 +160,11 @@ def _read_image(root: Path, rel: str, key: str, path: Path, line: int) -> np.nda
     if not full.is_file():
         raise _fail(path, line, f"'{key}' image '{rel}' not found (looked for {full}); fix "
                     "the path or add the file")
+    from utamoe.vision.processor import to_rgb
+
     try:
         with Image.open(full) as im:
-            return np.asarray(im.convert("RGB"))
+            return to_rgb(im)
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise _fail(path, line, f"'{key}' image '{rel}' is unreadable ({e}); re-save it "
                     "as PNG") from e
@@ -312,7 +310,7 @@ def write_split(root: str | os.PathLike, split: str, samples: Iterable[Sample],
     n = 0
     with open(root / f"{split}.jsonl", "w", encoding="utf-8") as fh:
         for s in samples:
-            if s.task not in TASKS:
+            if not is_task(s.task):
                 raise ValueError(f"sample '{s.id}': unknown task '{s.task}'")
             for attr, suffix in (("image", "input"), ("target_image", "target")):
                 array = getattr(s, attr)

@@ -1,11 +1,13 @@
 """Samples -> token sequences for the unified model, and batches of them.
 
-One sequence per sample, its layout fixed by the task group:
+One sequence per sample, its layout declared by the sample's task in the task
+registry (utamoe.tasks):
 
-    und  (caption, vqa, pope, grounding):
-        <bos> <task> <img> <und_slot> x P </img> prompt <sep> | answer <eos>
-    t2i: <bos> <t2i> prompt <img> | code x N
-    edit: <bos> <edit> <img> <code_slot> x N (input image codes) </img> instruction <img> | code x N
+    answer   (caption, vqa, pope, grounding, ...):
+             <bos> <task> <img> <und_slot> x P </img> prompt <sep> | answer <eos>
+             (a text-only answer task has no <img> ... </img> block)
+    generate (t2i): <bos> <task> prompt <img> | code x N
+    edit:    <bos> <task> <img> <code_slot> x N (input image codes) </img> instruction <img> | code x N
 
 Left of `|` is the prefix (given at inference); right of it is the target, the
 only part with a loss. `<und_slot>` positions receive the understanding
@@ -13,7 +15,9 @@ encoder's features, `<code_slot>` positions the embeddings of their image codes
 (`code_ids`); every other position is an ordinary text token. Labels are already
 shifted: `text_labels[t]` / `code_labels[t]` is what position t must predict
 (-100: nothing). For classifier-free guidance a generation prompt can be replaced
-by as many `<null>` tokens, so conditional and unconditional rows align.
+by as many `<null>` tokens, so conditional and unconditional rows align. Input
+images go through the encoder's `process` (the model's image processor) first, so
+images of any size and mode are accepted.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import torch
 
-from utamoe.data.formats import TASK_GROUPS, TASKS, Sample
+from utamoe.data.formats import Sample
+from utamoe.tasks import GROUPS, get_task, task_names
 from utamoe.text_tokenizer import SpecialIds
+from utamoe.vision.processor import pixel_values
 
 IGNORE = -100
 
@@ -60,42 +66,46 @@ class TokenSequence:
         return text, code
 
 
+def _same(image: np.ndarray) -> np.ndarray:
+    return image
+
+
 @dataclass
 class Encoder:
-    """Turns samples into sequences; `image_codes(img) -> list[int]` is the VQ tokenizer."""
+    """Turns samples into sequences; `image_codes(img) -> list[int]` is the VQ tokenizer and
+    `process(img) -> HxWx3 uint8` the model's image processor (identity by default)."""
 
     tokenizer: object
     special: SpecialIds
     und_tokens: int
     image_codes: Callable[[np.ndarray], list[int]]
+    process: Callable[[np.ndarray], np.ndarray] = _same
 
     def words(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def prefix(self, task: str, prompt: str, image: np.ndarray | None = None,
                null_prompt: bool = False, input_codes: list[int] | None = None) -> TokenSequence:
-        if task not in TASKS:
-            raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+        spec = get_task(task)
         sp, seq = self.special, TokenSequence(task)
         words = self.words(prompt)
         if null_prompt:
             words = [sp.null] * len(words)
-        seq.text([sp.bos, sp.tasks[task]])
-        if TASKS[task] == "und":
-            if image is None:
-                raise ValueError(f"task {task!r} needs an input image")
-            seq.image = image
-            seq.text([sp.image_start] + [sp.und_slot] * self.und_tokens + [sp.image_end])
+        seq.text([sp.bos, sp.task(task)])
+        if spec.needs_image and image is None and input_codes is None:
+            raise ValueError(f"task {task!r} needs an input image")
+        if spec.layout == "answer":
+            if spec.needs_image:
+                seq.image = self.process(image)
+                seq.text([sp.image_start] + [sp.und_slot] * self.und_tokens + [sp.image_end])
             seq.text(words + [sp.sep])
-        elif task == "edit":
+        elif spec.layout == "edit":
             if input_codes is None:
-                if image is None:
-                    raise ValueError("task 'edit' needs an input image")
-                input_codes = self.image_codes(image)
+                input_codes = self.image_codes(self.process(image))
             seq.text([sp.image_start])
             seq.codes(input_codes, sp.code_slot)
             seq.text([sp.image_end] + words + [sp.image_start])
-        else:
+        else:  # "generate"
             seq.text(words + [sp.image_start])
         return seq
 
@@ -103,7 +113,7 @@ class Encoder:
                input_codes=None) -> TokenSequence:
         """The full training sequence of a sample (prefix + target with loss)."""
         seq = self.prefix(sample.task, sample.prompt, sample.image, null_prompt, input_codes)
-        if TASKS[sample.task] == "und":
+        if get_task(sample.task).output == "text":
             if sample.target is None:
                 raise ValueError(f"sample {sample.id}: task {sample.task!r} needs a text target")
             seq.text(self.words(sample.target) + [self.special.eos], loss=True)
@@ -111,7 +121,7 @@ class Encoder:
             if target_codes is None:
                 if sample.target_image is None:
                     raise ValueError(f"sample {sample.id}: task {sample.task!r} needs a target image")
-                target_codes = self.image_codes(sample.target_image)
+                target_codes = self.image_codes(self.process(sample.target_image))
             seq.codes(target_codes, self.special.code_slot, loss=True)
         return seq
 
@@ -138,8 +148,8 @@ class Batch:
     attention_mask: torch.Tensor  # (B, S)
     text_labels: torch.Tensor  # (B, S), IGNORE where no loss
     code_labels: torch.Tensor  # (B, S)
-    group_ids: torch.Tensor  # (B,) index into TASK_GROUPS
-    task_ids: torch.Tensor  # (B,) index into list(TASKS)
+    group_ids: torch.Tensor  # (B,) index into utamoe.tasks.GROUPS
+    task_ids: torch.Tensor  # (B,) index into utamoe.tasks.task_names()
     pixel_values: torch.Tensor | None  # (N_und, 3, H, W) in [-1, 1], in row order
 
     def to(self, device) -> Batch:
@@ -148,14 +158,8 @@ class Batch:
 
     @property
     def tasks(self) -> list[str]:
-        names = list(TASKS)
+        names = task_names()
         return [names[i] for i in self.task_ids.tolist()]
-
-
-def pixels(images: list[np.ndarray]) -> torch.Tensor:
-    """uint8 HxWx3 images -> float (N, 3, H, W) in [-1, 1]."""
-    arr = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
-    return arr / 127.5 - 1.0
 
 
 def collate(seqs: list[TokenSequence], pad_id: int, left_pad: bool = False) -> Batch:
@@ -174,10 +178,10 @@ def collate(seqs: list[TokenSequence], pad_id: int, left_pad: bool = False) -> B
         ids[b, sl], codes[b, sl], mask[b, sl] = torch.tensor(s.input_ids), torch.tensor(s.code_ids), 1
         text_labels[b, sl], code_labels[b, sl] = torch.tensor(tl), torch.tensor(cl)
     images = [s.image for s in seqs if s.image is not None]
-    task_names = list(TASKS)
+    names = task_names()
     return Batch(
         ids, codes, mask, text_labels, code_labels,
-        torch.tensor([TASK_GROUPS.index(TASKS[s.task]) for s in seqs]),
-        torch.tensor([task_names.index(s.task) for s in seqs]),
-        pixels(images) if images else None,
+        torch.tensor([GROUPS.index(get_task(s.task).group) for s in seqs]),
+        torch.tensor([names.index(s.task) for s in seqs]),
+        pixel_values(images) if images else None,
     )

@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from utamoe.data.formats import TASKS, Sample
+from utamoe.data.formats import Sample
 from utamoe.eval.conflict import ConflictResult, GroupConflict, unified_conflict
 from utamoe.eval.routing import RoutingAnalysis, max_entropies, routing_analysis
+from utamoe.tasks import task_names
 
 
 @dataclass
@@ -53,7 +54,7 @@ def build_batches(model, encoder, samples: list[Sample], batches: int, batch_siz
                   seed: int) -> tuple[list, list, dict[str, list], dict[str, int]]:
     """(und batches, gen batches, {task: batches}, {task: samples used}); see the docstring."""
     from utamoe.data.sequences import collate, training_sequences
-    from utamoe.infer import InputError
+    from utamoe.predict import InputError
     from utamoe.train.data import TrainData
 
     if batches < 1 or batch_size < 1:
@@ -77,7 +78,7 @@ def build_batches(model, encoder, samples: list[Sample], batches: int, batch_siz
               for g, pool in pools.items()}
     n_pairs = min(len(chosen["und"]), len(chosen["gen"]))
     per_task: dict[str, list[list[Sample]]] = {}
-    for task in TASKS:
+    for task in task_names():
         pool = [s for s in samples if s.task == task]
         if pool:
             per_task[task] = _chunks([pool[i] for i in rng.permutation(len(pool))],

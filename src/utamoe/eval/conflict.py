@@ -251,7 +251,7 @@ def _assemble(piece_stats: dict, numels: dict, group_of: GroupFn, n_batches: int
 
 # Parts outside the decoder layers, by parameter-name prefix (first match wins).
 PARTS = (("lm.embed_tokens.", "text embeddings"), ("gen_embed.", "code embeddings"),
-         ("gen_aligner.", "gen aligner"), ("und_aligner.", "und aligner"),
+         ("gen_aligner.", "gen aligner"), ("und_encoder.aligner.", "und aligner"),
          ("und_encoder.", "vision encoder"), ("lm.norm.", "final norm"),
          ("lm_head.", "lm_head"), ("gen_head.", "gen_head"))
 _EXPERT_PIECE = re.compile(r"\.mlp\.experts\.[^.\[]+\[(\d+)\]$")

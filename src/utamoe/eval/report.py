@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from utamoe.tasks import get_task
+
 if TYPE_CHECKING:
     from utamoe.eval.geneval import GenerationScore
     from utamoe.eval.run import EvalResult
 
 SHEET_T2I, SHEET_EDIT, SHEET_COLS = 12, 6, 6  # 12 t2i images + 6 edits (18 outputs)
-TASK_TITLES = {"vqa": "VQA", "pope": "POPE", "caption": "Caption", "grounding": "Grounding",
-               "t2i": "Text-to-image (GenEval-style)", "edit": "Edit"}
 
 
 def write_eval_outputs(result: EvalResult, out_dir: str | Path, command: str | None = None,
@@ -70,7 +70,8 @@ def markdown_report(result: EvalResult, command: str | None = None, sheet: bool 
              "| metric | value |", "|---|---|"]
     lines += [f"| `{k}` | {_fmt(v)} |" for k, v in result.headline.items()]
     for task, metrics in result.per_task.items():
-        lines += ["", f"## {TASK_TITLES.get(task, task)} (`{task}`)", "", "| metric | value |",
+        lines += ["", f"## {get_task(task).title} (`{task}`)", "",
+                  f"Scored by `{result.scorers.get(task, '?')}`.", "", "| metric | value |",
                   "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items()]
     lines += ["", "## Sampling settings", "", "| setting | value |", "|---|---|"]

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from utamoe.data.formats import TASK_GROUPS, TASKS
+from utamoe.tasks import GROUPS, get_task, is_task, task_names
 
 
 @dataclass
@@ -182,12 +182,12 @@ def routing_analysis(model: nn.Module, batches_by_task: Mapping[str, Sequence],
             "so there is no routing to analyse"])
     cfg = layers[0].config
     analysis = RoutingAnalysis(
-        tasks=[t for t in TASKS if t in batches_by_task] + [t for t in batches_by_task
-                                                            if t not in TASKS],
+        tasks=[t for t in task_names() if t in batches_by_task] + [t for t in batches_by_task
+                                                                   if not is_task(t)],
         expert_groups=list(cfg.group_names) if cfg.routing == "task_aware" else ["all"],
         num_experts=cfg.num_experts, top_k=cfg.top_k, routing=cfg.routing,
         group_routing=cfg.group_routing if cfg.routing == "task_aware" else "-")
-    analysis.task_groups = {t: TASKS.get(t, "?") for t in analysis.tasks}
+    analysis.task_groups = {t: get_task(t).group if is_task(t) else "?" for t in analysis.tasks}
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -223,7 +223,7 @@ def _accumulate(analysis: RoutingAnalysis, task: str, session) -> None:
 
 def _group_rows(analysis: RoutingAnalysis) -> None:
     """Per-layer rows summing the tasks of each task group (und, gen)."""
-    order = [g for g in TASK_GROUPS if g in analysis.task_groups.values()]
+    order = [g for g in GROUPS if g in analysis.task_groups.values()]
     for layer, per_task in analysis.cells.items():
         rows: dict[str, RoutingCell] = {}
         for group in order:

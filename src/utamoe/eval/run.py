@@ -1,20 +1,14 @@
 """Evaluate a model on every task of a split in one run: generate, score, summarise.
 
 `evaluate_model` is what `utamoe eval` and `utamoe demo` call. It groups the
-samples by task, generates each task's predictions in batches (text answers for
-the understanding tasks, images for t2i and edit; KV cache on, no grad), and
-scores them with the project's scorers:
-
-    vqa        exact-match accuracy            (utamoe.eval.metrics)
-    pope       accuracy, precision/recall/F1 of "yes"
-    caption    object-level F1 (order-free)
-    grounding  Acc@IoU>=0.5, mean IoU
-    t2i        GenEval-style facets + correct_all (scene parser, utamoe.eval.geneval)
-    edit       parser score (facets + correct_all) + PSNR/SSIM against the target image
-
-The parser-based scores need the ShapesWorld config that generated the data
-(`world_config`, read from the dataset manifest by the CLI); without it image
-tasks still get PSNR/SSIM against their targets and a note says what was skipped.
+samples by task, generates each task's predictions in batches through the
+predictor (text answers for text tasks, images for image tasks; KV cache on, no
+grad), and scores them with each task's scorer from the task registry
+(utamoe.eval.scoring): for ShapesWorld data (`world_config`, read from the
+dataset manifest) the scene-parser scorers (caption object F1, GenEval-style
+facets of generated images), for any other data the generic ones (exact match and
+token F1, COCO caption metrics, PSNR/SSIM against targets). The result records
+which scorer produced each task's numbers.
 
 Generation is a replaceable function (`predict_fn(task, samples) -> predictions`)
 so that scoring can be tested with known predictions and other predictors (a
@@ -31,20 +25,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from utamoe.data.formats import TASKS, Sample
+from utamoe.data.formats import Sample
 from utamoe.data.shapes.world import ShapesWorldConfig
-from utamoe.eval.geneval import (
-    FACETS,
-    GenerationScore,
-    aggregate,
-    failed_score,
-    image_similarity,
-    scene_from_meta,
-    score_edit,
-    score_generation,
-)
+from utamoe.eval.geneval import GenerationScore
+from utamoe.eval.scoring import context_for, headline_metrics, score_by_task
+from utamoe.tasks import get_task, task_names
 
 # A prediction is a text answer (und tasks) or an HxWx3 uint8 image (gen tasks);
 # None means "no answer" and is scored as wrong.
@@ -52,8 +37,6 @@ Prediction = Any
 # predict_fn(task, samples, start) -> one prediction per sample; `start` is the index of
 # the batch's first sample within its task (the model predictor offsets its seed by it).
 PredictFn = Callable[[str, list[Sample], int], Sequence[Prediction]]
-TEXT_TASKS = tuple(t for t, g in TASKS.items() if g == "und")
-IMAGE_TASKS = tuple(t for t, g in TASKS.items() if g == "gen")
 
 
 @dataclass
@@ -76,13 +59,13 @@ class EvalSampling:
     batch_size: int = 32
 
     def text_config(self, offset: int = 0):
-        from utamoe.generation import SamplingConfig
+        from utamoe.model.generation import SamplingConfig
 
         return SamplingConfig(temperature=self.text_temperature, top_k=self.text_top_k,
                               seed=self.seed + offset, max_new_tokens=self.max_new_tokens)
 
     def image_config(self, offset: int = 0):
-        from utamoe.generation import SamplingConfig
+        from utamoe.model.generation import SamplingConfig
 
         return SamplingConfig(temperature=self.temperature, top_k=self.top_k,
                               cfg_scale=self.cfg_scale, seed=self.seed + offset)
@@ -110,6 +93,7 @@ class EvalResult:
     predictions: list[Prediction]  # aligned with `samples`
     verdicts: dict[str, GenerationScore] = field(default_factory=dict)  # image sample id ->
     notes: list[str] = field(default_factory=list)
+    scorers: dict[str, str] = field(default_factory=dict)  # task -> the scorer of its numbers
     split: str | None = None
     model: str | None = None
     data: str | None = None
@@ -118,32 +102,18 @@ class EvalResult:
 # ---------------------------------------------------------------- prediction
 
 
-def model_predictor(model, encoder, sampling: EvalSampling) -> PredictFn:
-    """The default predict_fn: batched generation with `model` (one call per batch)."""
-    from utamoe.generation import generate_images, generate_text
-
-    size = model.config.image_size
+def model_predictor(predictor, sampling: EvalSampling) -> PredictFn:
+    """The default predict_fn: batched generation with a `utamoe.predict.Predictor`."""
 
     def predict(task: str, batch: list[Sample], offset: int) -> list[Prediction]:
-        for s in batch:
-            _check_image(s, size)
-        if TASKS[task] == "und":
-            return generate_text(model, encoder, [task] * len(batch), [s.prompt for s in batch],
-                                 [s.image for s in batch], sampling.text_config(offset))
-        edits = [s.image for s in batch] if task == "edit" else None
-        return generate_images(model, encoder, [s.prompt for s in batch],
-                               sampling.image_config(offset), edit_images=edits)
+        images = [s.image for s in batch]
+        if get_task(task).output == "text":
+            return predictor.answer(images, [s.prompt for s in batch], task=task,
+                                    sampling=sampling.text_config(offset))
+        return predictor.generate([s.prompt for s in batch], sampling.image_config(offset),
+                                  images=images if get_task(task).needs_image else None, task=task)
 
     return predict
-
-
-def _check_image(s: Sample, size: int) -> None:
-    from utamoe.infer import InputError
-
-    if s.image is not None and s.image.shape[:2] != (size, size):
-        h, w = s.image.shape[:2]
-        raise InputError(f"sample '{s.id}' ({s.image_path or 'in memory'}) is {w}x{h} but the "
-                         f"model takes {size}x{size} images; resize the dataset's images")
 
 
 def _predict_all(by_task: dict[str, list[Sample]], predict_fn: PredictFn, batch_size: int,
@@ -185,88 +155,19 @@ def _predict_all(by_task: dict[str, list[Sample]], predict_fn: PredictFn, batch_
     return out
 
 
-# ---------------------------------------------------------------- scoring
-
-
-def _score_image_sample(s: Sample, image: Prediction, config: ShapesWorldConfig,
-                        ) -> GenerationScore:
-    """The parser verdict for one generated image (as utamoe.eval.benchmark scores it)."""
-    if image is None:
-        return failed_score("no image generated")
-    if s.task == "t2i":
-        return score_generation(scene_from_meta(s.meta) or s.prompt, image, config)
-    return score_edit(s.prompt, image, source_image=s.image, source_scene=scene_from_meta(s.meta),
-                      target_image=s.target_image, config=config)
-
-
-def _similarity_only(pairs: list[tuple[Sample, Prediction]]) -> dict[str, float]:
-    """PSNR/SSIM against targets, for data without a ShapesWorld config."""
-    rows = []
-    for s, img in pairs:
-        if s.target_image is None or img is None:
-            continue
-        size = s.target_image.shape[0]
-        rows.append(image_similarity(img, s.target_image, ShapesWorldConfig(image_size=max(size, 24))))
-    out: dict[str, float] = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim")} \
-        if rows else {}
-    return {**out, "n": len(pairs)}
-
-
-def score_predictions(by_task: dict[str, list[Sample]], preds: dict[str, list[Prediction]],
-                      world_config: ShapesWorldConfig | None,
-                      ) -> tuple[dict[str, dict[str, float]], dict[str, GenerationScore], list[str]]:
-    """(per-task metrics, per-image verdicts, notes) for predictions grouped by task."""
-    from utamoe.eval.benchmark import evaluate
-
-    per_task: dict[str, dict[str, float]] = {}
-    verdicts: dict[str, GenerationScore] = {}
-    notes: list[str] = []
-    for task, samples in by_task.items():
-        if TASKS[task] == "und":
-            per_task.update(evaluate(samples, preds[task], world_config))
-        elif world_config is not None:
-            scores = [_score_image_sample(s, p, world_config) for s, p in zip(samples, preds[task])]
-            verdicts.update({s.id: v for s, v in zip(samples, scores)})
-            per_task[task] = aggregate(scores)
-        else:
-            per_task[task] = _similarity_only(list(zip(samples, preds[task])))
-            notes.append(f"{task}: no ShapesWorld config (dataset.json) for this data, so the "
-                         "scene-parser scores (facets, correct_all) were skipped"
-                         + ("; PSNR/SSIM are against the target images" if "psnr" in
-                            per_task[task] else ""))
-    return per_task, verdicts, notes
-
-
-def headline_metrics(per_task: dict[str, dict[str, float]]) -> dict[str, float]:
-    """The flat metric names (see docs/evaluation.md); tasks or scores absent are left out."""
-    names = {
-        "vqa": {"accuracy": "vqa_accuracy"},
-        "pope": {"accuracy": "pope_accuracy", "f1": "pope_f1"},
-        "caption": {"f1": "caption_f1"},
-        "grounding": {"accuracy": "grounding_acc50"},
-        "t2i": {"correct_all": "t2i_correct_all", **{f: f"t2i_{f}" for f in FACETS}},
-        "edit": {"correct_all": "edit_correct_all", "psnr": "edit_psnr", "ssim": "edit_ssim"},
-    }
-    out = {}
-    for task, mapping in names.items():
-        for key, name in mapping.items():
-            if key in per_task.get(task, {}):
-                out[name] = float(per_task[task][key])
-    return out
-
-
 # ---------------------------------------------------------------- the entry point
 
 
-def evaluate_model(model, encoder, samples: Sequence[Sample], sampling: EvalSampling | None = None,
+def evaluate_model(predictor, samples: Sequence[Sample], sampling: EvalSampling | None = None,
                    batch_size: int | None = None, max_per_task: int | None = None,
                    progress: bool = True, world_config: ShapesWorldConfig | None = None,
                    predict_fn: PredictFn | None = None) -> EvalResult:
     """Generate and score every task in `samples`; see the module docstring.
 
-    `batch_size` overrides `sampling.batch_size` (and is recorded there);
-    `max_per_task` keeps the first N samples of each task; `predict_fn` replaces
-    generation with the model (then `model` and `encoder` may be None).
+    `predictor` is a `utamoe.predict.Predictor`; `batch_size` overrides
+    `sampling.batch_size` (and is recorded there); `max_per_task` keeps the first N
+    samples of each task; `predict_fn` replaces generation with the predictor (then
+    `predictor` may be None).
     """
     import torch
 
@@ -279,9 +180,10 @@ def evaluate_model(model, encoder, samples: Sequence[Sample], sampling: EvalSamp
     if not by_task:
         raise ValueError("no samples to evaluate")
     if predict_fn is None:
-        if model is None or encoder is None:
-            raise ValueError("evaluate_model needs a model and encoder, or a predict_fn")
-        predict_fn = model_predictor(model, encoder, sampling)
+        if predictor is None:
+            raise ValueError("evaluate_model needs a predictor or a predict_fn")
+        predict_fn = model_predictor(predictor, sampling)
+    model = getattr(predictor, "model", None)
     was_training = bool(getattr(model, "training", False))
     if model is not None:
         model.eval()
@@ -292,34 +194,29 @@ def evaluate_model(model, encoder, samples: Sequence[Sample], sampling: EvalSamp
     finally:
         if was_training:
             model.train()
-    per_task, verdicts, notes = score_predictions(by_task, preds, world_config)
+    scores = score_by_task(by_task, preds, context_for(world_config))
     seconds = time.perf_counter() - start
     ordered = [s for v in by_task.values() for s in v]
-    return EvalResult(per_task=per_task, headline=headline_metrics(per_task),
+    return EvalResult(per_task=scores.per_task, headline=headline_metrics(scores.per_task),
                       counts={t: len(v) for t, v in by_task.items()}, seconds=seconds,
                       sampling=sampling, samples=ordered,
                       predictions=[p for v in preds.values() for p in v],
-                      verdicts=verdicts, notes=notes)
+                      verdicts=scores.verdicts, notes=_notes(scores.scorers, world_config),
+                      scorers=scores.scorers)
+
+
+def _notes(scorers: dict[str, str], world_config) -> list[str]:
+    kind = "ShapesWorld data: its scene-parser scorers where a task has one" if world_config \
+        else "not ShapesWorld data (no ShapesWorld manifest): generic scorers only"
+    return [f"scored as {kind}; " + ", ".join(f"{t}: {n}" for t, n in scorers.items())]
 
 
 def _group(samples: Sequence[Sample], max_per_task: int | None) -> dict[str, list[Sample]]:
     """Samples by task in the registry's order (und first), at most `max_per_task` each."""
     if max_per_task is not None and max_per_task < 1:
         raise ValueError(f"max_per_task must be >= 1, got {max_per_task}")
-    by_task: dict[str, list[Sample]] = {t: [] for t in TASKS}
+    by_task: dict[str, list[Sample]] = {t: [] for t in task_names()}
     for s in samples:
         if max_per_task is None or len(by_task[s.task]) < max_per_task:
             by_task[s.task].append(s)
     return {t: v for t, v in by_task.items() if v}
-
-
-def world_config_of(data_dir) -> ShapesWorldConfig | None:
-    """The ShapesWorld config a dataset was generated with (its manifest), or None for
-    other data (then image tasks get PSNR/SSIM only)."""
-    from utamoe.data.formats import read_manifest
-
-    manifest = read_manifest(data_dir)
-    config = manifest.get("config")
-    if manifest.get("generator") != "utamoe.data.shapes" or not isinstance(config, dict):
-        return None
-    return ShapesWorldConfig.from_dict(config)

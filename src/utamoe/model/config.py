@@ -5,6 +5,7 @@ Each Hugging Face part (the decoder backbone, the understanding encoder) is a
 fresh model from (`config`, with its `model_type`). The defaults are a small
 Llama backbone and a small SigLIP vision tower sized for ShapesWorld's 48x48
 images on a CPU; users point `path` at Janus-Pro / Qwen / SigLIP checkpoints.
+`image_size` is the one image size of the model (see the field).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def _tiny_llama() -> dict[str, Any]:
 
 
 def _tiny_siglip() -> dict[str, Any]:
-    return dict(model_type="siglip_vision_model", image_size=48, patch_size=8, hidden_size=128,
+    return dict(model_type="siglip_vision_model", patch_size=8, hidden_size=128,
                 intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
 
 
@@ -41,7 +42,11 @@ class UnifiedConfig:
     vision: HFPart = field(default_factory=lambda: HFPart(config=_tiny_siglip()))
     # TA-MoE inside the backbone (None = dense, e.g. for the dense baselines and stage 1).
     moe: MoEConfig | None = None
+    # The one image size: every input image is resized to it (the image processor), the
+    # vision tower is built for it and the VQ codec is trained at it.
     image_size: int = 48
+    # Resampling filter of the image processor (bicubic, like SigLIP's).
+    image_resample: str = "bicubic"
     # Depth of the MLP aligners (vision -> backbone, code embedding -> backbone); Janus uses 2.
     aligner_depth: int = 2
     code_embed_dim: int = 32
@@ -59,6 +64,13 @@ class UnifiedConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.cfg_dropout < 1.0:
             raise ConfigError(f"model.cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
+        if self.image_size < 8:
+            raise ConfigError(f"model.image_size must be >= 8, got {self.image_size}")
+        from utamoe.vision.processor import RESAMPLE
+
+        if self.image_resample not in RESAMPLE:
+            raise ConfigError(f"model.image_resample {self.image_resample!r} is not one of "
+                              f"{', '.join(RESAMPLE)}")
         if self.aligner_depth < 1:
             raise ConfigError(f"model.aligner_depth must be >= 1, got {self.aligner_depth}")
         for name in ("backbone", "vision"):

@@ -9,7 +9,11 @@
 Saving writes a sibling temporary directory and renames it over DIR only when
 everything is on disk, so an interrupted save never replaces a good model.
 Loading rebuilds the architecture from the saved configs (never from the
-original checkpoint paths) and loads the weights strictly.
+original checkpoint paths) and loads the weights strictly. Format versions:
+1 kept the vision tower as `und_encoder.*` and its aligner as `und_aligner.*`;
+2 (current) folds both into the understanding encoder (`und_encoder.tower.*`,
+`und_encoder.aligner.*`). Version-1 directories load as they are (their weights are
+renamed in memory); re-saving writes version 2. A newer version is refused.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import copy
 import json
 from pathlib import Path
 
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_model
 
 from utamoe.config import from_dict, to_dict
 from utamoe.fsutil import atomic_directory
@@ -26,7 +30,7 @@ from utamoe.model.config import HFPart, UnifiedConfig
 from utamoe.model.unified import UnifiedModel
 from utamoe.text_tokenizer import load_text_tokenizer
 
-FORMAT, VERSION = "utamoe-model", 1
+FORMAT, VERSION = "utamoe-model", 2
 CONFIG_FILE, WEIGHTS_FILE = "utamoe.json", "model.safetensors"
 
 
@@ -53,7 +57,7 @@ def _frozen_parts(model: UnifiedModel) -> UnifiedConfig:
     cfg = copy.deepcopy(model.config)
     tied = model.lm_head.weight is model.lm.get_input_embeddings().weight
     cfg.backbone = HFPart(config={**model.lm.config.to_dict(), "tie_word_embeddings": tied})
-    cfg.vision = HFPart(config=model.und_encoder.config.to_dict())
+    cfg.vision = HFPart(config=model.und_encoder.tower.config.to_dict())
     return cfg
 
 
@@ -84,6 +88,10 @@ def read_config(model_dir: str | Path) -> tuple[UnifiedConfig, dict]:
         raise ValueError(f"{path}: not valid JSON ({err}); the model directory is damaged") from err
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}")
+    version = meta.get("version")
+    if not isinstance(version, int) or not 1 <= version <= VERSION:
+        raise ValueError(f"{path}: format version {version!r} is not one this utamoe reads "
+                         f"(1..{VERSION}); a newer version needs a newer utamoe")
     return from_dict(UnifiedConfig, meta["config"], str(path)), meta
 
 
@@ -99,7 +107,31 @@ def load_model_dir(model_dir: str | Path, device: str = "cpu"):
     weights = model_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} is missing; the model directory is incomplete")
-    load_model(_without_image_tokenizer(model), str(weights), strict=True, device=device)
+    if meta["version"] == 1:
+        _load_version_1(model, weights, device)
+    else:
+        load_model(_without_image_tokenizer(model), str(weights), strict=True, device=device)
     text_dir = model_dir / "text_tokenizer"
-    text_tok = load_text_tokenizer(text_dir) if text_dir.is_dir() else None
+    text_tok = load_text_tokenizer(text_dir, add_tasks=False) if text_dir.is_dir() else None
     return model.to(device).eval(), text_tok
+
+
+V1_RENAMES = (("und_aligner.", "und_encoder.aligner."), ("und_encoder.", "und_encoder.tower."))
+
+
+def _load_version_1(model: UnifiedModel, weights: Path, device: str) -> None:
+    """Weights of a version-1 directory, renamed to the current module layout."""
+    renamed = {}
+    for key, value in load_file(str(weights), device=device).items():
+        for old, new in V1_RENAMES:
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        renamed[key] = value
+    view = _without_image_tokenizer(model)
+    missing, unexpected = view.load_state_dict(renamed, strict=False)
+    tied = {"lm_head.weight"} if model.lm_head.weight is model.lm.get_input_embeddings().weight else set()
+    if unexpected or set(missing) - tied:
+        raise ValueError(f"{weights}: version-1 weights do not match the model (missing "
+                         f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}); "
+                         "the model directory is damaged")

@@ -13,6 +13,7 @@ from pathlib import Path
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+from utamoe.config import ConfigError
 from utamoe.model.config import HFPart
 
 
@@ -80,16 +81,31 @@ def _janus_vision(config: dict) -> nn.Module:
     return JanusVisionModel(JanusVisionConfig(**cfg))
 
 
-def build_vision(part: HFPart) -> nn.Module:
-    """A vision tower whose forward(pixel_values=...) gives `last_hidden_state` (B, P, Dv)."""
+def build_vision(part: HFPart, image_size: int) -> nn.Module:
+    """A vision tower whose forward(pixel_values=...) gives `last_hidden_state` (B, P, Dv).
+
+    `image_size` is the model's (UnifiedConfig.image_size, the one source of the image size):
+    a tower built from a config gets it; a loaded tower must have been trained at it."""
     if part.path is not None:
         model = AutoModel.from_pretrained(str(_require_dir(part.path, "model.vision")))
-    elif part.config.get("model_type") == "janus_vision_model":
-        model = _janus_vision(part.config)
     else:
-        model = AutoModel.from_config(AutoConfig.for_model(**part.config))
+        given = part.config.get("image_size")
+        if given is not None and given != image_size:
+            raise ConfigError(f"model.vision.config.image_size is {given} but model.image_size "
+                              f"is {image_size}; drop the vision one (the model's is used)")
+        config = {**part.config, "image_size": image_size}
+        if config.get("model_type") == "janus_vision_model":
+            model = _janus_vision(config)
+        else:
+            model = AutoModel.from_config(AutoConfig.for_model(**config))
     # A full CLIP/SigLIP (text + vision) directory: keep the vision tower only.
-    return getattr(model, "vision_model", model) if hasattr(model, "text_model") else model
+    model = getattr(model, "vision_model", model) if hasattr(model, "text_model") else model
+    tower_size = getattr(model.config, "image_size", image_size)
+    if part.path is not None and tower_size != image_size:
+        raise ConfigError(f"the vision tower in {part.path} takes {tower_size}x{tower_size} "
+                          f"images but model.image_size is {image_size}; set "
+                          f"model.image_size={tower_size}")
+    return model
 
 
 def hidden_size_of(module: nn.Module) -> int:

@@ -1,14 +1,17 @@
 """UnifiedModel: one autoregressive backbone that reads and writes images (Janus layout + TA-MoE).
 
-    understanding: image -> und_encoder -> und_aligner --+
-    text tokens -> backbone's embedding table -----------+--> backbone (MLPs = TA-MoE) --> lm_head -> text
-    image codes -> gen_embed -> gen_aligner -------------+                            --> gen_head -> codes
+    understanding: image -> und_encoder (tower + aligner) -+
+    text tokens -> backbone's embedding table -------------+--> backbone (MLPs = TA-MoE) --> lm_head -> text
+    image codes -> gen_embed -> gen_aligner ---------------+                            --> gen_head -> codes
 
 `embed` places each kind of input at its positions (see utamoe.data.sequences for
 the layouts), `hidden` runs the backbone (with a KV cache when asked), `forward`
 computes a mixed-task batch's losses. Task labels for the TA-MoE layers are the
 sample's task group, broadcast over its tokens (padding gets -1), so the group
-router is supervised by what each sequence is, never guessed from token ids.
+router is supervised by what each sequence is, never guessed from token ids; the
+batch's registry group indices are mapped to the MoE config's `group_names` order.
+`und_encoder` is any module with the understanding-encoder interface
+(utamoe.vision.encoders); the model owns its image processor (`processor`).
 Model code is single-device PyTorch; distribution lives in utamoe.train.
 """
 
@@ -20,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utamoe.data.formats import TASKS
-from utamoe.data.sequences import IGNORE, Batch
+from utamoe.data.sequences import IGNORE, Batch, Encoder
 from utamoe.model.config import UnifiedConfig
 from utamoe.model.parts import (
     GenHead,
@@ -31,6 +33,9 @@ from utamoe.model.parts import (
     hidden_size_of,
 )
 from utamoe.moe import MoEConfig, RoutingSession, moe_layers, route, upcycle
+from utamoe.tasks import GROUPS, group_index, task_names
+from utamoe.vision.encoders import TowerEncoder
+from utamoe.vision.processor import ImageProcessor, pixel_values
 
 
 @dataclass
@@ -49,12 +54,12 @@ class UnifiedOutput:
 
 class UnifiedModel(nn.Module):
     def __init__(self, config: UnifiedConfig, lm: nn.Module, lm_head: nn.Module,
-                 und_encoder: nn.Module, und_aligner: nn.Module, gen_embed: nn.Embedding,
-                 gen_aligner: nn.Module, gen_head: nn.Module, image_tokenizer: nn.Module | None = None):
+                 und_encoder: nn.Module, gen_embed: nn.Embedding, gen_aligner: nn.Module,
+                 gen_head: nn.Module, image_tokenizer: nn.Module | None = None):
         super().__init__()
         self.config = config
         self.lm, self.lm_head = lm, lm_head
-        self.und_encoder, self.und_aligner = und_encoder, und_aligner
+        self.und_encoder = und_encoder
         self.gen_embed, self.gen_aligner, self.gen_head = gen_embed, gen_aligner, gen_head
         self.image_tokenizer = image_tokenizer
         if image_tokenizer is not None:
@@ -67,34 +72,60 @@ class UnifiedModel(nn.Module):
             if getattr(config, key) <= 0:
                 raise ValueError(f"UnifiedConfig.{key} must be set (from the tokenizers) before build")
         lm, lm_head = build_backbone(config.backbone, config.vocab_size)
-        vision = build_vision(config.vision)
+        vision = build_vision(config.vision, config.image_size)
         d = hidden_size_of(lm)
         model = cls(
-            config, lm, lm_head, vision,
-            MLPAligner(hidden_size_of(vision), d, config.aligner_depth),
+            config, lm, lm_head,
+            TowerEncoder(vision, MLPAligner(hidden_size_of(vision), d, config.aligner_depth)),
             nn.Embedding(config.num_codes, config.code_embed_dim),
             MLPAligner(config.code_embed_dim, d, config.aligner_depth),
             GenHead(d, config.num_codes, config.gen_head_dim or None),
             image_tokenizer,
         )
         if config.moe is not None:
+            if config.moe.routing == "task_aware":
+                group_index(config.moe.group_names, "model.moe.group_names")
             upcycle(model.lm, config.moe)
         return model
+
+    @property
+    def processor(self) -> ImageProcessor:
+        """The image processor every input image goes through (saved with the config)."""
+        return ImageProcessor.of(self.config)
+
+    def sequence_encoder(self, text_tokenizer) -> Encoder:
+        """The sequence encoder for this model: its und slot and feature count, its codec,
+        its image processor."""
+        import dataclasses
+
+        from utamoe.text_tokenizer import SpecialIds
+
+        special = dataclasses.replace(SpecialIds.of(text_tokenizer), und_slot=self.config.und_slot_id)
+        process = self.processor
+
+        def image_codes(img) -> list[int]:
+            device = self.gen_embed.weight.device
+            return self.image_tokenizer.encode(pixel_values([img]).to(device)).reshape(-1).tolist()
+
+        return Encoder(text_tokenizer, special, self.und_tokens, image_codes, process)
+
+    def group_labels(self, group_ids: torch.Tensor) -> torch.Tensor:
+        """Registry group indices (utamoe.tasks.GROUPS) -> the MoE layers' group indices."""
+        moe = self.config.moe
+        if moe is None or moe.routing != "task_aware" or tuple(moe.group_names) == GROUPS:
+            return group_ids
+        mapping = torch.tensor(group_index(moe.group_names), device=group_ids.device)
+        return mapping[group_ids]
 
     # ------------------------------------------------------------------ parts of the forward
 
     @property
     def und_tokens(self) -> int:
         """Feature vectors the understanding encoder gives per image (slots in a sequence)."""
-        size = self.config.image_size
-        with torch.no_grad():
-            dummy = torch.zeros(1, 3, size, size, device=self.gen_embed.weight.device)
-            return self.und_features(dummy).shape[1]
+        return self.und_encoder.num_tokens(self.config.image_size)
 
     def und_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        dtype = next(self.und_encoder.parameters()).dtype
-        hidden = self.und_encoder(pixel_values=pixel_values.to(dtype)).last_hidden_state
-        return self.und_aligner(hidden)
+        return self.und_encoder(pixel_values)
 
     def code_embeddings(self, codes: torch.Tensor) -> torch.Tensor:
         return self.gen_aligner(self.gen_embed(codes))
@@ -128,7 +159,7 @@ class UnifiedModel(nn.Module):
     # ------------------------------------------------------------------ training forward
 
     def forward(self, batch: Batch) -> UnifiedOutput:
-        labels = batch.group_ids[:, None].expand_as(batch.input_ids).masked_fill(
+        labels = self.group_labels(batch.group_ids)[:, None].expand_as(batch.input_ids).masked_fill(
             batch.attention_mask == 0, -1)
         with route(self.lm, task_labels=labels, attention_mask=batch.attention_mask) as session:
             emb = self.embed(batch.input_ids, batch.code_ids, batch.pixel_values)
@@ -151,6 +182,8 @@ class UnifiedModel(nn.Module):
 
     def upcycle(self, moe: MoEConfig, group_mlps: dict | None = None) -> None:
         """Turn the backbone's dense MLPs into TA-MoE layers (recorded in the config)."""
+        if moe.routing == "task_aware":
+            group_index(moe.group_names, "moe.group_names")
         upcycle(self.lm, moe, group_mlps=group_mlps)
         self.config.moe = moe
 
@@ -158,7 +191,7 @@ class UnifiedModel(nn.Module):
 def _task_losses(batch: Batch, per_token: dict) -> dict[str, float]:
     """Mean CE per task (detached): the row of each loss token tells its task."""
     out: dict[str, float] = {}
-    names = list(TASKS)
+    names = task_names()
     for ce, pos in per_token.values():
         rows = pos.nonzero()[:, 0]
         tasks = batch.task_ids[rows]

@@ -22,9 +22,9 @@ from typing import Any, Literal
 import yaml
 
 from utamoe.config import ConfigError, from_dict, to_dict
-from utamoe.data.formats import TASKS
 from utamoe.model.config import UnifiedConfig
 from utamoe.moe import MoEConfig
+from utamoe.tasks import group_index, is_task, task_names
 
 SURGERIES = ("split_ffn", "upcycle")
 
@@ -87,7 +87,7 @@ class StageConfig:
     name: str = "stage"
     steps: int = 100
     # Task -> weight of the data mixture (tasks absent here are not sampled).
-    mixture: dict[str, float] = field(default_factory=lambda: {t: 1.0 for t in TASKS})
+    mixture: dict[str, float] = field(default_factory=lambda: {t: 1.0 for t in task_names()})
     # Model surgery at the start of the stage: "split_ffn" (one FFN copy per task group,
     # oracle-routed) or "upcycle" (FFNs -> TA-MoE; from split FFNs when present).
     surgery: list[str] = field(default_factory=list)
@@ -122,9 +122,13 @@ class ExperimentConfig:
             where = f"stages[{i}] ({st.name})"
             if st.steps < 1:
                 raise ConfigError(f"{where}.steps must be >= 1, got {st.steps}")
-            bad = [k for k in st.mixture if k not in TASKS]
+            bad = [k for k in st.mixture if not is_task(k)]
             if bad:
-                raise ConfigError(f"{where}.mixture: unknown tasks {bad}; known: {', '.join(TASKS)}")
+                raise ConfigError(f"{where}.mixture: unknown tasks {bad}; known: "
+                                  f"{', '.join(task_names())} (register your own with "
+                                  "utamoe.tasks.register_task)")
+            if st.moe is not None and st.moe.routing == "task_aware":
+                group_index(st.moe.group_names, f"stages.{i}.moe.group_names")
             if not any(w > 0 for w in st.mixture.values()) or any(w < 0 for w in st.mixture.values()):
                 raise ConfigError(f"{where}.mixture: weights must be >= 0 with at least one > 0")
             unknown = [s for s in st.surgery if s not in SURGERIES]

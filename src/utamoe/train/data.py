@@ -1,4 +1,10 @@
-"""Training data: samples by task, VQ codes computed once, deterministic mixture batches.
+"""Training data: samples by task, images processed and VQ codes computed once, deterministic
+mixture batches.
+
+Every image goes through the model's image processor once, here (resize to the
+model's resolution, RGB), so a dataset of any image size and mode trains like
+ShapesWorld; generation images (targets, edit inputs) are then encoded to VQ codes
+once, not at every epoch.
 
 Batch k of stage s on process r is drawn from a random generator seeded with
 (seed, s, k, r): which tasks (by the stage's mixture weights), which samples,
@@ -10,13 +16,21 @@ and each process of a distributed run sees different data.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 
 import numpy as np
 import torch
 
 from utamoe.data.formats import Sample
-from utamoe.data.sequences import Batch, Encoder, collate, pixels, training_sequences
+from utamoe.data.sequences import Batch, Encoder, collate, training_sequences
+from utamoe.tasks import get_task
+from utamoe.vision.processor import pixel_values
+
+
+def _processed(s: Sample, process) -> Sample:
+    images = {k: process(getattr(s, k)) for k in ("image", "target_image") if getattr(s, k) is not None}
+    return dataclasses.replace(s, **images) if images else s
 
 
 class TrainData:
@@ -24,19 +38,25 @@ class TrainData:
         self.encoder, self.seed, self.rank = encoder, seed, rank
         self.by_task: dict[str, list[Sample]] = defaultdict(list)
         for s in samples:
-            self.by_task[s.task].append(s)
+            self.by_task[s.task].append(_processed(s, encoder.process))
         self.codes: dict[tuple[str, str], list[int]] = {}
 
-    def precompute_codes(self, image_tokenizer, batch_size: int = 256, progress=None) -> int:
-        """VQ codes of every generation image (t2i/edit targets, edit inputs), computed once."""
-        todo = [(s.id, kind, img) for task in ("t2i", "edit") for s in self.by_task.get(task, [])
+    def code_images(self) -> list[tuple[str, str, np.ndarray]]:
+        """(sample id, "image" | "target", image) of every image that becomes VQ codes: the
+        targets and inputs of the tasks that produce images."""
+        return [(s.id, kind, img) for task, samples in self.by_task.items()
+                if get_task(task).output == "image" for s in samples
                 for kind, img in (("image", s.image), ("target", s.target_image))
-                if img is not None and (s.id, kind) not in self.codes]
+                if img is not None]
+
+    def precompute_codes(self, image_tokenizer, batch_size: int = 256, progress=None) -> int:
+        """VQ codes of every generation image (see `code_images`), computed once."""
+        todo = [item for item in self.code_images() if item[:2] not in self.codes]
         device = next(image_tokenizer.parameters()).device
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             with torch.no_grad():
-                codes = image_tokenizer.encode(pixels([img for _, _, img in chunk]).to(device))
+                codes = image_tokenizer.encode(pixel_values([img for _, _, img in chunk]).to(device))
             for (sid, kind, _), c in zip(chunk, codes.reshape(len(chunk), -1).tolist()):
                 self.codes[(sid, kind)] = c
             if progress is not None:

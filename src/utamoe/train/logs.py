@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def step_metrics(out, stage: str, step: int, global_step: int, lr: float, tokens: int,
-                 seconds: float) -> dict:
+                 seconds: float, group_names=("und", "gen")) -> dict:
     """A flat, JSON-ready record of one logged step."""
     rec = {"stage": stage, "step": step, "global_step": global_step, "loss": out.loss.item(),
            "lr": lr, "tokens_per_s": tokens / max(seconds, 1e-9)}
@@ -20,12 +20,13 @@ def step_metrics(out, stage: str, step: int, global_step: int, lr: float, tokens
     stats = out.moe_stats
     if "group_accuracy" in stats:
         rec["group_router_accuracy"] = stats["group_accuracy"]
-    rec.update({f"expert_load_{g}": load for g, load in expert_loads(stats).items()})
+    rec.update({f"expert_load_{g}": load for g, load in expert_loads(stats, group_names).items()})
     return rec
 
 
 def expert_loads(stats: dict, group_names=("und", "gen")) -> dict[str, list[float]]:
-    """Per group: the share of the group's tokens that each of its experts served."""
+    """Per group: the share of the group's tokens that each of its experts served (groups in
+    the MoE config's `group_names` order, which is the order of the layers' statistics)."""
     if "expert_tokens" not in stats or "group_tokens" not in stats:
         return {}
     tokens = stats["expert_tokens"].float()

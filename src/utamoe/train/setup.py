@@ -2,8 +2,11 @@
 
 Tokenizers are trained once per run (by the main process) and saved in the run
 directory, so a resumed run or another process loads them instead of training
-again. The model config is completed from them (vocabulary, codebook, code grid,
-image size) and the model is built with the run's seed on every process alike.
+again. The model config is completed from them (vocabulary, codebook, code grid)
+and the model is built with the run's seed on every process alike. The image size
+is the model's (`model.image_size`): the VQ codec is trained at it (on ShapesWorld
+renders for ShapesWorld data, else on the dataset's own images, resized), and a
+given codec must match it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from pathlib import Path
 
 from utamoe.config import ConfigError
 from utamoe.data.formats import load_split
-from utamoe.infer import make_encoder
 from utamoe.model.unified import UnifiedModel
 from utamoe.text_tokenizer import SpecialIds, load_text_tokenizer, train_text_tokenizer
 from utamoe.train.config import ExperimentConfig
@@ -68,30 +70,38 @@ def text_tokenizer_for(cfg: ExperimentConfig, samples, run_dir: Path, acc):
     return _once(acc, run_dir / "text_tokenizer", make, load_text_tokenizer)
 
 
-def image_tokenizer_for(cfg: ExperimentConfig, run_dir: Path, acc, progress: bool):
+def image_tokenizer_for(cfg: ExperimentConfig, run_dir: Path, acc, progress: bool, log=print):
+    from utamoe.data.shapes.benchmark import parse_agreement, renders, world_config_of
     from utamoe.vision.tokenizer import TokenizerConfig, VQTokenizer
-    from utamoe.vision.tokenizer_train import (
-        shapes_config_of,
-        shapes_images,
-        split_images,
-        train_tokenizer,
-    )
+    from utamoe.vision.tokenizer_train import split_images, train_tokenizer
 
+    size = cfg.model.image_size
     if cfg.tokenizers.image:
-        return VQTokenizer.from_pretrained(cfg.tokenizers.image)
+        tok = VQTokenizer.from_pretrained(cfg.tokenizers.image)
+        if tok.config.image_size != size:
+            raise ConfigError(f"tokenizers.image ({cfg.tokenizers.image}) codes "
+                              f"{tok.config.image_size}x{tok.config.image_size} images but "
+                              f"model.image_size is {size}; set model.image_size="
+                              f"{tok.config.image_size} or train a codec at {size}")
+        return tok
+    given = cfg.tokenizers.image_train.get("image_size")
+    if given is not None and given != size:
+        raise ConfigError(f"tokenizers.image_train.image_size is {given} but model.image_size is "
+                          f"{size}; drop the tokenizer one (the model's is used)")
 
     def make(path: Path) -> None:
-        tcfg = TokenizerConfig.from_dict(cfg.tokenizers.image_train)
-        renders = cfg.tokenizers.image_train_renders
-        if renders <= 0:  # the dataset's own train images; evaluated on its test split
-            train_tokenizer(cfg.data.dir, tcfg, out_dir=path, seed=cfg.run.seed, progress=progress)
+        tcfg = TokenizerConfig.from_dict({**cfg.tokenizers.image_train, "image_size": size})
+        world = world_config_of(cfg.data.dir)
+        n_renders = cfg.tokenizers.image_train_renders
+        if n_renders <= 0 or world is None:
+            if n_renders > 0:
+                log(f"[tokenizer] {cfg.data.dir} is not ShapesWorld: training the VQ codec on the "
+                    f"dataset's own train images (resized to {size}x{size}), not on renders")
+            train_tokenizer(cfg.data.dir, tcfg, out_dir=path, seed=cfg.run.seed, progress=progress,
+                            agreement=parse_agreement(world) if world else None)
             return
-        world = shapes_config_of(cfg.data.dir)
-        if world is None:
-            raise ConfigError("tokenizers.image_train_renders needs a ShapesWorld dataset "
-                              f"(no ShapesWorld manifest in {cfg.data.dir}); set it to 0")
-        train_tokenizer(shapes_images(renders, world, seed=cfg.run.seed + 1), tcfg, out_dir=path,
-                        seed=cfg.run.seed, progress=progress, shapes=world,
+        train_tokenizer(renders(n_renders, world, seed=cfg.run.seed + 1), tcfg, out_dir=path,
+                        seed=cfg.run.seed, progress=progress, agreement=parse_agreement(world),
                         eval_images=split_images(cfg.data.dir, "test") or None)
 
     return _once(acc, run_dir / "image_tokenizer", make, VQTokenizer.from_pretrained)
@@ -102,15 +112,14 @@ def prepare_run(cfg: ExperimentConfig, run_dir: Path, acc, progress: bool = True
 
     samples, skipped = load_samples(cfg)
     text_tok = text_tokenizer_for(cfg, samples, run_dir, acc)
-    image_tok = image_tokenizer_for(cfg, run_dir, acc, progress)
+    image_tok = image_tokenizer_for(cfg, run_dir, acc, progress, log=print if acc.is_main_process
+                                    else (lambda *a: None))
     model_cfg = dataclasses.replace(
         cfg.model, vocab_size=len(text_tok), num_codes=image_tok.num_codes,
-        code_grid=image_tok.grid_size, und_slot_id=SpecialIds.of(text_tok).und_slot,
-        image_size=image_tok.config.image_size)
+        code_grid=image_tok.grid_size, und_slot_id=SpecialIds.of(text_tok).und_slot)
     model = UnifiedModel.build(model_cfg, image_tok)
-    data = TrainData(samples, make_encoder(model, text_tok), cfg.run.seed, acc.process_index)
-    todo = sum(1 for t in ("t2i", "edit") for s in data.by_task.get(t, [])
-               for img in (s.image, s.target_image) if img is not None)
+    data = TrainData(samples, model.sequence_encoder(text_tok), cfg.run.seed, acc.process_index)
+    todo = len(data.code_images())
     with bar(unit="img", enabled=progress) as progress_bar:
         job = progress_bar.add_task("encoding images to VQ codes", total=todo)
         data.precompute_codes(image_tok, progress=lambda n: progress_bar.advance(job, n))

@@ -20,12 +20,12 @@ import fnmatch
 import torch
 from torch import nn
 
-from utamoe.data.formats import TASK_GROUPS
 from utamoe.moe import MoEConfig, TaskAwareMoE
 from utamoe.moe.experts import GatedFFN, dense_weights
 from utamoe.moe.upcycle import check_dense_mlp, decoder_layers, detect_activation
+from utamoe.tasks import GROUPS, group_index
 
-SPLIT_CONFIG = dict(routing="task_aware", group_names=TASK_GROUPS, num_experts=len(TASK_GROUPS),
+SPLIT_CONFIG = dict(routing="task_aware", group_names=GROUPS, num_experts=len(GROUPS),
                     top_k=1, num_shared_experts=0, group_routing="oracle",
                     balance_loss_coef=0.0, z_loss_coef=0.0)
 
@@ -50,6 +50,8 @@ def split_ffn(model) -> None:
 
 def upcycle_stage(model, moe: MoEConfig) -> None:
     """UTAMoE stage-2 surgery: TA-MoE from the split task FFNs, or from the dense MLPs."""
+    if moe.routing == "task_aware":
+        group_index(moe.group_names, "moe.group_names")
     stash = getattr(model, "ffn_stash", None)
     if stash is None:
         model.upcycle(moe)
@@ -58,8 +60,12 @@ def upcycle_stage(model, moe: MoEConfig) -> None:
     for i, block in enumerate(layers):
         split = block.mlp
         dense = (stash[str(i)].w_gate_up.detach(), stash[str(i)].w_down.detach())
+        # Group g of the new layer starts from the task FFN of the group with g's *name*, so
+        # a recipe may list group_names in any order.
+        order = [list(split.config.group_names).index(name) for name in moe.group_names] \
+            if moe.routing == "task_aware" else range(split.config.num_groups)
         groups = [(split.experts.w_gate_up[g].detach(), split.experts.w_down[g].detach())
-                  for g in range(split.config.num_groups)]
+                  for g in order]
         new = TaskAwareMoE.from_weights(moe, stash[str(i)].act_name, dense,
                                         groups if moe.routing == "task_aware" else None)
         if moe.routing == "task_aware" and split.config.group_names == moe.group_names:

@@ -228,8 +228,10 @@ class Trainer:
     def _log(self, out, stage, state, tokens, seconds) -> None:
         if not self.main:
             return
+        moe = self.accelerator.unwrap_model(self.prepared).config.moe
         rec = step_metrics(out, stage.name, state.step, state.global_step,
-                           self.sched.get_last_lr()[0], tokens * self.accelerator.num_processes, seconds)
+                           self.sched.get_last_lr()[0], tokens * self.accelerator.num_processes, seconds,
+                           moe.group_names if moe is not None else ())
         self.log.write(rec)
         self.collapse.update(rec)
 

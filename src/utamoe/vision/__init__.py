@@ -13,7 +13,6 @@ from utamoe.vision.tokenizer_train import (
     codebook_usage,
     evaluate_tokenizer,
     format_report,
-    shapes_images,
     train_tokenizer,
 )
 
@@ -25,6 +24,5 @@ __all__ = [
     "codebook_usage",
     "evaluate_tokenizer",
     "format_report",
-    "shapes_images",
     "train_tokenizer",
 ]

@@ -3,8 +3,10 @@
 `train_tokenizer` fits a `VQTokenizer` on a dataset directory in the utamoe format
 (every input and target image of the train split, deduplicated) or on a list of
 uint8 images, then evaluates it on held-out images: reconstruction PSNR and SSIM
-(scikit-image), the ShapesWorld parse-agreement rate (does the decoded image parse
-back to the same scene?) and codebook usage (codes used, perplexity, dead codes).
+(scikit-image), an optional agreement rate given by the caller (for ShapesWorld: does
+the decoded image parse back to the same scene? see utamoe.data.shapes.benchmark)
+and codebook usage (codes used, perplexity, dead codes). Nothing here knows a
+benchmark; images of another size than the config's are resized to it.
 
 Loss = L1 + L2 reconstruction + the quantizer's codebook and commitment terms. No
 perceptual or GAN loss: ShapesWorld images are flat colours on a flat background,
@@ -59,38 +61,19 @@ def split_images(data_dir: str | os.PathLike, split: str) -> list[np.ndarray]:
     return dedupe(images)
 
 
-def shapes_config_of(data_dir: str | os.PathLike):
-    """The ShapesWorldConfig a dataset was generated with (from its manifest), else None."""
-    from utamoe.data.formats import read_manifest
-    from utamoe.data.shapes import ShapesWorldConfig
+def _resolve_data(data, eval_images, eval_max: int, seed: int, size: int):
+    """(train uint8 (N, size, size, 3), eval uint8 (M, size, size, 3))."""
+    from utamoe.vision.processor import to_rgb
 
-    manifest = read_manifest(data_dir)
-    if str(manifest.get("generator", "")).startswith("utamoe.data.shapes") and "config" in manifest:
-        return ShapesWorldConfig.from_dict(manifest["config"])
-    return None
-
-
-def shapes_images(n: int, shapes=None, seed: int = 0, all_combos: bool = True) -> list[np.ndarray]:
-    """`n` random ShapesWorld renders. With `all_combos` the held-out colour-shape pairs
-    are drawn too: the tokenizer is a codec, and a codec that never saw a red triangle
-    cannot write one, which would cap compositional generation before the model is tried."""
-    from utamoe.data.shapes import ShapesWorldConfig, render, sample_scene
-
-    shapes = shapes or ShapesWorldConfig()
-    combos = shapes.all_combos() if all_combos else shapes.allowed_combos()
-    rng = np.random.default_rng(seed)
-    return [render(sample_scene(rng, shapes, combos), shapes) for _ in range(n)]
-
-
-def _resolve_data(data, eval_images, shapes, eval_max: int, seed: int):
-    """(train uint8 (N, H, W, 3), eval uint8 (M, H, W, 3), shapes config or None)."""
     if isinstance(data, (str, os.PathLike)):
         root = Path(data)
         train = split_images(root, "train")
         if eval_images is None:
             eval_split = "test" if (root / "test.jsonl").is_file() else "val"
-            eval_images = split_images(root, eval_split)
-        shapes = shapes if shapes is not None else shapes_config_of(root)
+            eval_images = split_images(root, eval_split) if (root / f"{eval_split}.jsonl").is_file() else []
+            if not eval_images:  # no test/val split: hold out 10% of train
+                n_eval = max(1, len(train) // 10)
+                train, eval_images = train[:-n_eval] or train, train[-n_eval:]
     else:
         train = dedupe(list(data))
         if eval_images is None:  # hold out 10% (at least one image) for evaluation
@@ -104,16 +87,18 @@ def _resolve_data(data, eval_images, shapes, eval_max: int, seed: int):
     eval_list = list(eval_images)
     if len(eval_list) > eval_max:
         eval_list = [eval_list[i] for i in sorted(rng.choice(len(eval_list), eval_max, replace=False))]
-    return np.stack(train), np.stack(eval_list), shapes
+    return (np.stack([to_rgb(img, size) for img in train]),
+            np.stack([to_rgb(img, size) for img in eval_list]))
 
 
 # ---------------------------------------------------------------- evaluation
 
 
 @torch.no_grad()
-def evaluate_tokenizer(model: VQTokenizer, images, shapes=None, batch_size: int = 64) -> dict:
-    """Reconstruction PSNR/SSIM, parse agreement (when `shapes`, a ShapesWorldConfig, is
-    given) and codebook usage of `model` on uint8 images (N, H, W, 3)."""
+def evaluate_tokenizer(model: VQTokenizer, images, agreement=None, batch_size: int = 64) -> dict:
+    """Reconstruction PSNR/SSIM, the rate of `agreement(original, reconstruction) -> bool`
+    when given (ShapesWorld: parse agreement) and codebook usage of `model` on uint8 images
+    (N, H, W, 3)."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     model.eval()
@@ -128,11 +113,8 @@ def evaluate_tokenizer(model: VQTokenizer, images, shapes=None, batch_size: int 
     ssim = [structural_similarity(a, b, channel_axis=-1, data_range=255) for a, b in zip(images, rec)]
     out = {"n_images": len(images), "psnr": float(np.mean(np.minimum(psnr, 100.0))),
            "ssim": float(np.mean(ssim)), **codebook_usage(codes_all, model.num_codes)}
-    if shapes is not None:
-        from utamoe.data.shapes import parse_image
-
-        agree = [parse_image(b, shapes) == parse_image(a, shapes) for a, b in zip(images, rec)]
-        out["parse_agreement"] = float(np.mean(agree))
+    if agreement is not None:
+        out["parse_agreement"] = float(np.mean([agreement(a, b) for a, b in zip(images, rec)]))
     return out
 
 
@@ -246,29 +228,27 @@ def train_tokenizer(
     progress: bool = True,
     *,
     eval_images: Sequence[np.ndarray] | None = None,
-    shapes=None,
+    agreement=None,
     eval_max: int = 200,
 ) -> tuple[VQTokenizer, dict[str, Any]]:
     """Train a VQ tokenizer; returns (model, report) and saves both to `out_dir` if given.
 
     `data`: a dataset directory (train split in, test split -- else val -- evaluated)
     or uint8 images (N, H, W, 3) (10% held out unless `eval_images` is given).
-    `steps`/`batch_size`/`lr` default to the config's. `shapes` (a ShapesWorldConfig)
-    turns on parse agreement; it is read from a ShapesWorld dataset's manifest.
-    At most `eval_max` evaluation images are used (a seeded random subset).
+    `steps`/`batch_size`/`lr` default to the config's; images are resized to the config's
+    image_size. `agreement(original, reconstruction) -> bool` adds its rate to the report
+    (ShapesWorld's parse agreement). At most `eval_max` evaluation images are used (a
+    seeded random subset).
     """
     config = config or TokenizerConfig()
     steps = steps or config.steps
     batch_size = batch_size or config.batch_size
     lr = lr or config.lr
-    train, evals, shapes = _resolve_data(data, eval_images, shapes, eval_max, seed)
-    if train.shape[1:3] != (config.image_size, config.image_size):
-        raise ValueError(f"images are {train.shape[1]}x{train.shape[2]} but the tokenizer "
-                         f"config says image_size={config.image_size}; set it to match")
+    train, evals = _resolve_data(data, eval_images, eval_max, seed, config.image_size)
     torch.manual_seed(seed)
     model = VQTokenizer(config)
     log = fit(model, train, steps, batch_size, lr, seed, progress)
-    metrics = evaluate_tokenizer(model, evals, shapes)
+    metrics = evaluate_tokenizer(model, evals, agreement)
     report = {
         "config": config.to_dict(), "steps": steps, "batch_size": batch_size, "lr": lr,
         "seed": seed, "train_images": len(train), "train_seconds": round(log["seconds"], 2),

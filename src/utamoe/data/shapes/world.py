@@ -43,6 +43,8 @@ DEFAULT_COLORS: dict[str, tuple[int, int, int]] = {
 DEFAULT_HELDOUT = (("red", "triangle"), ("blue", "circle"), ("yellow", "square"))
 DEFAULT_SIZES = {"train": 2000, "val": 200, "test": 200, "heldout": 200}
 SPLITS = ("train", "val", "test", "heldout")
+# The registry's built-in tasks that ShapesWorld generates (utamoe.tasks declares them).
+SHAPES_TASKS = ("caption", "vqa", "pope", "grounding", "t2i", "edit")
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ class ShapesWorldConfig:
     heldout: tuple[tuple[str, str], ...] = DEFAULT_HELDOUT
     seed: int = 0
     sizes: dict = field(default_factory=lambda: dict(DEFAULT_SIZES))
-    tasks: tuple[str, ...] = ("caption", "vqa", "pope", "grounding", "t2i", "edit")
+    tasks: tuple[str, ...] = SHAPES_TASKS
 
     def __post_init__(self) -> None:
         if not isinstance(self.colors, dict) or not isinstance(self.sizes, dict):
@@ -103,11 +105,10 @@ class ShapesWorldConfig:
                 raise ConfigError(f"heldout pair ({color}, {shape}) names an unknown colour/shape")
         if len(self.allowed_combos()) == 0:
             raise ConfigError("heldout removes every colour-shape combination; keep some")
-        from utamoe.data.formats import TASKS  # local: formats imports nothing from here
-
-        unknown = [t for t in self.tasks if t not in TASKS]
+        unknown = [t for t in self.tasks if t not in SHAPES_TASKS]
         if unknown:
-            raise ConfigError(f"unknown tasks {unknown}; valid: {', '.join(TASKS)}")
+            raise ConfigError(f"ShapesWorld cannot generate tasks {unknown}; it makes "
+                              f"{', '.join(SHAPES_TASKS)}")
         for split, n in self.sizes.items():
             if n < 0:
                 raise ConfigError(f"sizes.{split} must be >= 0, got {n}")

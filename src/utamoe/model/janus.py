@@ -18,6 +18,7 @@ import torch
 
 from utamoe.model.config import HFPart, UnifiedConfig
 from utamoe.model.unified import UnifiedModel
+from utamoe.vision.encoders import TowerEncoder
 from utamoe.vision.tokenizer import VQTokenizer
 
 
@@ -45,8 +46,8 @@ def from_hf_janus(janus) -> UnifiedModel:
     if inner.generation_aligner.hidden_layers.__len__() + 1 != janus.config.vq_config.num_hidden_layers:
         raise ValueError("unexpected Janus generation aligner depth")
     return UnifiedModel(
-        janus_config(janus), inner.language_model, janus.lm_head, inner.vision_model, inner.aligner,
-        inner.generation_embeddings, inner.generation_aligner, inner.generation_head,
+        janus_config(janus), inner.language_model, janus.lm_head,
+        TowerEncoder(inner.vision_model, inner.aligner), inner.generation_embeddings, inner.generation_aligner, inner.generation_head,
         VQTokenizer.from_janus(inner.vqmodel, image_size=janus.config.vision_config.image_size),
     )
 

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from utamoe.data.formats import TASK_GROUPS, TASKS
 from utamoe.data.sequences import Encoder, collate
 from utamoe.moe import moe_layers, route
+from utamoe.tasks import GROUPS, get_task
 
 
 @dataclass
@@ -74,8 +74,9 @@ class _Stepper:
 def _task_routing(model, tasks: list[str]):
     """Oracle-routed layers need the task group of each row; learned routing needs nothing."""
     if any(m.config.group_routing == "oracle" for m in moe_layers(model.lm)):
-        groups = torch.tensor([TASK_GROUPS.index(TASKS[t]) for t in tasks])
-        return route(model.lm, task_labels=groups.to(model.gen_embed.weight.device))
+        groups = torch.tensor([GROUPS.index(get_task(t).group) for t in tasks])
+        labels = model.group_labels(groups.to(model.gen_embed.weight.device))
+        return route(model.lm, task_labels=labels)
     return contextlib.nullcontext()
 
 
@@ -117,10 +118,13 @@ def generate_text(model, encoder: Encoder, tasks: list[str], prompts: list[str],
 
 @torch.no_grad()
 def generate_codes(model, encoder: Encoder, prompts: list[str], cfg: SamplingConfig | None = None,
-                   edit_images: list[np.ndarray] | None = None, use_cache: bool = True) -> torch.Tensor:
-    """Image codes (B, N) for text-to-image prompts, or edit instructions with input images."""
+                   edit_images: list[np.ndarray] | None = None, use_cache: bool = True,
+                   task: str | None = None) -> torch.Tensor:
+    """Image codes (B, N) for text-to-image prompts, or edit instructions with input images.
+
+    `task` names a registered image task; by default the built-in t2i, or edit with images."""
     cfg = cfg or SamplingConfig()
-    task = "t2i" if edit_images is None else "edit"
+    task = task or ("t2i" if edit_images is None else "edit")
     images = edit_images or [None] * len(prompts)
     guided = cfg.cfg_scale != 1.0
     seqs = [encoder.prefix(task, p, img) for p, img in zip(prompts, images)]
@@ -147,9 +151,10 @@ def generate_codes(model, encoder: Encoder, prompts: list[str], cfg: SamplingCon
 
 @torch.no_grad()
 def generate_images(model, encoder: Encoder, prompts: list[str], cfg: SamplingConfig | None = None,
-                    edit_images: list[np.ndarray] | None = None, use_cache: bool = True) -> list[np.ndarray]:
+                    edit_images: list[np.ndarray] | None = None, use_cache: bool = True,
+                    task: str | None = None) -> list[np.ndarray]:
     """uint8 HxWx3 images decoded from generated codes by the model's image tokenizer."""
-    codes = generate_codes(model, encoder, prompts, cfg, edit_images, use_cache)
+    codes = generate_codes(model, encoder, prompts, cfg, edit_images, use_cache, task)
     g = model.config.code_grid
     pixels = model.image_tokenizer.decode(codes.view(len(prompts), g, g))
     arr = ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import JanusConfig, JanusForConditionalGeneration
 
-from utamoe.interop.hf_janus import from_hf_janus, load_janus
 from utamoe.model.io import load_model_dir, save_model_dir
+from utamoe.model.janus import from_hf_janus, load_janus
 from utamoe.moe import MoEConfig, moe_layers
 
 D, IMAGE_TOKEN, PATCHES = 32, 100, 16  # 32x32 images, 8 px patches -> 4x4 = 16 features / codes

@@ -1,0 +1,141 @@
+"""The scorers the built-in tasks declare (utamoe.tasks), one function per way of scoring.
+
+Each takes (samples, predictions, ScoreContext) and returns a TaskScore (or a plain
+metrics dict). Generic scorers need nothing but the samples' targets, so they are
+right for any dataset; the `*_shapes` scorers read images and captions with the
+ShapesWorld scene parser and are used only for data whose manifest says it is
+ShapesWorld (the registry's `benchmark_scorers`), because on other data a parser
+that finds no scene reports a confident zero.
+
+    answer_match     exact match (normalised) + token F1; accuracy per meta.qtype
+    yes_no           POPE accuracy, precision/recall/F1 of "yes", yes ratio
+    box_iou          Acc@IoU>=0.5 and mean IoU of boxes written as text
+    caption_generic  exact match, token F1, and BLEU-4 / CIDEr / ROUGE-L from pycocoevalcap
+                     (the COCO caption toolkit; the `eval` extra) when it is installed
+    caption_shapes   object-level precision/recall/F1 (order-free) via the scene parser
+    image_similarity PSNR / SSIM against the target image (the prediction resized to it)
+    t2i_shapes       GenEval-style facets + correct_all via the parser, per-image verdicts
+    edit_shapes      the same for edits, plus PSNR / SSIM against the target
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+
+from utamoe.eval import metrics
+from utamoe.tasks import ScoreContext, TaskScore
+
+
+def _golds(samples) -> list[str]:
+    return [s.target or "" for s in samples]
+
+
+def answer_match(samples, preds, ctx: ScoreContext) -> dict[str, float]:
+    out = metrics.vqa_accuracy(preds, _golds(samples))
+    by_type: dict[str, list[bool]] = {}
+    for s, p in zip(samples, preds):
+        qtype = (s.meta or {}).get("qtype")
+        if qtype:  # which kind of question fails decides the next experiment
+            by_type.setdefault(str(qtype), []).append(metrics.exact_match(p, s.target or ""))
+    out.update({f"accuracy_{q}": sum(v) / len(v) for q, v in sorted(by_type.items())})
+    return out
+
+
+def yes_no(samples, preds, ctx: ScoreContext) -> dict[str, float]:
+    return metrics.pope_metrics(preds, _golds(samples))
+
+
+def box_iou(samples, preds, ctx: ScoreContext) -> dict[str, float]:
+    return metrics.grounding_metrics(preds, _golds(samples))
+
+
+def caption_generic(samples, preds, ctx: ScoreContext) -> dict[str, float]:
+    golds = _golds(samples)
+    n = max(len(golds), 1)
+    out = {"exact": sum(metrics.exact_match(p, g) for p, g in zip(preds, golds)) / n,
+           "token_f1": sum(metrics.token_f1(p, g) for p, g in zip(preds, golds)) / n,
+           "n": len(golds)}
+    out.update(coco_caption_scores(preds, golds))
+    return out
+
+
+def coco_caption_scores(preds, golds) -> dict[str, float]:
+    """BLEU-4, CIDEr and ROUGE-L of the COCO caption toolkit (one reference per sample), on
+    answers normalised like every other text metric; {} when pycocoevalcap is not installed."""
+    try:
+        from pycocoevalcap.bleu.bleu import Bleu
+        from pycocoevalcap.cider.cider import Cider
+        from pycocoevalcap.rouge.rouge import Rouge
+    except ImportError:
+        return {}
+    # The toolkit wants non-empty strings; an empty prediction scores 0 as a stray token.
+    res = {str(i): [metrics.normalize_answer(p) or "<empty>"] for i, p in enumerate(preds)}
+    gts = {str(i): [metrics.normalize_answer(g) or "<empty>"] for i, g in enumerate(golds)}
+    if not res:
+        return {}
+    with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its internals
+        bleu, _ = Bleu(4).compute_score(gts, res)
+        cider, _ = Cider().compute_score(gts, res)
+        rouge, _ = Rouge().compute_score(gts, res)
+    return {"bleu4": float(bleu[3]), "cider": float(cider), "rouge_l": float(rouge)}
+
+
+def caption_shapes(samples, preds, ctx: ScoreContext) -> dict[str, float]:
+    return metrics.caption_metrics(preds, _golds(samples), ctx.world)
+
+
+def image_similarity(samples, preds, ctx: ScoreContext) -> dict[str, float]:
+    rows = [similarity(p, s.target_image) for s, p in zip(samples, preds)
+            if p is not None and s.target_image is not None]
+    out = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim")} if rows else {}
+    return {**out, "n": len(samples), "missing": sum(p is None for p in preds)}
+
+
+def similarity(image, target) -> dict[str, float]:
+    """PSNR (dB, capped) and SSIM of an image against a target, at the target's size."""
+    from utamoe.eval.geneval import PSNR_CAP
+    from utamoe.vision.processor import to_rgb
+
+    target = to_rgb(target)
+    image = to_rgb(image, size=target.shape[:2])
+    if np.array_equal(image, target):  # skimage divides by a zero error here
+        return {"psnr": PSNR_CAP, "ssim": 1.0}
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    psnr = float(peak_signal_noise_ratio(target, image, data_range=255))
+    side = min(target.shape[:2])  # SSIM's window is odd and fits the image (7 by default)
+    win = min(7, side if side % 2 else side - 1)
+    ssim = float(structural_similarity(target, image, channel_axis=2, data_range=255, win_size=win))
+    return {"psnr": min(psnr, PSNR_CAP), "ssim": ssim}
+
+
+def _parser_scores(samples, preds, ctx: ScoreContext, one) -> TaskScore:
+    from utamoe.eval.geneval import aggregate, failed_score
+
+    verdicts = {s.id: (one(s, p, ctx.world) if p is not None else failed_score("no image generated"))
+                for s, p in zip(samples, preds)}
+    return TaskScore(aggregate(verdicts[s.id] for s in samples), verdicts)
+
+
+def _t2i_verdict(s, image, world):
+    from utamoe.eval.geneval import scene_from_meta, score_generation
+
+    return score_generation(scene_from_meta(s.meta) or s.prompt, image, world)
+
+
+def _edit_verdict(s, image, world):
+    from utamoe.eval.geneval import scene_from_meta, score_edit
+
+    return score_edit(s.prompt, image, source_image=s.image, source_scene=scene_from_meta(s.meta),
+                      target_image=s.target_image, config=world)
+
+
+def t2i_shapes(samples, preds, ctx: ScoreContext) -> TaskScore:
+    return _parser_scores(samples, preds, ctx, _t2i_verdict)
+
+
+def edit_shapes(samples, preds, ctx: ScoreContext) -> TaskScore:
+    return _parser_scores(samples, preds, ctx, _edit_verdict)

@@ -1,1 +1,0 @@
-"""Bridges between utamoe and other model families (Hugging Face Janus / Janus-Pro)."""

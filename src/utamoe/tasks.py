@@ -1,0 +1,205 @@
+"""The task registry: every task utamoe trains and scores is declared here, once.
+
+A `Task` says what the rest of the code needs to know about it:
+
+    name        the record's "task" field, the task token's name (`<name>`) and the mixture key
+    group       "und" (reads an image or text, answers in text) or "gen" (produces an image);
+                the TA-MoE group its sequences are routed to and supervised with
+    layout      how a sample becomes a token sequence (utamoe.data.sequences):
+                  "answer"    <bos> <task> [<img> features </img>] prompt <sep> | answer <eos>
+                  "generate"  <bos> <task> prompt <img> | codes
+                  "edit"      <bos> <task> <img> input codes </img> prompt <img> | codes
+    needs_image whether a record must carry an input image (implied by "edit"; an "answer"
+                task may be text-only, e.g. questions about a written scene description)
+    scorer      the generic scorer: (samples, predictions, ScoreContext) -> TaskScore
+    benchmark_scorers
+                scorers that apply only to data of one benchmark, keyed by its name (e.g.
+                "shapesworld", whose scene parser can read ShapesWorld images and captions
+                exactly); eval uses one only when the data's manifest names that benchmark
+    headline    metric key -> the flat name in metrics.json / the docs (e.g. "accuracy" ->
+                "vqa_accuracy"); keys a scorer does not return are left out
+
+The output kind ("text" or "image") follows from the layout. A scorer may be a
+callable or a "module:function" string, resolved on first use, so that declaring
+the built-in tasks imports no evaluation code. Users add their own task from their
+own code, before loading data or training:
+
+    from utamoe.tasks import Task, register_task
+    register_task(Task("ocr", group="und", layout="answer", scorer=my_ocr_scorer,
+                       headline={"accuracy": "ocr_accuracy"}))
+
+The group names here are the one source of truth for task groups; MoE configs are
+checked against them (`group_index`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from utamoe.config import ConfigError
+
+GROUPS: tuple[str, ...] = ("und", "gen")
+LAYOUTS = ("answer", "generate", "edit")
+
+
+@dataclass
+class TaskScore:
+    """What a scorer returns: metrics over the task's samples, and optional per-sample verdicts
+    (sample id -> a verdict object that reports can show, e.g. a generated image's facets)."""
+
+    metrics: dict[str, float]
+    verdicts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScoreContext:
+    """What a scorer may know about the data beyond its samples."""
+
+    benchmark: str | None = None  # e.g. "shapesworld" (from the dataset manifest), else None
+    world: Any = None  # the benchmark's generator config (a ShapesWorldConfig), if any
+
+
+Scorer = Callable[[list, list, ScoreContext], "TaskScore | dict[str, float]"]
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    group: str
+    layout: str
+    scorer: Scorer | str
+    headline: Mapping[str, str] = field(default_factory=dict)
+    benchmark_scorers: Mapping[str, Scorer | str] = field(default_factory=dict)
+    needs_image: bool | None = None  # None: implied by the layout (answer and edit: yes)
+    title: str = ""
+
+    def __post_init__(self) -> None:
+        where = f"task {self.name!r}"
+        if not self.name or not self.name.replace("_", "").isalnum():
+            raise ConfigError(f"{where}: a task name is letters, digits and '_' (it becomes the "
+                              f"token <{self.name}>)")
+        if self.group not in GROUPS:
+            raise ConfigError(f"{where}: group {self.group!r} is not one of {', '.join(GROUPS)}")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"{where}: layout {self.layout!r} is not one of {', '.join(LAYOUTS)}")
+        if (self.layout == "answer") != (self.group == "und"):
+            raise ConfigError(f"{where}: layout {self.layout!r} does not fit group "
+                              f"{self.group!r} ('answer' is und; 'generate' and 'edit' are gen)")
+        if self.layout == "generate" and self.needs_image:
+            raise ConfigError(f"{where}: a 'generate' task takes no input image")
+        if self.layout == "edit" and self.needs_image is False:
+            raise ConfigError(f"{where}: an 'edit' task needs an input image")
+        if self.needs_image is None:
+            object.__setattr__(self, "needs_image", self.layout != "generate")
+        if not self.title:
+            object.__setattr__(self, "title", self.name)
+
+    @property
+    def output(self) -> str:
+        """"text" or "image": what the model produces for this task."""
+        return "text" if self.layout == "answer" else "image"
+
+    def scorer_for(self, ctx: ScoreContext) -> tuple[str, Scorer]:
+        """(scorer name, callable): the benchmark's own scorer when the data is from it."""
+        chosen = self.benchmark_scorers.get(ctx.benchmark) if ctx.benchmark else None
+        spec = chosen if chosen is not None else self.scorer
+        return _scorer_name(spec), _resolve(spec)
+
+    def score(self, samples: list, predictions: list, ctx: ScoreContext) -> tuple[str, TaskScore]:
+        name, fn = self.scorer_for(ctx)
+        out = fn(samples, predictions, ctx)
+        return name, out if isinstance(out, TaskScore) else TaskScore(dict(out))
+
+
+def _scorer_name(spec) -> str:
+    if isinstance(spec, str):
+        return spec.rpartition(":")[2]
+    return getattr(spec, "__name__", type(spec).__name__)
+
+
+def _resolve(spec) -> Callable:
+    if not isinstance(spec, str):
+        return spec
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+_REGISTRY: dict[str, Task] = {}
+
+
+def register_task(task: Task, replace: bool = False) -> Task:
+    """Add a task (from any code, before data is loaded); `replace` redefines an existing one."""
+    if task.name in _REGISTRY and not replace:
+        raise ConfigError(f"task {task.name!r} is already registered; pass replace=True to "
+                          "redefine it")
+    _REGISTRY[task.name] = task
+    return task
+
+
+def unregister_task(name: str) -> None:
+    """Remove a task (tests register temporary ones)."""
+    _REGISTRY.pop(name, None)
+
+
+def get_task(name: str) -> Task:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown task {name!r}; registered tasks: {', '.join(_REGISTRY)} "
+                          "(register your own with utamoe.tasks.register_task)") from None
+
+
+def is_task(name: str) -> bool:
+    return name in _REGISTRY
+
+
+def task_names(group: str | None = None) -> list[str]:
+    """Registered task names in registration order (the built-ins first), optionally one group's."""
+    return [n for n, t in _REGISTRY.items() if group is None or t.group == group]
+
+
+def group_of(name: str) -> str:
+    return get_task(name).group
+
+
+def group_index(group_names, where: str = "moe.group_names") -> list[int]:
+    """For each registry group (in GROUPS order), its index in a MoE config's `group_names`.
+
+    The batch labels tokens with registry group indices; a MoE layer reads labels as indices
+    into its own `group_names`, so this map is what keeps a recipe that writes
+    `group_names: [gen, und]` correct. Names that are not registry groups are an error."""
+    names = list(group_names)
+    if sorted(names) != sorted(GROUPS):
+        raise ConfigError(f"{where} is {names} but the task registry's groups are "
+                          f"{list(GROUPS)}; use the same names (in any order)")
+    return [names.index(g) for g in GROUPS]
+
+
+# ---------------------------------------------------------------- the built-in tasks
+
+_S = "utamoe.eval.scorers"
+for _task in (
+    Task("caption", "und", "answer", f"{_S}:caption_generic", title="Caption",
+         headline={"f1": "caption_f1", "token_f1": "caption_token_f1", "cider": "caption_cider",
+                   "bleu4": "caption_bleu4", "exact": "caption_exact"},
+         benchmark_scorers={"shapesworld": f"{_S}:caption_shapes"}),
+    Task("vqa", "und", "answer", f"{_S}:answer_match", title="VQA",
+         headline={"accuracy": "vqa_accuracy"}),
+    Task("pope", "und", "answer", f"{_S}:yes_no", title="POPE",
+         headline={"accuracy": "pope_accuracy", "f1": "pope_f1"}),
+    Task("grounding", "und", "answer", f"{_S}:box_iou", title="Grounding",
+         headline={"accuracy": "grounding_acc50"}),
+    Task("t2i", "gen", "generate", f"{_S}:image_similarity", title="Text-to-image",
+         headline={"correct_all": "t2i_correct_all", "object": "t2i_object", "count": "t2i_count",
+                   "color": "t2i_color", "size": "t2i_size", "position": "t2i_position",
+                   "psnr": "t2i_psnr", "ssim": "t2i_ssim"},
+         benchmark_scorers={"shapesworld": f"{_S}:t2i_shapes"}),
+    Task("edit", "gen", "edit", f"{_S}:image_similarity", title="Edit",
+         headline={"correct_all": "edit_correct_all", "psnr": "edit_psnr", "ssim": "edit_ssim"},
+         benchmark_scorers={"shapesworld": f"{_S}:edit_shapes"}),
+):
+    register_task(_task)
+del _task
