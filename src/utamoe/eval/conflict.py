@@ -308,7 +308,7 @@ def unified_group_of(model: nn.Module) -> GroupFn:
         elif sub == "experts" and cfg is not None:
             e = _EXPERT_PIECE.search(name)
             if cfg.routing == "task_aware" and e is not None:
-                keys.append(base + f"experts:{cfg.group_names[int(e.group(1)) // cfg.experts_per_group]}")
+                keys.append(base + f"experts:{cfg.group_names[cfg.expert_group(int(e.group(1)))]}")
             else:
                 keys.append(base + "experts")
         return keys

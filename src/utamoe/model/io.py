@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 from safetensors.torch import load_file, load_model, save_model
@@ -116,7 +117,10 @@ def load_model_dir(model_dir: str | Path, device: str = "cpu"):
     return model.to(device).eval(), text_tok
 
 
-V1_RENAMES = (("und_aligner.", "und_encoder.aligner."), ("und_encoder.", "und_encoder.tower."))
+# Version 1 -> 2: the understanding encoder became one module; a LoRA expert bank owns its base.
+V1_RENAMES = ((re.compile(r"^und_aligner\."), "und_encoder.aligner."),
+              (re.compile(r"^und_encoder\."), "und_encoder.tower."),
+              (re.compile(r"\.mlp\.base\."), ".mlp.experts.base."))
 
 
 def _load_version_1(model: UnifiedModel, weights: Path, device: str) -> None:
@@ -124,8 +128,8 @@ def _load_version_1(model: UnifiedModel, weights: Path, device: str) -> None:
     renamed = {}
     for key, value in load_file(str(weights), device=device).items():
         for old, new in V1_RENAMES:
-            if key.startswith(old):
-                key = new + key[len(old):]
+            key, n = old.subn(new, key)
+            if n and old.pattern.startswith("^"):
                 break
         renamed[key] = value
     view = _without_image_tokenizer(model)

@@ -10,12 +10,13 @@ Model code here is plain single-device PyTorch; distribution lives in utamoe.tra
 """
 
 from utamoe.moe.config import MoEConfig
-from utamoe.moe.context import RoutingSession, route
+from utamoe.moe.context import RoutedModule, RoutingSession, route
 from utamoe.moe.layer import TaskAwareMoE
 from utamoe.moe.upcycle import UnsupportedArchitectureError, moe_layers, upcycle
 
 __all__ = [
     "MoEConfig",
+    "RoutedModule",
     "RoutingSession",
     "TaskAwareMoE",
     "UnsupportedArchitectureError",

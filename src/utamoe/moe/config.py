@@ -15,8 +15,6 @@ from typing import Literal
 
 from utamoe.config import ConfigError
 
-EXPERT_TYPES = ("ffn", "lora")
-
 
 @dataclass
 class MoEConfig:
@@ -67,6 +65,15 @@ class MoEConfig:
     def experts_per_group(self) -> int:
         return self.num_experts // self.num_groups
 
+    # The expert/group index arithmetic, in one place: group g owns the routed experts
+    # g * experts_per_group ... (g + 1) * experts_per_group - 1.
+    def group_experts(self, g: int) -> range:
+        eg = self.experts_per_group
+        return range(g * eg, (g + 1) * eg)
+
+    def expert_group(self, e: int) -> int:
+        return e // self.experts_per_group
+
     def validate(self) -> None:
         def bad(key: str, msg: str) -> None:
             raise ConfigError(f"MoEConfig.{key}: {msg}")
@@ -94,8 +101,11 @@ class MoEConfig:
             )
         if self.num_shared_experts < 0:
             bad("num_shared_experts", f"must be >= 0, got {self.num_shared_experts}")
-        if self.expert_type not in EXPERT_TYPES:
-            bad("expert_type", f"unknown expert type {self.expert_type!r}; known: {', '.join(EXPERT_TYPES)}")
+        from utamoe.moe.experts import EXPERT_BANKS
+
+        if self.expert_type not in EXPERT_BANKS:
+            bad("expert_type", f"unknown expert type {self.expert_type!r}; known: "
+                f"{', '.join(EXPERT_BANKS)} (add one with utamoe.moe.experts.register_expert_bank)")
         if self.lora_rank < 1:
             bad("lora_rank", f"must be >= 1, got {self.lora_rank}")
         if self.expert_hidden_size is not None and self.expert_hidden_size < 1:

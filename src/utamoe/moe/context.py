@@ -11,12 +11,18 @@ the caller opens a routing session around the forward (and backward) pass:
     session.losses()   # {"group": ..., "balance": ..., "z": ...}, mean over layers
     session.stats()    # routing counts and accuracies, summed over layers
 
-`route` binds the session to every TaskAwareMoE module inside `model` for the
+`route` binds the session to every *routed module* inside `model` for the
 duration of the block and unbinds it afterwards (nested sessions restore the
-outer one). Labels are group indices: (B,) per sequence or (B, S) per token,
--1 for padding or "no label". Outside a session the layers route on hidden
-states alone (inference needs no label) and record nothing. Nothing is global:
-the session object is created, owned and read by the caller.
+outer one). A routed module is any module that subclasses `RoutedModule` (the
+TA-MoE layers; vision and instance-level routers join the same way): it reads
+`self.session` (None outside a session) and reports through
+`session.record(name, losses, make_stats, coefs)`, with losses and their
+coefficients as dicts keyed by loss name, so a new router adds its own terms
+(e.g. a balance loss over vision encoders) to the same `aux_loss()` and its own
+statistics to `layer_stats()`. Labels are group indices: (B,) per sequence or
+(B, S) per token, -1 for padding or "no label". Outside a session the modules
+route on their inputs alone (inference needs no label) and record nothing.
+Nothing is global: the session object is created, owned and read by the caller.
 """
 
 from __future__ import annotations
@@ -28,15 +34,22 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from utamoe.moe.losses import LayerLosses
+
+class RoutedModule(nn.Module):
+    """Base of every module that joins routing sessions (see the module docstring).
+
+    `route()` sets `session` and `session_name` for the duration of a block."""
+
+    session: RoutingSession | None = None
+    session_name: str = ""
 
 
 @dataclass
 class LayerRecord:
     name: str
-    losses: LayerLosses
+    losses: dict[str, torch.Tensor]  # loss name -> value (with autograd graph)
     make_stats: Callable[[], dict]  # statistics are computed only when someone reads them
-    coefs: tuple[float, float, float]  # group, balance, z
+    coefs: dict[str, float]  # loss name -> coefficient in aux_loss()
     _stats: dict | None = None
 
     @property
@@ -104,29 +117,27 @@ class RoutingSession:
             f"(with a KV cache, give the labels of the new tokens only, or per-sequence labels)"
         )
 
-    def record(self, name: str, losses: LayerLosses, make_stats: Callable[[], dict], coefs) -> None:
+    def record(self, name: str, losses: dict[str, torch.Tensor], make_stats: Callable[[], dict],
+               coefs: dict[str, float]) -> None:
+        """A routed module's losses (by name), lazy statistics and loss coefficients."""
         if not _in_backward():
-            self.records.append(LayerRecord(name, losses, make_stats, tuple(coefs)))
+            self.records.append(LayerRecord(name, dict(losses), make_stats, dict(coefs)))
 
     def losses(self) -> dict[str, torch.Tensor]:
-        """Each router loss averaged over the layers that ran (keeps the autograd graph)."""
-        if not self.records:
-            return {}
-        n = len(self.records)
-        return {
-            key: sum(getattr(r.losses, key) for r in self.records) / n
-            for key in ("group", "balance", "z")
-        }
+        """Each router loss averaged over the modules that reported it (keeps the graph)."""
+        out: dict[str, list[torch.Tensor]] = {}
+        for r in self.records:
+            for key, value in r.losses.items():
+                out.setdefault(key, []).append(value)
+        return {key: sum(values) / len(values) for key, values in out.items()}
 
     def aux_loss(self) -> torch.Tensor:
-        """Weighted sum of the router losses with each layer's configured coefficients."""
+        """Weighted sum of the router losses with each module's configured coefficients,
+        averaged over the modules that ran."""
         if not self.records:
             return torch.zeros(())
-        total = sum(
-            cg * r.losses.group + cb * r.losses.balance + cz * r.losses.z
-            for r in self.records
-            for cg, cb, cz in [r.coefs]
-        )
+        total = sum(r.coefs.get(key, 0.0) * value for r in self.records
+                    for key, value in r.losses.items())
         return total / len(self.records)
 
     def stats(self) -> dict:
@@ -155,11 +166,9 @@ def summarize_stats(per_layer: list[dict]) -> dict:
 
 @contextmanager
 def route(model: nn.Module, task_labels=None, attention_mask=None) -> Iterator[RoutingSession]:
-    """Bind task labels to every TA-MoE layer in `model`; yield the session that collects losses."""
-    from utamoe.moe.layer import TaskAwareMoE
-
+    """Bind task labels to every routed module in `model`; yield the session that collects losses."""
     session = RoutingSession(task_labels, attention_mask)
-    named = [(n, m) for n, m in model.named_modules() if isinstance(m, TaskAwareMoE)]
+    named = [(n, m) for n, m in model.named_modules() if isinstance(m, RoutedModule)]
     layers = [m for _, m in named]
     previous = [(layer.session, layer.session_name) for layer in layers]
     for name, layer in named:

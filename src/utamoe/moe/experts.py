@@ -1,20 +1,25 @@
-"""Expert banks: the weights of E experts and the two ways to run them.
+"""Expert banks: the weights of E experts and the two ways to run them, behind one protocol.
 
-Every bank offers the same two calls, so the layer and the dispatch code do not
-care which expert type is inside:
-- `sorted_forward(x_MD, offsets_E, base)`: rows already sorted by expert, one
-  grouped matmul per projection for all experts at once (the fast path);
-- `expert_forward(x_ND, e, base)`: expert e alone on some rows (the per-expert
-  reference path, and how shared experts run on every token).
+Every bank (an `ExpertBank`) offers the same calls, so the layer and the dispatch
+code do not care which expert type is inside:
+- `build(config, hidden, inter, act, num_experts, shared_with=None)`: a bank of the
+  type for a MoEConfig (`shared_with`: the layer's routed bank, for the shared
+  experts, which reuse its frozen base if it has one);
+- `init_from(w_gate_up, w_down, experts=None)`: start (some) experts from one dense
+  FFN's weights (upcycling);
+- `sorted_forward(x_MD, offsets_E)`: rows already sorted by expert, one grouped
+  matmul per projection for all experts at once (the fast path);
+- `expert_forward(x_ND, e)`: expert e alone on some rows (the per-expert reference
+  path, and how shared experts run on every token).
 
-Types:
-- `FFNExperts`: full gated FFN per expert (SwiGLU / GeGLU), weights stored
+Types, registered by name in `EXPERT_BANKS` (MoEConfig.expert_type picks one;
+`register_expert_bank` adds another, e.g. MoLE's bottleneck adapters):
+- `FFNExperts` ("ffn"): full gated FFN per expert (SwiGLU / GeGLU), weights stored
   expert-major as w_gate_up (E, D, 2F) and w_down (E, F, D) so that grouped_mm
   reads them without a transpose.
-- `LoRAExperts`: expert e = the frozen base FFN with low-rank deltas on its
-  gate/up and down projections (LoRA-MoE / MoLE). B starts at zero, so a fresh
-  LoRA expert computes exactly the base FFN.
-An adapter expert type (MoLE's bottleneck adapters) fits the same two calls.
+- `LoRAExperts` ("lora"): expert e = a frozen base FFN, which the bank owns
+  (`base`), with low-rank deltas on its gate/up and down projections (LoRA-MoE /
+  MoLE). B starts at zero, so a fresh LoRA expert computes exactly the base FFN.
 """
 
 from __future__ import annotations
@@ -71,8 +76,32 @@ def dense_weights(mlp: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return w_gate_up.detach(), mlp.down_proj.weight.T.detach()
 
 
-class FFNExperts(nn.Module):
+class ExpertBank(nn.Module):
+    """The protocol every expert type implements (see the module docstring)."""
+
+    num_experts: int
+
+    @classmethod
+    def build(cls, config, hidden: int, inter: int, act: str, num_experts: int,
+              shared_with: ExpertBank | None = None) -> ExpertBank:
+        raise NotImplementedError
+
+    def init_from(self, w_gate_up_DH: torch.Tensor, w_down_FD: torch.Tensor, experts=None) -> None:
+        raise NotImplementedError
+
+    def sorted_forward(self, x_MD: torch.Tensor, offsets_E: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def expert_forward(self, x_ND: torch.Tensor, e: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class FFNExperts(ExpertBank):
     """E independent gated FFN experts."""
+
+    @classmethod
+    def build(cls, config, hidden, inter, act, num_experts, shared_with=None) -> FFNExperts:
+        return cls(num_experts, hidden, inter, act)
 
     def __init__(self, num_experts: int, hidden: int, inter: int, act: str = "silu"):
         super().__init__()
@@ -83,25 +112,36 @@ class FFNExperts(nn.Module):
         nn.init.normal_(self.w_down, std=inter**-0.5)
 
     @torch.no_grad()
-    def copy_from(self, w_gate_up_DH: torch.Tensor, w_down_FD: torch.Tensor, experts=None) -> None:
+    def init_from(self, w_gate_up_DH: torch.Tensor, w_down_FD: torch.Tensor, experts=None) -> None:
         """Set the chosen experts (default all) to one dense FFN's weights (upcycling)."""
         for e in range(self.num_experts) if experts is None else experts:
             self.w_gate_up[e].copy_(w_gate_up_DH)
             self.w_down[e].copy_(w_down_FD)
 
-    def sorted_forward(self, x_MD, offsets_E, base=None):
+    def sorted_forward(self, x_MD, offsets_E):
         h_MF = glu(grouped_matmul(x_MD, self.w_gate_up, offsets_E), self.act_name)
         return grouped_matmul(h_MF, self.w_down, offsets_E)
 
-    def expert_forward(self, x_ND, e, base=None):
+    def expert_forward(self, x_ND, e):
         return glu(x_ND @ self.w_gate_up[e], self.act_name) @ self.w_down[e]
 
 
-class LoRAExperts(nn.Module):
-    """E low-rank deltas on a shared frozen base FFN (passed in as `base`)."""
+class LoRAExperts(ExpertBank):
+    """E low-rank deltas on a frozen base FFN that the bank owns (`base`), or borrows from
+    the layer's routed bank (the shared experts: one frozen copy per layer)."""
 
-    def __init__(self, num_experts: int, hidden: int, inter: int, rank: int, lora_alpha: float):
+    @classmethod
+    def build(cls, config, hidden, inter, act, num_experts, shared_with=None) -> LoRAExperts:
+        return cls(num_experts, hidden, inter, config.lora_rank, config.lora_alpha, act,
+                   base_from=shared_with)
+
+    def __init__(self, num_experts: int, hidden: int, inter: int, rank: int, lora_alpha: float,
+                 act: str = "silu", base_from: LoRAExperts | None = None):
         super().__init__()
+        if base_from is None:
+            self.base = GatedFFN(hidden, inter, act, trainable=False)
+        else:  # borrowed, not registered: its weights are saved once, with their owner
+            object.__setattr__(self, "_base_owner", base_from)
         self.num_experts, self.scale = num_experts, lora_alpha / rank
         self.a_in = nn.Parameter(torch.empty(num_experts, hidden, rank))  # (E, D, r)
         self.b_in = nn.Parameter(torch.zeros(num_experts, rank, 2 * inter))  # (E, r, 2F)
@@ -112,13 +152,37 @@ class LoRAExperts(nn.Module):
             bound = 1.0 / math.sqrt(a.shape[1])
             nn.init.uniform_(a, -bound, bound)
 
-    def sorted_forward(self, x_MD, offsets_E, base: GatedFFN):
+    def __getattr__(self, name: str):
+        if name == "base" and "_base_owner" in self.__dict__:
+            return self.__dict__["_base_owner"].base
+        return super().__getattr__(name)
+
+    @torch.no_grad()
+    def init_from(self, w_gate_up_DH: torch.Tensor, w_down_FD: torch.Tensor, experts=None) -> None:
+        """The base FFN becomes the dense FFN (the deltas stay zero: every expert equals it)."""
+        if "_base_owner" not in self.__dict__:
+            self.base.w_gate_up.copy_(w_gate_up_DH)
+            self.base.w_down.copy_(w_down_FD)
+
+    def sorted_forward(self, x_MD, offsets_E):
+        base = self.base
         delta_in = grouped_matmul(grouped_matmul(x_MD, self.a_in, offsets_E), self.b_in, offsets_E)
         h_MF = glu(base.gate_up(x_MD) + self.scale * delta_in, base.act_name)
         delta_out = grouped_matmul(grouped_matmul(h_MF, self.a_out, offsets_E), self.b_out, offsets_E)
         return h_MF @ base.w_down + self.scale * delta_out
 
-    def expert_forward(self, x_ND, e, base: GatedFFN):
+    def expert_forward(self, x_ND, e):
+        base = self.base
         gate_up = base.gate_up(x_ND) + self.scale * (x_ND @ self.a_in[e] @ self.b_in[e])
         h_NF = glu(gate_up, base.act_name)
         return h_NF @ base.w_down + self.scale * (h_NF @ self.a_out[e] @ self.b_out[e])
+
+
+EXPERT_BANKS: dict[str, type[ExpertBank]] = {"ffn": FFNExperts, "lora": LoRAExperts}
+
+
+def register_expert_bank(name: str, bank: type[ExpertBank]) -> None:
+    """Make an expert type available as `MoEConfig(expert_type=name)`."""
+    if not (isinstance(bank, type) and issubclass(bank, ExpertBank)):
+        raise TypeError(f"expert bank {name!r} must subclass utamoe.moe.experts.ExpertBank")
+    EXPERT_BANKS[name] = bank

@@ -26,12 +26,13 @@ import torch
 from torch import nn
 
 from utamoe.moe.config import MoEConfig
-from utamoe.moe.experts import FFNExperts, GatedFFN, LoRAExperts, dense_weights
+from utamoe.moe.context import RoutedModule
+from utamoe.moe.experts import EXPERT_BANKS, dense_weights
 from utamoe.moe.losses import layer_losses, routing_stats
 from utamoe.moe.routers import Router, Routing
 
 
-def sorted_dispatch(x_TD, routing: Routing, bank, base, num_experts: int) -> torch.Tensor:
+def sorted_dispatch(x_TD, routing: Routing, bank, num_experts: int) -> torch.Tensor:
     """Fast path: sort by expert, grouped matmuls, un-permute, weighted sum over the K slots."""
     T, K = routing.expert_ids_TK.shape
     flat_M = routing.expert_ids_TK.reshape(-1)
@@ -39,7 +40,7 @@ def sorted_dispatch(x_TD, routing: Routing, bank, base, num_experts: int) -> tor
     counts_E = torch.bincount(flat_M, minlength=num_experts)
     offsets_E = torch.cumsum(counts_E, 0, dtype=torch.int32)
     x_MD = x_TD.index_select(0, order_M // K)
-    y_MD = bank.sorted_forward(x_MD, offsets_E, base)
+    y_MD = bank.sorted_forward(x_MD, offsets_E)
     inverse_M = torch.empty_like(order_M)
     inverse_M[order_M] = torch.arange(order_M.numel(), device=order_M.device)
     y_TKD = y_MD.index_select(0, inverse_M).view(T, K, -1)
@@ -47,19 +48,19 @@ def sorted_dispatch(x_TD, routing: Routing, bank, base, num_experts: int) -> tor
     return torch.bmm(w_TK.unsqueeze(1), y_TKD).squeeze(1)
 
 
-def loop_dispatch(x_TD, routing: Routing, bank, base, num_experts: int) -> torch.Tensor:
+def loop_dispatch(x_TD, routing: Routing, bank, num_experts: int) -> torch.Tensor:
     """Reference path: for each expert, its tokens through it, weighted, added back (fp32 sum)."""
     out_TD = x_TD.new_zeros(x_TD.shape, dtype=torch.float32)
     for e in range(num_experts):
         tok, slot = torch.where(routing.expert_ids_TK == e)
         if tok.numel() == 0:
             continue
-        y = bank.expert_forward(x_TD[tok], e, base).float()
+        y = bank.expert_forward(x_TD[tok], e).float()
         out_TD = out_TD.index_add(0, tok, y * routing.weights_TK[tok, slot, None])
     return out_TD.to(x_TD.dtype)
 
 
-class TaskAwareMoE(nn.Module):
+class TaskAwareMoE(RoutedModule):
     """TA-MoE layer (or the plain top-k MoE baseline with `routing="topk"`)."""
 
     def __init__(self, config: MoEConfig, hidden_size: int, intermediate_size: int, act: str = "silu"):
@@ -69,26 +70,16 @@ class TaskAwareMoE(nn.Module):
         inter = config.expert_hidden_size or intermediate_size
         self.intermediate_size = inter
         self.router = Router(config, hidden_size)
-        self.base = None
-        if config.expert_type == "lora":
-            self.base = GatedFFN(hidden_size, inter, act, trainable=False)
-            lora = (hidden_size, inter, config.lora_rank, config.lora_alpha)
-            self.experts = LoRAExperts(config.num_experts, *lora)
-            self.shared = LoRAExperts(config.num_shared_experts, *lora) if config.num_shared_experts else None
-        else:
-            self.experts = FFNExperts(config.num_experts, hidden_size, inter, act)
-            self.shared = (
-                FFNExperts(config.num_shared_experts, hidden_size, inter, act)
-                if config.num_shared_experts
-                else None
-            )
+        bank = EXPERT_BANKS[config.expert_type]
+        self.experts = bank.build(config, hidden_size, inter, act, config.num_experts)
+        self.shared = (bank.build(config, hidden_size, inter, act, config.num_shared_experts,
+                                  shared_with=self.experts)
+                       if config.num_shared_experts else None)
         logit = torch.tensor(math.log(config.alpha_init / (1.0 - config.alpha_init)))
         if config.alpha == "learnable":
             self.alpha_logit = nn.Parameter(logit)
         else:
             self.register_buffer("alpha_logit", logit)
-        self.session = None  # set by utamoe.moe.route()
-        self.session_name = ""
 
     @classmethod
     def from_dense(cls, mlp: nn.Module, config: MoEConfig, act: str, group_mlps=None) -> TaskAwareMoE:
@@ -109,17 +100,11 @@ class TaskAwareMoE(nn.Module):
         layer = cls(config, w_gate_up.shape[0], w_down.shape[0], act)
         layer.to(dtype=w_gate_up.dtype, device=w_gate_up.device)
         layer.router.float()  # router weights stay fp32: routing decisions are precision-sensitive
-        if config.expert_type == "lora":
-            with torch.no_grad():
-                layer.base.w_gate_up.copy_(w_gate_up)
-                layer.base.w_down.copy_(w_down)
-            return layer
-        eg = config.experts_per_group
         for g in range(config.num_groups):
             src = groups[g] if groups is not None else dense
-            layer.experts.copy_from(*src, experts=range(g * eg, (g + 1) * eg))
+            layer.experts.init_from(*src, experts=config.group_experts(g))
         if layer.shared is not None:
-            layer.shared.copy_from(w_gate_up, w_down)
+            layer.shared.init_from(w_gate_up, w_down)
         return layer
 
     @property
@@ -146,12 +131,12 @@ class TaskAwareMoE(nn.Module):
         """Route, dispatch and add the shared experts for rows x_TD (and record in a session)."""
         routing = self.router(x_TD, labels_T)
         dispatch = sorted_dispatch if self.config.dispatch == "grouped" else loop_dispatch
-        y_TD = dispatch(x_TD, routing, self.experts, self.base, self.config.num_experts)
+        y_TD = dispatch(x_TD, routing, self.experts, self.config.num_experts)
         if routing.group_scale_T is not None:
             y_TD = y_TD * routing.group_scale_T.to(y_TD.dtype)[:, None]
         if self.shared is not None:
             shared = sum(
-                self.shared.expert_forward(x_TD, e, self.base) for e in range(self.shared.num_experts)
+                self.shared.expert_forward(x_TD, e) for e in range(self.shared.num_experts)
             ) / self.shared.num_experts
             a = self.alpha.to(y_TD.dtype)
             y_TD = a * y_TD + (1 - a) * shared
@@ -170,8 +155,8 @@ class TaskAwareMoE(nn.Module):
                             else getattr(routing, f.name).detach() for f in dataclasses.fields(routing)})
         stats = functools.partial(routing_stats, frozen, labels_T, valid_T, cfg.num_groups,
                                   cfg.num_experts, len(cfg.group_names))
-        coefs = (cfg.group_loss_coef, cfg.balance_loss_coef, cfg.z_loss_coef)
-        self.session.record(self.session_name, losses, stats, coefs)
+        coefs = {"group": cfg.group_loss_coef, "balance": cfg.balance_loss_coef, "z": cfg.z_loss_coef}
+        self.session.record(self.session_name, dict(vars(losses)), stats, coefs)
 
     def extra_repr(self) -> str:
         c = self.config

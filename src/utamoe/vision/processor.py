@@ -33,7 +33,7 @@ def _pil_resample(name: str):
 
 def _from_pil(im) -> np.ndarray:
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        return _to_uint8(np.asarray(im))  # PIL's own convert("RGB") clips these to white
+        return np.asarray(im)  # PIL's own convert("RGB") clips these to white: scale them below
     return np.asarray(im.convert("RGB"))
 
 
@@ -54,19 +54,16 @@ def to_rgb(image, size: int | tuple[int, int] | None = None, resample: str = "bi
     side) when given and different."""
     from PIL import Image
 
-    if isinstance(image, Image.Image):
-        arr = _from_pil(image)
+    arr = _from_pil(image) if isinstance(image, Image.Image) else np.asarray(image)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        arr = np.repeat(_to_uint8(arr)[..., None], 3, axis=2)
+    elif arr.ndim == 3 and arr.shape[2] in (3, 4):
+        arr = _to_uint8(arr[..., :3])
     else:
-        arr = np.asarray(image)
-        if arr.ndim == 3 and arr.shape[2] == 1:
-            arr = arr[..., 0]
-        if arr.ndim == 2:
-            arr = np.repeat(_to_uint8(arr)[..., None], 3, axis=2)
-        elif arr.ndim == 3 and arr.shape[2] in (3, 4):
-            arr = _to_uint8(arr[..., :3])
-        else:
-            raise ValueError(f"expected an image HxW or HxWxC with C in 1, 3, 4 (channels last), "
-                             f"got an array of shape {arr.shape}")
+        raise ValueError(f"expected an image HxW or HxWxC with C in 1, 3, 4 (channels last), "
+                         f"got an array of shape {arr.shape}")
     if size is not None:
         h, w = (size, size) if isinstance(size, int) else tuple(size)
         if arr.shape[:2] != (h, w):

@@ -1,0 +1,56 @@
+"""Model directories: version-1 directories (before the understanding encoder became one
+module) still load with identical outputs, and a version from the future is refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from utamoe.model.io import load_model_dir, save_model_dir
+from utamoe.moe import MoEConfig
+
+from .helpers import mixed_batch, tiny_model
+
+
+def _as_version_1(src, dst):
+    """Rewrite a saved directory the way version 1 laid it out."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    weights = load_file(str(dst / "model.safetensors"))
+    old = {}
+    for k, v in weights.items():
+        k = k.replace("und_encoder.aligner.", "und_aligner.").replace("und_encoder.tower.", "und_encoder.")
+        old[k.replace(".mlp.experts.base.", ".mlp.base.")] = v
+    save_file(old, str(dst / "model.safetensors"))
+    meta = json.loads((dst / "utamoe.json").read_text())
+    meta["version"] = 1
+    meta["config"].pop("image_resample")
+    (dst / "utamoe.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("moe", [None, MoEConfig(expert_type="lora", num_experts=2, top_k=1)],
+                         ids=["dense", "lora-moe"])
+def test_version_1_directories_load_with_identical_outputs(tmp_path, moe):
+    model, tok, enc = tiny_model(moe=moe)
+    save_model_dir(model, tmp_path / "v2", tok)
+    _as_version_1(tmp_path / "v2", tmp_path / "v1")
+    assert "und_aligner.fc1.weight" in load_file(str(tmp_path / "v1" / "model.safetensors"))
+    a, _ = load_model_dir(tmp_path / "v2")
+    b, _ = load_model_dir(tmp_path / "v1")
+    batch, _ = mixed_batch(enc)
+    with torch.no_grad():
+        torch.testing.assert_close(a(batch).loss, b(batch).loss, rtol=0, atol=0)
+
+
+def test_future_version_is_refused(tmp_path):
+    model, tok, _ = tiny_model(moe=None)
+    save_model_dir(model, tmp_path / "m", tok)
+    meta = json.loads((tmp_path / "m" / "utamoe.json").read_text())
+    meta["version"] = 99
+    (tmp_path / "m" / "utamoe.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="format version 99"):
+        load_model_dir(tmp_path / "m")

@@ -1,0 +1,78 @@
+"""The pure predictor: arrays or PIL images of any size in, text and arrays out, batched,
+equal to the generation functions it wraps, reproducible, and safe to share between threads."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from utamoe.model.generation import SamplingConfig, generate_images, generate_text
+from utamoe.predict import InputError, Predictor
+
+from .model.helpers import images, tiny_model
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    model, tok, _ = tiny_model()
+    return Predictor(model, tok)
+
+
+def test_answers_equal_generation_and_take_any_image(predictor):
+    img = images(1)[0]
+    want = generate_text(predictor.model, predictor.encoder, ["vqa", "vqa"], ["a", "b"], [img, img])
+    assert predictor.answer(img, ["a", "b"]) == want
+    assert predictor.answer(Image.fromarray(img), ["a", "b"]) == want  # PIL works too
+    assert predictor.answer([img, img], ["a", "b"]) == want  # one image per question
+    small = np.asarray(Image.fromarray(img).resize((20, 30)))
+    assert len(predictor.answer(small, "what color is the circle ?")) == 1  # resized, not refused
+
+
+def test_generate_and_edit_return_uint8_arrays(predictor):
+    cfg = SamplingConfig(temperature=1.0, seed=3)
+    out = predictor.generate(["a red circle at the top left", "blue"], cfg)
+    assert all(x.shape == (48, 48, 3) and x.dtype == np.uint8 for x in out)
+    want = generate_images(predictor.model, predictor.encoder, ["a red circle at the top left", "blue"], cfg)
+    assert all(np.array_equal(a, b) for a, b in zip(out, want))
+    edited = predictor.edit(images(1)[0], ["make the circle blue"], cfg)
+    assert edited[0].shape == (48, 48, 3)
+
+
+def test_threads_get_the_results_of_sequential_calls(predictor):
+    cfg = SamplingConfig(temperature=1.0, seed=5)
+    want = [predictor.generate([f"prompt {i}"], cfg)[0] for i in range(4)]
+    got = [None] * 4
+
+    def work(i):
+        got[i] = predictor.generate([f"prompt {i}"], cfg)[0]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda p: p.answer(images(1)[0], []), "at least one question"),
+    (lambda p: p.answer(images(1)[0], ["  "]), "is empty"),
+    (lambda p: p.answer(None, ["q"]), "needs an input image"),
+    (lambda p: p.answer(images(2), ["q"] * 3), "2 images for 3 questions"),
+    (lambda p: p.answer(images(1)[0], ["q"], task="t2i"), "use generate"),
+    (lambda p: p.generate(["x"], task="vqa"), "use answer"),
+    (lambda p: p.answer(np.zeros((4, 4, 2)), ["q"]), "channels last"),
+])
+def test_bad_inputs_are_input_errors(predictor, call, message):
+    with pytest.raises(InputError, match=message):
+        call(predictor)
+
+
+def test_load_rejects_missing_dirs_and_devices(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        Predictor.load(tmp_path / "none")
+    with pytest.raises(InputError, match="not a torch device"):
+        Predictor.load(tmp_path, device="foo")
