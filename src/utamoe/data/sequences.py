@@ -141,6 +141,32 @@ def training_sequences(encoder: Encoder, samples: list[Sample], cfg_dropout: flo
     return out
 
 
+def code_images(samples) -> list[tuple[str, str, np.ndarray]]:
+    """(sample id, "image" | "target", image) of every image that becomes VQ codes: the
+    targets and inputs of the samples whose task produces images."""
+    return [(s.id, kind, img) for s in samples if get_task(s.task).output == "image"
+            for kind, img in (("image", s.image), ("target", s.target_image)) if img is not None]
+
+
+def precompute_codes(samples, encoder: Encoder, image_tokenizer, batch_size: int = 256,
+                     progress=None, done=None) -> dict[tuple[str, str], list[int]]:
+    """VQ codes of `code_images(samples)` (processed by the encoder first), in batches, so a
+    training loop or an analysis encodes every image once; `done` holds codes to keep."""
+    codes = dict(done or {})
+    todo = [item for item in code_images(samples) if item[:2] not in codes]
+    device = next(image_tokenizer.parameters()).device
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        with torch.no_grad():
+            pix = pixel_values([encoder.process(img) for _, _, img in chunk]).to(device)
+            out = image_tokenizer.encode(pix)
+        for (sid, kind, _), c in zip(chunk, out.reshape(len(chunk), -1).tolist()):
+            codes[(sid, kind)] = c
+        if progress is not None:
+            progress(len(chunk))
+    return codes
+
+
 @dataclass
 class Batch:
     input_ids: torch.Tensor  # (B, S)

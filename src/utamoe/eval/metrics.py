@@ -21,12 +21,12 @@ ARTICLES = frozenset({"a", "an", "the"})
 NUMBER_WORDS = {w: str(i) for i, w in enumerate(
     ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"])}
 SYNONYMS = {"colour": "color", "centre": "center", "grey": "gray"}
-_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
+PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 
 
 def normalize_answer(text: str | None) -> str:
     """Lowercase, punctuation -> space, drop articles, number words -> digits, one space."""
-    tokens = _PUNCT.sub(" ", (text or "").lower()).split()
+    tokens = PUNCT.sub(" ", (text or "").lower()).split()
     out = []
     for t in tokens:
         if t in ARTICLES:

@@ -64,7 +64,9 @@ def caption_generic(samples, preds, ctx: ScoreContext) -> dict[str, float]:
 
 def coco_caption_scores(preds, golds) -> dict[str, float]:
     """BLEU-4, CIDEr and ROUGE-L of the COCO caption toolkit (one reference per sample), on
-    answers normalised like every other text metric; {} when pycocoevalcap is not installed."""
+    lowercased text without punctuation (as the toolkit's PTB tokenizer leaves it; articles
+    are kept: they are part of the n-grams); {} when pycocoevalcap is not installed.
+    BLEU-4 needs 4-grams: on captions of three words or fewer it is near 0 by definition."""
     try:
         from pycocoevalcap.bleu.bleu import Bleu
         from pycocoevalcap.cider.cider import Cider
@@ -72,8 +74,8 @@ def coco_caption_scores(preds, golds) -> dict[str, float]:
     except ImportError:
         return {}
     # The toolkit wants non-empty strings; an empty prediction scores 0 as a stray token.
-    res = {str(i): [metrics.normalize_answer(p) or "<empty>"] for i, p in enumerate(preds)}
-    gts = {str(i): [metrics.normalize_answer(g) or "<empty>"] for i, g in enumerate(golds)}
+    res = {str(i): [_coco_text(p)] for i, p in enumerate(preds)}
+    gts = {str(i): [_coco_text(g)] for i, g in enumerate(golds)}
     if not res:
         return {}
     with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its internals
@@ -81,6 +83,10 @@ def coco_caption_scores(preds, golds) -> dict[str, float]:
         cider, _ = Cider().compute_score(gts, res)
         rouge, _ = Rouge().compute_score(gts, res)
     return {"bleu4": float(bleu[3]), "cider": float(cider), "rouge_l": float(rouge)}
+
+
+def _coco_text(text) -> str:
+    return " ".join(metrics.PUNCT.sub(" ", (text or "").lower()).split()) or "<empty>"
 
 
 def caption_shapes(samples, preds, ctx: ScoreContext) -> dict[str, float]:

@@ -20,12 +20,16 @@ import dataclasses
 from collections import defaultdict
 
 import numpy as np
-import torch
 
 from utamoe.data.formats import Sample
-from utamoe.data.sequences import Batch, Encoder, collate, training_sequences
-from utamoe.tasks import get_task
-from utamoe.vision.processor import pixel_values
+from utamoe.data.sequences import (
+    Batch,
+    Encoder,
+    code_images,
+    collate,
+    precompute_codes,
+    training_sequences,
+)
 
 
 def _processed(s: Sample, process) -> Sample:
@@ -41,27 +45,19 @@ class TrainData:
             self.by_task[s.task].append(_processed(s, encoder.process))
         self.codes: dict[tuple[str, str], list[int]] = {}
 
+    def samples(self) -> list[Sample]:
+        return [s for samples in self.by_task.values() for s in samples]
+
     def code_images(self) -> list[tuple[str, str, np.ndarray]]:
-        """(sample id, "image" | "target", image) of every image that becomes VQ codes: the
-        targets and inputs of the tasks that produce images."""
-        return [(s.id, kind, img) for task, samples in self.by_task.items()
-                if get_task(task).output == "image" for s in samples
-                for kind, img in (("image", s.image), ("target", s.target_image))
-                if img is not None]
+        """The images that become VQ codes (utamoe.data.sequences.code_images)."""
+        return code_images(self.samples())
 
     def precompute_codes(self, image_tokenizer, batch_size: int = 256, progress=None) -> int:
-        """VQ codes of every generation image (see `code_images`), computed once."""
-        todo = [item for item in self.code_images() if item[:2] not in self.codes]
-        device = next(image_tokenizer.parameters()).device
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            with torch.no_grad():
-                codes = image_tokenizer.encode(pixel_values([img for _, _, img in chunk]).to(device))
-            for (sid, kind, _), c in zip(chunk, codes.reshape(len(chunk), -1).tolist()):
-                self.codes[(sid, kind)] = c
-            if progress is not None:
-                progress(len(chunk))
-        return len(todo)
+        """VQ codes of every generation image, computed once; returns how many were new."""
+        before = len(self.codes)
+        self.codes = precompute_codes(self.samples(), self.encoder, image_tokenizer, batch_size,
+                                      progress, done=self.codes)
+        return len(self.codes) - before
 
     def tasks_available(self, mixture: dict[str, float]) -> dict[str, float]:
         """The mixture restricted to tasks that have samples (error if none do)."""
