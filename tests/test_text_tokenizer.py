@@ -1,0 +1,38 @@
+"""The text tokenizer: special tokens are never split, every registered task has a marker,
+a model's own tokenizer loads as saved (no marker added that the model has no row for)."""
+
+from __future__ import annotations
+
+from utamoe.tasks import Task, register_task, task_names, unregister_task
+from utamoe.text_tokenizer import (
+    BASE_SPECIAL_TOKENS,
+    SpecialIds,
+    load_text_tokenizer,
+    task_token,
+    train_text_tokenizer,
+)
+
+
+def test_special_tokens_are_single_ids_and_round_trip():
+    tok = train_text_tokenizer(["what color is the circle ?", "red"] * 20, vocab_size=280)
+    ids = SpecialIds.of(tok)
+    for t in [*BASE_SPECIAL_TOKENS, *(task_token(n) for n in task_names())]:
+        assert len(tok.encode(t, add_special_tokens=False)) == 1, t
+    assert set(ids.tasks) == set(task_names())
+    text = "what color is the circle ?"
+    assert tok.decode(tok.encode(text, add_special_tokens=False)).strip() == text
+
+
+def test_a_task_registered_later_gets_a_marker_in_new_tokenizers_only(tmp_path):
+    old = train_text_tokenizer(["red"] * 20, vocab_size=270)
+    old.save_pretrained(str(tmp_path / "old"))
+    register_task(Task("ocr", "und", "answer", scorer=lambda s, p, c: {}))
+    try:
+        new = train_text_tokenizer(["red"] * 20, vocab_size=270)
+        assert "ocr" in SpecialIds.of(new).tasks
+        as_saved = load_text_tokenizer(tmp_path / "old", add_tasks=False)
+        assert len(as_saved) == len(old) and "ocr" not in SpecialIds.of(as_saved).tasks
+        extended = load_text_tokenizer(tmp_path / "old")
+        assert len(extended) == len(old) + 1 and "ocr" in SpecialIds.of(extended).tasks
+    finally:
+        unregister_task("ocr")

@@ -1,0 +1,63 @@
+"""The experiment config: bad keys, unknown tasks and impossible values fail at load with
+the key named; broken data stops (or is skipped) with file:line; shipped recipes validate."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from utamoe.config import ConfigError
+from utamoe.data.formats import DataFormatError
+from utamoe.train.config import build_config, load_config
+from utamoe.train.trainer import Trainer
+
+from .conftest import tiny_recipe
+
+
+def test_bad_config_and_bad_data_errors(tiny_assets, tmp_path):
+    with pytest.raises(ConfigError, match=r"train.lrr.*did you mean 'lr'"):
+        build_config({"train": {"lrr": 1}})
+    with pytest.raises(ConfigError, match=r"stages\[0\] \(x\).mixture: unknown tasks \['vqaa'\]"):
+        build_config({"stages": [{"name": "x", "mixture": {"vqaa": 1}}]})
+    with pytest.raises(ConfigError, match="needs stages\\[0\\].moe"):
+        build_config({"stages": [{"surgery": ["upcycle"]}]})
+    with pytest.raises(ConfigError, match="is not a shipped recipe"):
+        load_config("no_such_recipe")
+    with pytest.raises(ConfigError, match="must be int"):
+        load_config("utamoe", ["train.batch_size=big"])
+    broken = tmp_path / "data"
+    broken.mkdir()
+    lines = (tiny_assets / "data" / "train.jsonl").read_text().splitlines()
+    (broken / "train.jsonl").write_text("\n".join(lines[:3] + ["{not json"] + lines[3:]) + "\n")
+    os.symlink(tiny_assets / "data" / "images", broken / "images")
+    raw = tiny_recipe(tiny_assets, tmp_path / "run")
+    raw["data"]["dir"] = str(broken)
+    with pytest.raises(DataFormatError, match=r"train.jsonl:4"):
+        Trainer(build_config(raw), tmp_path / "run", progress=False).run()
+    raw["data"]["on_error"] = "skip"
+    Trainer(build_config(raw), tmp_path / "run2", progress=False).run()
+
+
+def test_shipped_recipes_validate():
+    for name in ("utamoe", "joint_dense", "joint_topk", "und_only", "gen_only"):
+        cfg = load_config(name)
+        assert cfg.stages and cfg.model.backbone.config["model_type"] == "llama"
+    topk = load_config("joint_topk").stages[1].moe
+    ta = load_config("utamoe").stages[2].moe
+    active = lambda m: m.top_k + m.num_shared_experts  # noqa: E731
+    assert active(topk) == active(ta) and topk.num_experts == ta.num_experts
+
+
+def test_moe_group_names_must_be_the_registry_groups():
+    with pytest.raises(ConfigError, match=r"stages.0.moe.group_names is \['und', 'image'\]"):
+        build_config({"stages": [{"surgery": ["upcycle"], "moe": {"group_names": ["und", "image"]}}]})
+    cfg = build_config({"stages": [{"surgery": ["upcycle"], "moe": {"group_names": ["gen", "und"]}}]})
+    assert cfg.stages[0].moe.group_names == ("gen", "und")
+
+
+def test_vision_image_size_conflicting_with_the_model_is_an_error():
+    from utamoe.model.parts import build_vision
+
+    with pytest.raises(ConfigError, match="model.vision.config.image_size is 32 but model.image_size is 48"):
+        build_vision(load_config("utamoe", ["model.vision.config.image_size=32"]).model.vision, 48)
