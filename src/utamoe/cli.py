@@ -313,6 +313,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from utamoe.train.config import load_config
+    from utamoe.train.run_dir import ARTEFACTS, resume_overrides
     from utamoe.train.trainer import Trainer, TrainingStopped
 
     if args.resume:
@@ -320,19 +321,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not (run_dir / "config.yaml").is_file():
             print(f"error: {run_dir} is not a run directory (no config.yaml)", file=sys.stderr)
             return 2
-        cfg = load_config(str(run_dir / "config.yaml"), args.set)
+        if args.force:
+            print("error: --force starts over and --resume continues; give one of them",
+                  file=sys.stderr)
+            return 2
+        cfg = load_config(str(run_dir / "config.yaml"), resume_overrides(args.set, run_dir))
     else:
         if not args.config:
             print("error: give --config FILE (or --resume RUN_DIR)", file=sys.stderr)
             return 2
         cfg = load_config(args.config, args.set)
         run_dir = Path(args.out or cfg.run.out)
-        if (run_dir / "checkpoints").is_dir() and not args.force:
+        if any((run_dir / a).exists() for a in ARTEFACTS) and not args.force:
             print(f"error: {run_dir} already holds a run; continue it with --resume {run_dir} "
-                  f"or pass --force to start over", file=sys.stderr)
+                  f"or pass --force to start over (its checkpoints, tokenizers, log and model "
+                  f"are removed)", file=sys.stderr)
             return 2
     try:
-        model_dir = Trainer(cfg, run_dir).run(resume=bool(args.resume))
+        model_dir = Trainer(cfg, run_dir).run(resume=bool(args.resume), fresh=args.force)
     except TrainingStopped as stop:
         print(f"stopped: {stop}", file=sys.stderr)
         return 3

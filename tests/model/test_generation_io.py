@@ -114,3 +114,14 @@ def test_predictor_load_needs_tokenizers(tmp_path):
     save_model_dir(model, tmp_path / "m")  # no text tokenizer
     with pytest.raises(ValueError, match="no text_tokenizer"):
         Predictor.load(tmp_path / "m")
+
+
+def test_generation_raises_no_deprecation_warning_of_ours():
+    """The decoder's cache argument is passed under the name this transformers version takes."""
+    import warnings
+
+    model, tok, enc = tiny_model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        generate_text(model, enc, ["vqa"], ["what color is the circle ?"], images(1))
+        generate_codes(model, enc, ["a red circle at the top left"], SamplingConfig(cfg_scale=2.0))

@@ -17,6 +17,8 @@ Model code is single-device PyTorch; distribution lives in utamoe.train.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -152,9 +154,13 @@ class UnifiedModel(nn.Module):
 
     def hidden(self, embeds, attention_mask=None, position_ids=None, past_key_values=None,
                use_cache: bool = False):
+        # transformers renamed the decoders' `past_key_values` argument to `cache` (5.2x; the
+        # old name warns and goes in 5.40): pass whichever this version's decoder takes.
+        key = "cache" if _takes_cache(type(self.lm)) else "past_key_values"
         out = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                      past_key_values=past_key_values, use_cache=use_cache)
-        return out.last_hidden_state, out.past_key_values
+                      use_cache=use_cache, **{key: past_key_values})
+        cache = getattr(out, "cache", None)
+        return out.last_hidden_state, cache if cache is not None else out.past_key_values
 
     # ------------------------------------------------------------------ training forward
 
@@ -186,6 +192,11 @@ class UnifiedModel(nn.Module):
             group_index(moe.group_names, "moe.group_names")
         upcycle(self.lm, moe, group_mlps=group_mlps)
         self.config.moe = moe
+
+
+@functools.cache
+def _takes_cache(decoder_cls) -> bool:
+    return "cache" in inspect.signature(decoder_cls.forward).parameters
 
 
 def _task_losses(batch: Batch, per_token: dict) -> dict[str, float]:

@@ -56,6 +56,15 @@ def _prune(root: Path, keep: int, newest: str) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints, newest first (the `latest` pointer's first when it is valid)."""
+    done = sorted((p for p in root.glob("step-*") if (p / STATE_FILE).is_file()
+                   and p.name.split("-")[1].isdigit()),
+                  key=lambda p: int(p.name.split("-")[1]), reverse=True)
+    latest = latest_checkpoint(root)
+    return ([latest] if latest else []) + [p for p in done if p != latest]
+
+
 def latest_checkpoint(root: Path) -> Path | None:
     """The newest complete checkpoint, or None. Falls back to scanning when `latest` is stale."""
     pointer = root / LATEST

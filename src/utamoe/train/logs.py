@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -84,9 +85,17 @@ class MetricsLog:
         """On resume, drop records the interrupted run logged after its last checkpoint."""
         if not (self.enabled and self.path.is_file()):
             return
-        keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("global_step", 0) <= global_step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        keep = []
+        for line in self.path.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # the torn last line of a killed run
+                continue
+            if isinstance(rec, dict) and rec.get("global_step", 0) <= global_step:
+                keep.append(line)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, self.path)
 
     def close(self) -> None:
         if self.tb is not None:

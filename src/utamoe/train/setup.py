@@ -65,7 +65,10 @@ def text_tokenizer_for(cfg: ExperimentConfig, samples, run_dir: Path, acc):
     texts = [t for s in samples for t in (s.prompt, s.target) if t]
 
     def make(path: Path) -> None:
-        train_text_tokenizer(texts, cfg.tokenizers.text_vocab_size).save_pretrained(str(path))
+        from utamoe.fsutil import atomic_directory
+
+        with atomic_directory(path) as tmp:  # a kill mid-save leaves no half tokenizer
+            train_text_tokenizer(texts, cfg.tokenizers.text_vocab_size).save_pretrained(str(tmp))
 
     return _once(acc, run_dir / "text_tokenizer", make, load_text_tokenizer)
 

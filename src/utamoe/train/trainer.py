@@ -28,15 +28,25 @@ import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
 
-from utamoe.train.checkpoint import latest_checkpoint, read_state, save_checkpoint
+from utamoe.train.checkpoint import (
+    complete_checkpoints,
+    latest_checkpoint,
+    read_state,
+    save_checkpoint,
+)
 from utamoe.train.config import ExperimentConfig, StageConfig, dump_config
 from utamoe.train.logs import CollapseWatch, MetricsLog, plot_losses, step_metrics
+from utamoe.train.run_dir import RunLock, clean_start
 from utamoe.train.setup import prepare_run
 from utamoe.train.stages import add_lora, apply_surgery, merge_lora, select_trainable
 
 
 class TrainingStopped(RuntimeError):
     """The run stopped early (signal or repeated non-finite losses); a checkpoint names where."""
+
+
+class CheckpointDamaged(RuntimeError):
+    """A checkpoint that cannot be resumed from (unreadable files or state); resume falls back."""
 
 
 @dataclass
@@ -90,7 +100,9 @@ class Trainer:
         set_seed(self.cfg.run.seed)
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
+            config = self.run_dir / "config.yaml"
+            if not config.is_file():  # a resumed run keeps its own config, never rewritten
+                config.write_text(dump_config(self.cfg))
         acc.wait_for_everyone()
         run = prepare_run(self.cfg, self.run_dir, acc, progress=self.show_progress and self.main)
         self.model, self.text_tokenizer, self.data = run.model, run.text_tokenizer, run.data
@@ -125,14 +137,52 @@ class Trainer:
             merge_lora(self.model)
         self.accelerator.free_memory()
 
-    def run(self, resume: bool = False) -> Path:
+    def run(self, resume: bool = False, fresh: bool = False) -> Path:
+        """Train (or, with `resume`, continue from the newest usable checkpoint); `fresh`
+        first removes an earlier run's artefacts from the run directory (`--force`)."""
+        with RunLock(self.run_dir, enabled=self.main):
+            if fresh and self.main:
+                clean_start(self.run_dir)
+            self.accelerator.wait_for_everyone()
+            if not resume:
+                return self._run(None)
+            candidates = complete_checkpoints(self.ckpt_root)
+            if not candidates:
+                raise FileNotFoundError(
+                    f"--resume: no complete checkpoint under {self.ckpt_root} (the run stopped "
+                    f"before its first one); start it again with `utamoe train --config "
+                    f"{self.run_dir / 'config.yaml'} --out {self.run_dir} --force`")
+            for i, ckpt in enumerate(candidates):
+                try:
+                    state = self._state_of(ckpt)
+                    return self._run((ckpt, state))
+                except CheckpointDamaged as err:
+                    self.accelerator.free_memory()  # forget the prepared model before retrying
+                    nxt = candidates[i + 1].name if i + 1 < len(candidates) else None
+                    print(f"[resume] {err}; " + (f"falling back to {nxt}" if nxt else
+                                                 "no earlier checkpoint is left"), flush=True)
+            raise FileNotFoundError(f"--resume: no usable checkpoint under {self.ckpt_root}; start "
+                                    f"the run again with --force")
+
+    def _state_of(self, ckpt: Path) -> TrainState:
+        """The checkpoint's trainer state, checked against this recipe."""
+        try:
+            state = TrainState(**read_state(ckpt)["trainer"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CheckpointDamaged(f"{ckpt.name}: unreadable trainer state ({err})") from err
+        stages = self.cfg.stages
+        ok = (0 <= state.stage < len(stages) and 0 <= state.step <= stages[state.stage].steps
+              and state.global_step == sum(s.steps for s in stages[:state.stage]) + state.step)
+        if not ok:
+            raise CheckpointDamaged(f"{ckpt.name}: trainer state {asdict(state)} does not fit the "
+                                    f"recipe's {len(stages)} stages")
+        return state
+
+    def _run(self, resume) -> Path:
         self.setup()
         state, ckpt = TrainState(), None
-        if resume:
-            ckpt = latest_checkpoint(self.ckpt_root)
-            if ckpt is None:
-                raise FileNotFoundError(f"--resume: no complete checkpoint under {self.ckpt_root}")
-            state = TrainState(**read_state(ckpt)["trainer"])
+        if resume is not None:
+            ckpt, state = resume
             self.log.truncate_after(state.global_step)
         resume_stage = state.stage if ckpt is not None else -1
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -146,7 +196,11 @@ class Trainer:
                 self.prepared, self.opt = self.accelerator.prepare(self.model, opt)
                 self.sched = sched
                 if index == resume_stage:
-                    self.accelerator.load_state(str(ckpt))
+                    try:
+                        self.accelerator.load_state(str(ckpt))
+                    except Exception as err:  # truncated / garbage files: try an older one
+                        raise CheckpointDamaged(f"{ckpt.name} cannot be loaded ({type(err).__name__}: "
+                                                f"{str(err)[:200]})") from err
                     with warnings.catch_warnings():  # "scheduler stepped before optimizer": intended
                         warnings.simplefilter("ignore", UserWarning)
                         for _ in range(state.step):  # the schedule is a function of the step count
