@@ -21,12 +21,13 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 def _parse_sizes(items: list[str] | None) -> dict[str, int]:
     """['train=100', 'heldout=0'] -> {'train': 100, 'heldout': 0}."""
+    from utamoe.predict import InputError
+
     sizes = {}
     for item in items or []:
         split, _, n = item.partition("=")
         if not split or not n.isdigit():
-            raise SystemExit(f"utamoe data shapes: --sizes takes SPLIT=N (samples per task), "
-                             f"got '{item}'")
+            raise InputError(f"--sizes takes SPLIT=N (samples per task), got '{item}'")
         sizes[split] = int(n)
     return sizes
 
@@ -115,19 +116,30 @@ def _sampling(args: argparse.Namespace):
 
 def read_image(path: str):
     """An image file as an HxWx3 uint8 array (any size and mode: the model's processor resizes)."""
+    import warnings
     from pathlib import Path
 
     from PIL import Image, UnidentifiedImageError
 
+    from utamoe.data.formats import MAX_IMAGE_PIXELS
     from utamoe.predict import InputError
     from utamoe.vision.processor import to_rgb
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"image {path} does not exist")
+    too_big = f"image {path} has more than {MAX_IMAGE_PIXELS:,} pixels; shrink it first"
     try:
-        with Image.open(path) as im:
-            return to_rgb(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
+                    raise InputError(f"{too_big} ({im.size[0]}x{im.size[1]})")
+                return to_rgb(im)
+    except Image.DecompressionBombError as err:
+        raise InputError(too_big) from err
+    except InputError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise InputError(f"cannot read image {path}: {err}") from err
 
@@ -152,8 +164,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from PIL import Image
 
-    from utamoe.predict import Predictor
+    from utamoe.predict import InputError, Predictor
 
+    if args.num_images < 1:
+        raise InputError(f"--num-images must be at least 1, got {args.num_images}")
     predictor = Predictor.load(args.model, args.device)
     edit = read_image(args.edit_image) if args.edit_image else None
     paths = output_paths(args.out, len(args.prompt), args.num_images)
@@ -245,6 +259,9 @@ def _model_and_split(args: argparse.Namespace, out_name: str, **counts):
                               f"{', '.join(splits) or 'none'}); pass --split with one of them")
     predictor = Predictor.load(args.model, args.device)
     samples, _ = load_split(data / f"{args.split}.jsonl")
+    if not samples:
+        raise InputError(f"{data / (args.split + '.jsonl')} has no samples; pass --split with a "
+                         "split that has some")
     out = Path(args.out) if args.out else Path(args.model).resolve().parent / out_name
     return predictor, samples, data, out
 
@@ -347,9 +364,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from utamoe.predict import InputError
     from utamoe.vision.tokenizer import TokenizerConfig
     from utamoe.vision.tokenizer_train import format_report, train_tokenizer
 
+    for name in ("steps", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     config = TokenizerConfig.quick() if args.quick else TokenizerConfig()
     _, report = train_tokenizer(args.data, config, out_dir=args.out, steps=args.steps,
                                 batch_size=args.batch_size, seed=args.seed)
@@ -424,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input, named by the error itself: no traceback for a user's mistake.
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before training installed its own handler
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -96,14 +96,31 @@ class Predictor:
         except (ValueError, TypeError) as err:
             raise InputError(f"cannot use the image for {what}: {err}") from err
 
+    def _fits(self, task: str, texts: list[str], what: str, new_tokens: int) -> None:
+        """A prompt plus what the model must generate has to fit the model's positions."""
+        limit = getattr(self.model.lm.config, "max_position_embeddings", None)
+        if not limit:
+            return
+        spec = get_task(task)
+        image = _DUMMY.get(self.processor.size) if spec.layout == "answer" and spec.needs_image else None
+        codes = [0] * self.model.config.code_grid ** 2 if spec.layout == "edit" else None
+        for i, text in enumerate(texts):
+            n = len(self.encoder.prefix(task, text, image, input_codes=codes).input_ids)
+            if n + new_tokens > limit:
+                raise InputError(f"{what} number {i + 1} takes {n} tokens; with the {new_tokens} "
+                                 f"tokens to generate that is over the model's {limit} positions; "
+                                 f"shorten it")
+
     def answer(self, images, questions: Sequence[str] | str, task: str = "vqa",
                sampling: SamplingConfig | None = None) -> list[str]:
         """Text answers: one image for all questions or one per question (None for a
         text-only task); `task` is a registered task with a text output."""
-        spec = get_task(task)
+        spec = _task(task)
         if spec.output != "text":
             raise InputError(f"task {task!r} produces images; use generate()")
+        sampling = check_sampling(sampling or SamplingConfig())
         questions = _texts(questions, "question")
+        self._fits(task, questions, "question", sampling.max_new_tokens)
         rows = self._images(images, len(questions), "question") if spec.needs_image \
             else [None] * len(questions)
         with self._lock, torch.no_grad():
@@ -114,10 +131,12 @@ class Predictor:
                  images=None, task: str | None = None) -> list[np.ndarray]:
         """One image per prompt (t2i; with `images`, the prompts are edit instructions)."""
         task = task or ("t2i" if images is None else "edit")
-        spec = get_task(task)
+        spec = _task(task)
         if spec.output != "image":
             raise InputError(f"task {task!r} produces text; use answer()")
+        sampling = check_sampling(sampling or SamplingConfig())
         prompts = _texts(prompts, "prompt")
+        self._fits(task, prompts, "prompt", self.model.config.code_grid ** 2)
         edits = self._images(images, len(prompts), "instruction") if spec.needs_image else None
         with self._lock, torch.no_grad():
             return generate_images(self.model, self.encoder, prompts, sampling, edit_images=edits,
@@ -127,6 +146,45 @@ class Predictor:
              sampling: SamplingConfig | None = None) -> list[np.ndarray]:
         """Edited images: one input image for all instructions or one per instruction."""
         return self.generate(instructions, sampling, images=images, task="edit")
+
+
+class _Dummies(dict):
+    """A blank image per size, for measuring how long a prompt's sequence is."""
+
+    def get(self, size: int) -> np.ndarray:
+        if size not in self:
+            self[size] = np.zeros((size, size, 3), np.uint8)
+        return self[size]
+
+
+_DUMMY = _Dummies()
+
+
+def _task(name: str):
+    from utamoe.config import ConfigError
+
+    try:
+        return get_task(name)
+    except ConfigError as err:
+        raise InputError(str(err)) from None
+
+
+def check_sampling(cfg: SamplingConfig) -> SamplingConfig:
+    """Sampling settings a user typed, checked: no NaN, nothing negative that would silently
+    mean something else."""
+    import math
+
+    checks = [("temperature", math.isfinite(cfg.temperature) and cfg.temperature >= 0,
+               "a number >= 0 (0 = greedy)"),
+              ("top_k", cfg.top_k >= 0, "an integer >= 0 (0 = no top-k filter)"),
+              ("cfg_scale", math.isfinite(cfg.cfg_scale) and cfg.cfg_scale >= 0,
+               "a number >= 0 (1 = no guidance)"),
+              ("max_new_tokens", cfg.max_new_tokens >= 1, "an integer >= 1"),
+              ("seed", cfg.seed >= 0, "an integer >= 0")]
+    for name, ok, want in checks:
+        if not ok:
+            raise InputError(f"--{name.replace('_', '-')} {getattr(cfg, name)} is invalid: give {want}")
+    return cfg
 
 
 def _check_device(device: str) -> None:

@@ -1,6 +1,7 @@
 """The on-disk format: round trip, and loader errors that name the file and line."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -110,3 +111,46 @@ def test_dataset_level_errors(tmp_path):
         load_dataset(tmp_path)
     with pytest.raises(DataFormatError, match="not found"):
         load_split(tmp_path / "missing.jsonl")
+
+
+def _one_record_dataset(root, image_rel="img.png"):
+    import json as _json
+
+    from PIL import Image as _Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    _Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(root / "img.png")
+    rec = {"id": "a", "task": "vqa", "group": "und", "prompt": "q", "image": image_rel, "target": "x"}
+    (root / "train.jsonl").write_text(_json.dumps(rec) + "\n")
+    return root / "train.jsonl"
+
+
+@pytest.mark.parametrize("load_images", [True, False])
+def test_a_symlink_out_of_the_dataset_is_refused_in_every_mode(tmp_path, load_images):
+    split = _one_record_dataset(tmp_path / "d", "link.png")
+    (tmp_path / "d" / "img.png").rename(tmp_path / "outside.png")
+    os.symlink(tmp_path / "outside.png", tmp_path / "d" / "link.png")
+    with pytest.raises(DataFormatError, match=r"train.jsonl:1: .*outside the dataset directory"):
+        load_split(split, load_images=load_images)
+
+
+def test_images_over_the_pixel_limit_fail_that_record_only(tmp_path, monkeypatch):
+    from PIL import Image as _Image
+
+    split = _one_record_dataset(tmp_path / "d")
+    with pytest.raises(DataFormatError, match=r"train.jsonl:1: .*more than 100 pixels.*30x40"):
+        load_split(split, max_pixels=100)
+    samples, report = load_split(split, on_error="skip", max_pixels=100)
+    assert samples == [] and report.skipped == 1
+    monkeypatch.setattr(_Image, "MAX_IMAGE_PIXELS", 10)  # PIL's own bomb check fires at open
+    with pytest.raises(DataFormatError, match="more than"):
+        load_split(split)
+
+
+def test_data_check_counts_an_empty_split_as_an_error(tmp_path):
+    from utamoe.data.check import check_dataset
+
+    _one_record_dataset(tmp_path / "d")
+    (tmp_path / "d" / "test.jsonl").write_text("\n  \n")
+    result = check_dataset(tmp_path / "d")
+    assert result.empty == ["test"] and result.n_errors == 1

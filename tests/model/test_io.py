@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from utamoe.model.io import load_model_dir, save_model_dir
+from utamoe.model.io import ModelDirError, load_model_dir, save_model_dir
 from utamoe.moe import MoEConfig
 
 from .helpers import mixed_batch, tiny_model
@@ -52,5 +52,5 @@ def test_future_version_is_refused(tmp_path):
     meta = json.loads((tmp_path / "m" / "utamoe.json").read_text())
     meta["version"] = 99
     (tmp_path / "m" / "utamoe.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="format version 99"):
+    with pytest.raises(ModelDirError, match="format version 99"):
         load_model_dir(tmp_path / "m")

@@ -3,7 +3,7 @@ the key named; broken data stops (or is skipped) with file:line; shipped recipes
 
 from __future__ import annotations
 
-import os
+import shutil
 
 import pytest
 
@@ -30,7 +30,7 @@ def test_bad_config_and_bad_data_errors(tiny_assets, tmp_path):
     broken.mkdir()
     lines = (tiny_assets / "data" / "train.jsonl").read_text().splitlines()
     (broken / "train.jsonl").write_text("\n".join(lines[:3] + ["{not json"] + lines[3:]) + "\n")
-    os.symlink(tiny_assets / "data" / "images", broken / "images")
+    shutil.copytree(tiny_assets / "data" / "images", broken / "images")
     raw = tiny_recipe(tiny_assets, tmp_path / "run")
     raw["data"]["dir"] = str(broken)
     with pytest.raises(DataFormatError, match=r"train.jsonl:4"):
@@ -61,3 +61,28 @@ def test_vision_image_size_conflicting_with_the_model_is_an_error():
 
     with pytest.raises(ConfigError, match="model.vision.config.image_size is 32 but model.image_size is 48"):
         build_vision(load_config("utamoe", ["model.vision.config.image_size=32"]).model.vision, 48)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.betas=[0.9]", "train.betas"), ("train.betas=[0.9, 1.5]", "train.betas"),
+    ("stages.1.lr=-1", "stages[1] (stage1).lr"), ("stages.1.lr=0", "leave it out"),
+    ("run.seed=-1", "run.seed"), ("model.backbone.config.model_type=lama", "not a Hugging Face model type"),
+    ("model.backbone.config.num_attention_heads=5", "not divisible"),
+    ("train={oops", "not valid YAML"), ("train.lr=.inf", "train.lr"), ("stages=null", "must be a list"),
+    ("train.weight_decay=-1", "train.weight_decay"), ("train.warmup_steps=-3", "train.warmup_steps"),
+    ("data.max_image_pixels=0", "data.max_image_pixels"),
+])
+def test_values_that_would_fail_later_fail_at_load(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        load_config("utamoe", [override])
+
+
+def test_stage_globs_and_lora_targets_are_checked_before_training(tiny_assets, tmp_path):
+    for stage, message in ((dict(trainable=["lm.layer.*.mlp.*"]), "match no parameter"),
+                           (dict(lora={"rank": 2, "targets": ["q_prj"]}), "q_prj")):
+        raw = tiny_recipe(tiny_assets, tmp_path / "run", [{"name": "a", "steps": 1},
+                                                          {"name": "b", "steps": 1, **stage}])
+        trainer = Trainer(build_config(raw), tmp_path / "run", progress=False)
+        with pytest.raises(ConfigError, match=rf"stages.1 \(b\): .*{message}"):
+            trainer.run(fresh=True)
+        assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained first

@@ -33,8 +33,13 @@ class CheckResult:
     reports: dict[str, LoadReport]
 
     @property
+    def empty(self) -> list[str]:
+        """Splits without a single sample (empty or blank-only files): nothing to train on."""
+        return [name for name, tasks in self.splits.items() if not tasks]
+
+    @property
     def n_errors(self) -> int:
-        return sum(r.skipped for r in self.reports.values())
+        return sum(r.skipped for r in self.reports.values()) + len(self.empty)
 
 
 def _size(img) -> str | None:
@@ -108,6 +113,8 @@ def print_check(result: CheckResult, console=None) -> None:
                           f"{len(report.errors)}:[/red]")
             for err in report.errors:
                 console.print(f"  {err}", markup=False, highlight=False, soft_wrap=True)
+    for name in result.empty:
+        console.print(f"[red]split '{name}' has no samples[/red] (an empty or blank-only file)")
     status = "[green]OK[/green]" if result.n_errors == 0 else f"[red]{result.n_errors} errors[/red]"
     total = sum(t.count for tasks in result.splits.values() for t in tasks.values())
     console.print(f"{total} valid samples in {len(result.splits)} split(s); {status}")

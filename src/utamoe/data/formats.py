@@ -33,6 +33,9 @@ from utamoe.tasks import get_task, is_task, task_names
 FORMAT_NAME = "utamoe-dataset"
 FORMAT_VERSION = 1
 MANIFEST = "dataset.json"
+# Images above this many pixels are refused per record (a decompression bomb, or a photo
+# far larger than any model reads); data.max_image_pixels sets it for a run.
+MAX_IMAGE_PIXELS = 64_000_000
 RECORD_KEYS = ("id", "task", "group", "prompt", "image", "target", "target_image", "meta")
 
 OnError = Literal["raise", "skip"]
@@ -150,9 +153,9 @@ def _check_fields(rec: Any, path: Path, line: int) -> None:
                     "path relative to the dataset directory")
 
 
-def _read_image(root: Path, rel: str, key: str, path: Path, line: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
+def _image_path(root: Path, rel: str, key: str, path: Path, line: int) -> Path:
+    """The file a record's image path names, checked to exist and to stay inside the
+    dataset directory after resolving symlinks (a link out of the dataset is refused)."""
     if os.path.isabs(rel) or ".." in Path(rel).parts:
         raise _fail(path, line, f"'{key}' path '{rel}' must be relative to the dataset "
                     "directory and stay inside it")
@@ -160,18 +163,41 @@ def _read_image(root: Path, rel: str, key: str, path: Path, line: int) -> np.nda
     if not full.is_file():
         raise _fail(path, line, f"'{key}' image '{rel}' not found (looked for {full}); fix "
                     "the path or add the file")
+    if not full.resolve().is_relative_to(root.resolve()):
+        raise _fail(path, line, f"'{key}' image '{rel}' resolves to {full.resolve()}, outside the "
+                    "dataset directory (a symlink?); copy the file into the dataset")
+    return full
+
+
+def _read_image(root: Path, rel: str, key: str, path: Path, line: int,
+                max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
     from utamoe.vision.processor import to_rgb
 
+    full = _image_path(root, rel, key, path, line)
+    too_big = (f"'{key}' image '{rel}' has more than {max_pixels:,} pixels (data.max_image_pixels);"
+               " shrink it, or raise the limit if the image is meant to be this large")
     try:
-        with Image.open(full) as im:
-            return to_rgb(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below
+            with Image.open(full) as im:
+                if im.size[0] * im.size[1] > max_pixels:  # read from the header, not decoded
+                    raise _fail(path, line, f"{too_big} ({im.size[0]}x{im.size[1]})")
+                return to_rgb(im)
+    except DataFormatError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise _fail(path, line, too_big) from e
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise _fail(path, line, f"'{key}' image '{rel}' is unreadable ({e}); re-save it "
                     "as PNG") from e
 
 
 def record_to_sample(rec: Any, root: Path, path: Path, line: int,
-                     load_images: bool = True) -> Sample:
+                     load_images: bool = True, max_pixels: int = MAX_IMAGE_PIXELS) -> Sample:
     """Validate one parsed JSON record and build its Sample (raises DataFormatError)."""
     _check_fields(rec, path, line)
     images = {}
@@ -180,11 +206,9 @@ def record_to_sample(rec: Any, root: Path, path: Path, line: int,
         if rel is None:
             images[key] = None
         elif load_images:
-            images[key] = _read_image(root, rel, key, path, line)
+            images[key] = _read_image(root, rel, key, path, line, max_pixels)
         else:
-            if not (root / rel).is_file():
-                raise _fail(path, line, f"'{key}' image '{rel}' not found (looked for "
-                            f"{root / rel}); fix the path or add the file")
+            _image_path(root, rel, key, path, line)
             images[key] = None
     return Sample(id=rec["id"], task=rec["task"], prompt=rec["prompt"], image=images["image"],
                   target=rec.get("target"), target_image=images["target_image"],
@@ -196,7 +220,8 @@ def record_to_sample(rec: Any, root: Path, path: Path, line: int,
 
 
 def load_split(path: str | os.PathLike, on_error: OnError = "raise", load_images: bool = True,
-               max_errors: int = 5) -> tuple[list[Sample], LoadReport]:
+               max_errors: int = 5, max_pixels: int = MAX_IMAGE_PIXELS,
+               ) -> tuple[list[Sample], LoadReport]:
     """Load one JSONL split file; image paths resolve against its directory.
 
     `on_error="raise"` stops at the first broken record with a DataFormatError;
@@ -216,7 +241,7 @@ def load_split(path: str | os.PathLike, on_error: OnError = "raise", load_images
             if not raw.strip():
                 continue  # blank lines (e.g. a trailing newline) carry no record
             try:
-                sample = _parse_line(raw, path, lineno, seen, load_images)
+                sample = _parse_line(raw, path, lineno, seen, load_images, max_pixels)
             except DataFormatError as err:
                 if on_error == "raise":
                     raise
@@ -229,7 +254,7 @@ def load_split(path: str | os.PathLike, on_error: OnError = "raise", load_images
 
 
 def _parse_line(raw: bytes, path: Path, lineno: int, seen: Mapping[str, int],
-                load_images: bool) -> Sample:
+                load_images: bool, max_pixels: int) -> Sample:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -239,7 +264,7 @@ def _parse_line(raw: bytes, path: Path, lineno: int, seen: Mapping[str, int],
     except json.JSONDecodeError as e:
         raise _fail(path, lineno, f"malformed JSON ({e.msg} at column {e.colno}); each line "
                     "must be one complete JSON object") from e
-    sample = record_to_sample(rec, path.parent, path, lineno, load_images)
+    sample = record_to_sample(rec, path.parent, path, lineno, load_images, max_pixels)
     if sample.id in seen:
         raise _fail(path, lineno, f"duplicate id '{sample.id}' (first on line "
                     f"{seen[sample.id]}); ids must be unique within a split")

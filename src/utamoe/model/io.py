@@ -32,6 +32,11 @@ from utamoe.model.unified import UnifiedModel
 from utamoe.text_tokenizer import load_text_tokenizer
 
 FORMAT, VERSION = "utamoe-model", 2
+
+
+class ModelDirError(OSError):
+    """A model directory that is missing a file, damaged or from an unknown format version;
+    the message names the file and says what to do."""
 CONFIG_FILE, WEIGHTS_FILE = "utamoe.json", "model.safetensors"
 
 
@@ -40,7 +45,7 @@ def _image_tokenizer_class(kind: str):
         from utamoe.vision.tokenizer import VQTokenizer
 
         return VQTokenizer
-    raise ValueError(f"unknown image tokenizer kind {kind!r} in {CONFIG_FILE}")
+    raise ModelDirError(f"unknown image tokenizer kind {kind!r} in {CONFIG_FILE}")
 
 
 def _without_image_tokenizer(model: UnifiedModel) -> UnifiedModel:
@@ -79,20 +84,23 @@ def save_model_dir(model: UnifiedModel, out_dir: str | Path, text_tokenizer=None
 def read_config(model_dir: str | Path) -> tuple[UnifiedConfig, dict]:
     path = Path(model_dir) / CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(
+        raise ModelDirError(
             f"{model_dir} is not a utamoe model directory (no {CONFIG_FILE}); "
             f"give the directory that `utamoe train` or `utamoe demo` wrote (e.g. RUN/model)"
         )
     try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); the model directory is damaged") from err
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}")
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelDirError(f"{path}: not valid JSON ({err}); the model directory is damaged") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ModelDirError(f"{path}: format {got!r} is not {FORMAT!r}")
     version = meta.get("version")
     if not isinstance(version, int) or not 1 <= version <= VERSION:
-        raise ValueError(f"{path}: format version {version!r} is not one this utamoe reads "
-                         f"(1..{VERSION}); a newer version needs a newer utamoe")
+        raise ModelDirError(f"{path}: format version {version!r} is not one this utamoe reads "
+                            f"(1..{VERSION}); a newer version needs a newer utamoe")
+    if not isinstance(meta.get("config"), dict):
+        raise ModelDirError(f"{path}: no 'config' mapping; the model directory is damaged")
     return from_dict(UnifiedConfig, meta["config"], str(path)), meta
 
 
@@ -107,13 +115,24 @@ def load_model_dir(model_dir: str | Path, device: str = "cpu"):
     model = UnifiedModel.build(cfg, image_tok)
     weights = model_dir / WEIGHTS_FILE
     if not weights.is_file():
-        raise FileNotFoundError(f"{weights} is missing; the model directory is incomplete")
-    if meta["version"] == 1:
-        _load_version_1(model, weights, device)
-    else:
-        load_model(_without_image_tokenizer(model), str(weights), strict=True, device=device)
+        raise ModelDirError(f"{weights} is missing; the model directory is incomplete")
+    try:
+        if meta["version"] == 1:
+            _load_version_1(model, weights, device)
+        else:
+            load_model(_without_image_tokenizer(model), str(weights), strict=True, device=device)
+    except ModelDirError:
+        raise
+    except Exception as err:  # safetensors' own errors (truncated, garbage) and shape mismatches
+        raise ModelDirError(f"{weights}: cannot be loaded into the model {CONFIG_FILE} describes "
+                            f"({type(err).__name__}: {str(err)[:300]}); the directory is damaged "
+                            "or its files come from different models") from err
     text_dir = model_dir / "text_tokenizer"
-    text_tok = load_text_tokenizer(text_dir, add_tasks=False) if text_dir.is_dir() else None
+    try:
+        text_tok = load_text_tokenizer(text_dir, add_tasks=False) if text_dir.is_dir() else None
+    except Exception as err:  # tokenizers raise many types on a damaged file
+        raise ModelDirError(f"{text_dir}: the text tokenizer cannot be loaded ({type(err).__name__}: "
+                            f"{str(err)[:200]}); the model directory is damaged") from err
     return model.to(device).eval(), text_tok
 
 
@@ -136,6 +155,6 @@ def _load_version_1(model: UnifiedModel, weights: Path, device: str) -> None:
     missing, unexpected = view.load_state_dict(renamed, strict=False)
     tied = {"lm_head.weight"} if model.lm_head.weight is model.lm.get_input_embeddings().weight else set()
     if unexpected or set(missing) - tied:
-        raise ValueError(f"{weights}: version-1 weights do not match the model (missing "
+        raise ModelDirError(f"{weights}: version-1 weights do not match the model (missing "
                          f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}); "
                          "the model directory is damaged")

@@ -44,7 +44,7 @@ def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 def detect_activation(mlp: nn.Module) -> str:
     """Name of the MLP's activation, found by comparing it with the known ones on a probe."""
-    probe = torch.linspace(-6, 6, 257, dtype=torch.float64)
+    probe = torch.linspace(-6, 6, 257, dtype=torch.float64, device="cpu")  # also under a meta context
     with torch.no_grad():
         got = mlp.act_fn(probe)
         for name, fn in ACTIVATIONS.items():

@@ -15,6 +15,7 @@ overrides use the same dotted paths (`--set train.lr=3e-4`,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +41,8 @@ class DataConfig:
     dir: str = ""
     train_split: str = "train"
     on_error: Literal["raise", "skip"] = "raise"
+    # Records with an image over this many pixels are errors (on_error decides what follows).
+    max_image_pixels: int = 64_000_000
     # Drop samples whose task is not in any stage's mixture (saves tokenizing them).
     max_samples_per_task: int = 0  # 0 = all
 
@@ -114,14 +117,33 @@ class ExperimentConfig:
         for key in ("batch_size", "grad_accum", "log_every", "ckpt_every", "max_bad_steps"):
             if getattr(t, key) < 1:
                 raise ConfigError(f"train.{key} must be >= 1, got {getattr(t, key)}")
-        if t.lr <= 0 or not 0 <= t.min_lr_ratio <= 1:
-            raise ConfigError("train.lr must be > 0 and train.min_lr_ratio in [0, 1]")
+        if not (math.isfinite(t.lr) and t.lr > 0) or not 0 <= t.min_lr_ratio <= 1:
+            raise ConfigError(f"train.lr must be a finite number > 0 (got {t.lr}) and "
+                              f"train.min_lr_ratio in [0, 1] (got {t.min_lr_ratio})")
+        if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
+            raise ConfigError(f"train.betas must be two numbers in [0, 1), e.g. [0.9, 0.95]; got "
+                              f"{list(t.betas)}")
+        for key in ("weight_decay", "warmup_steps", "clip_grad"):
+            value = getattr(t, key)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"train.{key} must be >= 0, got {value}")
+        if self.run.seed < 0:
+            raise ConfigError(f"run.seed must be >= 0, got {self.run.seed}")
+        if self.data.max_image_pixels < 1:
+            raise ConfigError(f"data.max_image_pixels must be >= 1, got {self.data.max_image_pixels}")
+        _check_backbone(self.model.backbone, "model.backbone")
+        _check_backbone(self.model.vision, "model.vision")
         if not self.stages:
             raise ConfigError("stages: the recipe needs at least one stage")
         for i, st in enumerate(self.stages):
             where = f"stages[{i}] ({st.name})"
             if st.steps < 1:
                 raise ConfigError(f"{where}.steps must be >= 1, got {st.steps}")
+            if st.lr is not None and not (math.isfinite(st.lr) and st.lr > 0):
+                raise ConfigError(f"{where}.lr must be a finite number > 0, got {st.lr} (leave it "
+                                  "out to use train.lr)")
+            if st.warmup_steps is not None and st.warmup_steps < 0:
+                raise ConfigError(f"{where}.warmup_steps must be >= 0, got {st.warmup_steps}")
             bad = [k for k in st.mixture if not is_task(k)]
             if bad:
                 raise ConfigError(f"{where}.mixture: unknown tasks {bad}; known: "
@@ -141,6 +163,26 @@ class ExperimentConfig:
         return self
 
 
+def _check_backbone(part, where: str) -> None:
+    """A Hugging Face part built from a config: a known model_type and consistent sizes."""
+    if part.path is not None or not part.config:
+        return
+    from transformers import CONFIG_MAPPING
+
+    kind = part.config.get("model_type")
+    if kind not in CONFIG_MAPPING and kind != "janus_vision_model":
+        raise ConfigError(f"{where}.config.model_type {kind!r} is not a Hugging Face model type "
+                          "(e.g. llama, qwen3, gemma3_text, siglip_vision_model)")
+    hidden, heads = part.config.get("hidden_size"), part.config.get("num_attention_heads")
+    if isinstance(hidden, int) and isinstance(heads, int) and (heads < 1 or hidden % heads):
+        raise ConfigError(f"{where}.config: hidden_size {hidden} is not divisible by "
+                          f"num_attention_heads {heads}")
+    kv = part.config.get("num_key_value_heads")
+    if isinstance(kv, int) and isinstance(heads, int) and (kv < 1 or heads % kv):
+        raise ConfigError(f"{where}.config: num_attention_heads {heads} is not a multiple of "
+                          f"num_key_value_heads {kv}")
+
+
 def _stage_list(data: dict) -> dict:
     stages = data.get("stages")
     if stages is not None and not isinstance(stages, list):
@@ -150,6 +192,8 @@ def _stage_list(data: dict) -> dict:
 
 def build_config(data: dict, where: str = "config") -> ExperimentConfig:
     data = _stage_list(dict(data))
+    if "stages" in data and not isinstance(data["stages"], list):
+        raise ConfigError(f"{where}: stages must be a list of stages, got {data['stages']!r}")
     stages = data.pop("stages", None)
     cfg = from_dict(ExperimentConfig, data, where)
     if stages is not None:
@@ -157,8 +201,12 @@ def build_config(data: dict, where: str = "config") -> ExperimentConfig:
     return cfg.validate()
 
 
-def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text)
+def _parse_value(text: str, key: str = "") -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {key}={text}: the value is not valid YAML ({str(err).splitlines()[0]}); "
+                          "quote strings and close brackets, e.g. --set 'train={lr: 1e-3}'") from None
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -173,9 +221,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = _child(node, part, ".".join(parts[: depth + 1]))
         last = parts[-1]
         if isinstance(node, list):
-            node[_index(node, last, key)] = _parse_value(raw)
+            node[_index(node, last, key)] = _parse_value(raw, key)
         else:
-            node[last] = _parse_value(raw)
+            node[last] = _parse_value(raw, key)
     return data
 
 

@@ -21,6 +21,7 @@ from utamoe.model.unified import UnifiedModel
 from utamoe.text_tokenizer import SpecialIds, load_text_tokenizer, train_text_tokenizer
 from utamoe.train.config import ExperimentConfig
 from utamoe.train.data import TrainData
+from utamoe.train.stages import preflight
 
 
 @dataclass
@@ -36,9 +37,11 @@ def load_samples(cfg: ExperimentConfig, log=print):
     if not root.is_dir():
         raise FileNotFoundError(f"data.dir {root} does not exist (make one with `utamoe data shapes "
                                 f"--out DIR` or point it at a dataset in the utamoe format)")
-    samples, report = load_split(root / f"{cfg.data.train_split}.jsonl", on_error=cfg.data.on_error)
+    samples, report = load_split(root / f"{cfg.data.train_split}.jsonl", on_error=cfg.data.on_error,
+                                 max_pixels=cfg.data.max_image_pixels)
     if report.skipped:
         log(f"[data] {report.summary()}")
+    check_mixtures(cfg, {s.task for s in samples}, root / f"{cfg.data.train_split}.jsonl", log)
     wanted = {t for st in cfg.stages for t, w in st.mixture.items() if w > 0}
     samples = [s for s in samples if s.task in wanted]
     if cfg.data.max_samples_per_task > 0:
@@ -49,6 +52,23 @@ def load_samples(cfg: ExperimentConfig, log=print):
                 kept.append(s)
         samples = kept
     return samples, report.skipped
+
+
+def check_mixtures(cfg: ExperimentConfig, present: set[str], split: Path, log=print) -> None:
+    """Every stage must find data for its mixture before the run starts: a stage whose tasks
+    are all absent is a config error; tasks partly absent are named in the log."""
+    if not present:
+        raise ConfigError(f"{split} has no samples (an empty or blank-only split); add records "
+                          "or point data.dir / data.train_split elsewhere")
+    for i, st in enumerate(cfg.stages):
+        wanted = sorted(t for t, w in st.mixture.items() if w > 0)
+        missing = [t for t in wanted if t not in present]
+        if missing == wanted:
+            raise ConfigError(f"stages.{i} ({st.name}).mixture asks for {wanted} but {split} has "
+                              f"none of them (it has {sorted(present)}); change the mixture")
+        if missing:
+            log(f"[data] stages.{i} ({st.name}): no samples of {missing} in {split}; the stage "
+                f"trains on {sorted(set(wanted) - set(missing))} only")
 
 
 def _once(acc, path: Path, make, load):
@@ -120,6 +140,7 @@ def prepare_run(cfg: ExperimentConfig, run_dir: Path, acc, progress: bool = True
     model_cfg = dataclasses.replace(
         cfg.model, vocab_size=len(text_tok), num_codes=image_tok.num_codes,
         code_grid=image_tok.grid_size, und_slot_id=SpecialIds.of(text_tok).und_slot)
+    preflight(model_cfg, cfg.stages)
     model = UnifiedModel.build(model_cfg, image_tok)
     data = TrainData(samples, model.sequence_encoder(text_tok), cfg.run.seed, acc.process_index)
     todo = len(data.code_images())

@@ -101,6 +101,10 @@ def select_trainable(model: nn.Module, trainable: list[str], frozen: list[str]) 
         p.requires_grad_(on)
         if on:
             names.append(name)
+    all_names = [name for name, _ in model.named_parameters()]
+    unused = [g for g in (*trainable, *frozen) if not any(fnmatch.fnmatchcase(n, g) for n in all_names)]
+    if unused:
+        raise ValueError(f"the glob(s) {unused} match no parameter of the model (a typo?)")
     if not names:
         raise ValueError(f"no parameter matches trainable={trainable} minus frozen={frozen}")
     return names
@@ -127,3 +131,30 @@ def merge_lora(model) -> int:
             setattr(parent, child, module.get_base_layer())
             merged += 1
     return merged
+
+
+def preflight(model_config, stages) -> None:
+    """Every stage's surgery, LoRA targets and trainable globs, tried before the run starts on
+    a copy of the model built on the meta device (no memory, no compute), so a typo in stage
+    2's globs is a config error at load, not a crash after stage 1 has trained."""
+    import copy
+
+    from utamoe.config import ConfigError
+    from utamoe.model.unified import UnifiedModel
+
+    with torch.device("meta"):
+        ghost = UnifiedModel.build(copy.deepcopy(model_config))
+        for i, stage in enumerate(stages):
+            where = f"stages.{i} ({stage.name})"
+            try:
+                apply_surgery(ghost, stage.surgery, stage.moe)
+                if stage.lora is not None:
+                    add_lora(ghost, stage.lora.rank, stage.lora.alpha, stage.lora.targets)
+                select_trainable(ghost, stage.trainable, stage.frozen)
+                if stage.lora is not None:
+                    merge_lora(ghost)
+            except ConfigError as err:
+                raise ConfigError(f"{where}: {err}") from None
+            except ValueError as err:
+                raise ConfigError(f"{where}: {err} (check its trainable / frozen globs and "
+                                  "lora.targets against the model's parameter names)") from None

@@ -241,9 +241,12 @@ def train_tokenizer(
     seeded random subset).
     """
     config = config or TokenizerConfig()
-    steps = steps or config.steps
-    batch_size = batch_size or config.batch_size
-    lr = lr or config.lr
+    steps = config.steps if steps is None else steps
+    batch_size = config.batch_size if batch_size is None else batch_size
+    lr = config.lr if lr is None else lr
+    if steps < 1 or batch_size < 1 or not lr > 0:
+        raise ValueError(f"train_tokenizer: steps and batch_size must be >= 1 and lr > 0 (got "
+                         f"{steps}, {batch_size}, {lr})")
     train, evals = _resolve_data(data, eval_images, eval_max, seed, config.image_size)
     torch.manual_seed(seed)
     model = VQTokenizer(config)
