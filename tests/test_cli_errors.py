@@ -67,6 +67,7 @@ CASES = [
     (["answer", "--model", "{r}/m", "--image", "{r}/img.png", "--question", "q " * 600], "positions"),
     (["answer", "--model", "{r}/m", "--image", "{r}/img.png", "--question", "q", "--task", "ocr"], "unknown task"),
     (["answer", "--model", "{r}/m", "--image", "{r}/img.png", "--question", "q", "--temperature", "-1"], "--temperature"),
+    (["demo", "--quick", "--out", "{r}/img.png"], "img.png"),
 ]
 
 

@@ -116,12 +116,20 @@ def test_predictor_load_needs_tokenizers(tmp_path):
         Predictor.load(tmp_path / "m")
 
 
-def test_generation_raises_no_deprecation_warning_of_ours():
-    """The decoder's cache argument is passed under the name this transformers version takes."""
+def test_generation_raises_no_deprecation_warning_of_ours(capfd, caplog):
+    """The decoder's cache argument is passed (and read back) under the name this transformers
+    version takes: no FutureWarning, no deprecation line from transformers' logger."""
     import warnings
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_default_handler()
+    hf_logging.enable_propagation()
     model, tok, enc = tiny_model()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), caplog.at_level("WARNING"):
         warnings.simplefilter("error", FutureWarning)
         generate_text(model, enc, ["vqa"], ["what color is the circle ?"], images(1))
         generate_codes(model, enc, ["a red circle at the top left"], SamplingConfig(cfg_scale=2.0))
+        model(mixed_batch(enc)[0])  # the training forward (no cache) too
+    hf_logging.disable_propagation()
+    assert "deprecated" not in capfd.readouterr().err + caplog.text

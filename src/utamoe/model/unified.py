@@ -159,8 +159,7 @@ class UnifiedModel(nn.Module):
         key = "cache" if _takes_cache(type(self.lm)) else "past_key_values"
         out = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                       use_cache=use_cache, **{key: past_key_values})
-        cache = getattr(out, "cache", None)
-        return out.last_hidden_state, cache if cache is not None else out.past_key_values
+        return out.last_hidden_state, getattr(out, key, None)
 
     # ------------------------------------------------------------------ training forward
 
