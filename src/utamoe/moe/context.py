@@ -69,11 +69,16 @@ def _in_backward() -> bool:
 class RoutingSession:
     """Task labels for the layers, and the per-layer records they write back."""
 
-    def __init__(self, task_labels=None, attention_mask=None):
+    def __init__(self, task_labels=None, attention_mask=None, trace: bool = False):
         self.task_labels = task_labels
         self.attention_mask = attention_mask
         self.records: list[LayerRecord] = []
         self._real: dict = {}
+        # With `trace`, routed modules also append per-token decisions here (detached):
+        # (module name, group id per token (T,), expert ids per token (T, K)); the web page's
+        # experts view shows them token by token.
+        self.trace = trace
+        self.traces: list[tuple[str, torch.Tensor, torch.Tensor]] = []
 
     def real_tokens(self, valid_T: torch.Tensor) -> torch.Tensor | None:
         """Flat indices of the real (attention_mask 1) tokens when some are padding, else None.
@@ -165,9 +170,11 @@ def summarize_stats(per_layer: list[dict]) -> dict:
 
 
 @contextmanager
-def route(model: nn.Module, task_labels=None, attention_mask=None) -> Iterator[RoutingSession]:
-    """Bind task labels to every routed module in `model`; yield the session that collects losses."""
-    session = RoutingSession(task_labels, attention_mask)
+def route(model: nn.Module, task_labels=None, attention_mask=None,
+          trace: bool = False) -> Iterator[RoutingSession]:
+    """Bind task labels to every routed module in `model`; yield the session that collects losses
+    (and, with `trace`, every token's routing decision)."""
+    session = RoutingSession(task_labels, attention_mask, trace)
     named = [(n, m) for n, m in model.named_modules() if isinstance(m, RoutedModule)]
     layers = [m for _, m in named]
     previous = [(layer.session, layer.session_name) for layer in layers]

@@ -146,6 +146,9 @@ class TaskAwareMoE(RoutedModule):
 
     def _record(self, routing: Routing, labels_T, valid_T, x_TD) -> None:
         cfg = self.config
+        if self.session.trace:
+            self.session.traces.append((self.session_name, routing.group_ids_T.detach(),
+                                        routing.expert_ids_TK.detach()))
         if valid_T is None:
             valid_T = torch.ones(x_TD.shape[0], dtype=torch.bool, device=x_TD.device)
         losses = layer_losses(routing, labels_T, valid_T, cfg.num_groups)
