@@ -6,3 +6,7 @@ experts so that the two objectives stop fighting over the same FFN weights.
 """
 
 __version__ = "0.1.0"
+
+from utamoe._runtime import configure_cpu as _configure_cpu
+
+_configure_cpu()  # CPU numerics for every entry point, before torch spawns threads

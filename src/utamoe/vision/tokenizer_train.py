@@ -183,10 +183,10 @@ def fit(model: VQTokenizer, images: np.ndarray, steps: int, batch_size: int, lr:
         seed: int = 0, progress: bool = True) -> dict:
     """Train `model` in place on uint8 images (N, H, W, 3); returns the training log."""
     cfg = model.config
-    # Flat backgrounds make GroupNorm outputs (hence activations and gradients) tiny;
-    # denormal floats then slow CPU steps down 10-30x. Flushing them to zero is
-    # harmless for training; it is a process-wide setting and stays on.
-    torch.set_flush_denormal(True)
+    # Flat backgrounds can make GroupNorm outputs (hence activations and gradients)
+    # tiny, and denormal floats slow CPU steps 10-100x: denormals are flushed to zero
+    # process-wide, on every thread, when utamoe is imported (utamoe/_runtime.py; a
+    # call here would reach only this thread, not torch's OpenMP workers).
     gen = torch.Generator().manual_seed(seed)
     data = model.to_pixels(images)  # all in memory: 48x48 images are ~27 KB each as float
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99))
