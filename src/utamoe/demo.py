@@ -132,12 +132,27 @@ def _report(out: Path, metrics: dict, quick: bool, vqa: dict | None = None) -> s
     return "\n".join([
         f"# utamoe demo{' (quick)' if quick else ''}", "",
         f"Finished in {metrics['seconds']:.0f} s (data, tokenizers, UTAMoE recipe, evaluation).", "",
+        f"Numerics: {numerics_fingerprint()}. A run is reproducible for the same seed, torch "
+        "thread count and CPU kind; another thread count changes the reductions' summation "
+        "order, hence every weight and every metric (set `OMP_NUM_THREADS` to compare runs).", "",
         "| metric (test split) | value | goal |", "|---|---|---|", rows, "",
         *(f"- {line}" for line in lines), "",
         "Files: `model/` (load with `utamoe generate|answer|eval --model`), `metrics.json`, "
         "`samples.png` (generated images with prompt and verdict), `loss.png`, `metrics.jsonl` "
         "(training log), `eval/` (full evaluation: per-task metrics, predictions, report), "
         "`config.yaml` (the resolved recipe).", ""])
+
+
+def numerics_fingerprint() -> str:
+    """What decides the floating-point results beside the seed: torch version, intra-op
+    threads, the CPU kernels' instruction set, the OpenMP wait policy (speed only)."""
+    import os
+
+    import torch
+
+    return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU kernels "
+            f"{torch.backends.cpu.get_cpu_capability()}, OMP_WAIT_POLICY="
+            f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}")
 
 
 def run_demo(out: str | Path, quick: bool = False, seed: int = 0) -> dict:
