@@ -1,7 +1,7 @@
 """Process-wide CPU numerics, set once when `utamoe` is imported (every entry point:
 the CLI, the Python API, the demo, the trainer, the tokenizer).
 
-Two settings, both measured on a shared 2-core machine (NOTES in benchmarks/README.md):
+Two settings, both measured on a shared 2-core machine (NOTES-perf.md):
 
 * ``OMP_WAIT_POLICY=PASSIVE`` unless the variable is already set. With OpenMP's
   default busy-waiting, torch's worker threads spin at every barrier; when another job
