@@ -55,6 +55,9 @@ class UnifiedConfig:
     # Probability that a generation sample's prompt is replaced by <null> tokens in training,
     # so the same model also predicts unconditionally (classifier-free guidance).
     cfg_dropout: float = 0.1
+    # Add a learned row + column embedding to each understanding feature after the aligner
+    # (utamoe.model.grid_pos; issue 12), so a token's grid cell is in its value.
+    und_pos2d: bool = False
     # Filled from the tokenizers when a model is built; saved so a model dir is self-describing.
     vocab_size: int = 0
     num_codes: int = 0

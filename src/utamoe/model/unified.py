@@ -76,9 +76,15 @@ class UnifiedModel(nn.Module):
         lm, lm_head = build_backbone(config.backbone, config.vocab_size)
         vision = build_vision(config.vision, config.image_size)
         d = hidden_size_of(lm)
+        if config.und_pos2d:  # issue 12: the grid cell in each feature's value
+            from utamoe.model.grid_pos import GridPosAligner, patch_grid
+
+            und_aligner = GridPosAligner(hidden_size_of(vision), d, config.aligner_depth,
+                                         patch_grid(vision, config.image_size))
+        else:
+            und_aligner = MLPAligner(hidden_size_of(vision), d, config.aligner_depth)
         model = cls(
-            config, lm, lm_head,
-            TowerEncoder(vision, MLPAligner(hidden_size_of(vision), d, config.aligner_depth)),
+            config, lm, lm_head, TowerEncoder(vision, und_aligner),
             nn.Embedding(config.num_codes, config.code_embed_dim),
             MLPAligner(config.code_embed_dim, d, config.aligner_depth),
             GenHead(d, config.num_codes, config.gen_head_dim or None),

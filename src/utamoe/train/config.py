@@ -45,6 +45,10 @@ class DataConfig:
     max_image_pixels: int = 64_000_000
     # Drop samples whose task is not in any stage's mixture (saves tokenizing them).
     max_samples_per_task: int = 0  # 0 = all
+    # ShapesWorld data only: draw every training sample fresh from the generator (same
+    # world config and split distribution as data.dir's train split) instead of cycling
+    # the stored samples; a batch is still a pure function of its position (issue 12).
+    stream: bool = False
 
 
 @dataclass
@@ -75,6 +79,11 @@ class TrainConfig:
     max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
     collapse_share: float = 0.9  # warn when one expert serves this share of its group's tokens
     collapse_patience: int = 5  # ... for this many logged steps in a row
+    # Levers for learning question-image binding from scratch (utamoe.train.levers, issue 12).
+    # Understanding tasks whose prompt words get a language-model loss too (e.g. [pope, vqa]).
+    prompt_loss_tasks: list[str] = field(default_factory=list)
+    qk_init_std: float = 0.0  # > 0: re-draw the backbone's q/k projections from N(0, std^2)
+    attn_lr_mult: float = 1.0  # learning-rate multiplier of the backbone's q/k projections
 
 
 @dataclass
@@ -135,6 +144,11 @@ class ExperimentConfig:
         _check_backbone(self.model.vision, "model.vision")
         if not self.stages:
             raise ConfigError("stages: the recipe needs at least one stage")
+        bad = [k for k in t.prompt_loss_tasks if TASKS.get(k) != "und"]
+        if bad:
+            raise ConfigError(f"train.prompt_loss_tasks: {bad} are not understanding tasks")
+        if t.qk_init_std < 0 or t.attn_lr_mult <= 0:
+            raise ConfigError("train.qk_init_std must be >= 0 and train.attn_lr_mult > 0")
         for i, st in enumerate(self.stages):
             where = f"stages[{i}] ({st.name})"
             if st.steps < 1:

@@ -36,6 +36,8 @@ def _processed(s: Sample, process) -> Sample:
     images = {k: process(getattr(s, k)) for k in ("image", "target_image") if getattr(s, k) is not None}
     return dataclasses.replace(s, **images) if images else s
 
+STREAM_OFFSET = 2**40  # stream sample indices start here, far above any stored split
+
 
 class TrainData:
     def __init__(self, samples: list[Sample], encoder: Encoder, seed: int, rank: int = 0):
@@ -44,6 +46,11 @@ class TrainData:
         for s in samples:
             self.by_task[s.task].append(_processed(s, encoder.process))
         self.codes: dict[tuple[str, str], list[int]] = {}
+        self.prompt_loss_tasks: tuple[str, ...] = ()  # utamoe.train.levers.add_prompt_loss
+        # A ShapesWorldConfig: draw fresh samples from the procedural generator instead of
+        # cycling the dataset (`data.stream`; image_tokenizer encodes generation targets).
+        self.stream = None
+        self.image_tokenizer = None
 
     def samples(self) -> list[Sample]:
         return [s for samples in self.by_task.values() for s in samples]
@@ -59,9 +66,27 @@ class TrainData:
                                       progress, done=self.codes)
         return len(self.codes) - before
 
+    def _stream_samples(self, tasks: list[str], rng: np.random.Generator) -> list[Sample]:
+        """Fresh ShapesWorld train-distribution samples, one per entry of `tasks`.
+
+        Sample indices are drawn from `rng` (seeded by the batch's position) far above any
+        stored split's size, so a batch stays a pure function of its position and, with
+        overwhelming probability, never repeats a sample or one of the dataset's."""
+        from utamoe.data.shapes import make_sample
+
+        index = rng.integers(STREAM_OFFSET, 2**62, size=len(tasks))
+        return [make_sample(self.stream, "train", t, int(i)) for t, i in zip(tasks, index)]
+
+    def _codes_of(self, samples: list[Sample]) -> dict[tuple[str, str], list[int]]:
+        """VQ codes of the generation images of `samples`, in one batched encode."""
+        if self.image_tokenizer is None:
+            return {}
+        return precompute_codes(samples, self.encoder, self.image_tokenizer)
+
     def tasks_available(self, mixture: dict[str, float]) -> dict[str, float]:
         """The mixture restricted to tasks that have samples (error if none do)."""
-        live = {t: w for t, w in mixture.items() if w > 0 and self.by_task.get(t)}
+        live = {t: w for t, w in mixture.items()
+                if w > 0 and (self.by_task.get(t) or (self.stream is not None and t in self.stream.tasks))}
         if not live:
             have = sorted(t for t, v in self.by_task.items() if v)
             raise ValueError(f"no training samples for any task of the mixture {mixture}; "
@@ -75,6 +100,16 @@ class TrainData:
         weights = np.array([live[t] for t in names], dtype=np.float64)
         rng = np.random.default_rng([self.seed, stage, step, self.rank])
         tasks = rng.choice(len(names), size=batch_size, p=weights / weights.sum())
-        chosen = [self.by_task[names[t]][rng.integers(len(self.by_task[names[t]]))] for t in tasks]
-        seqs = training_sequences(self.encoder, chosen, cfg_dropout, rng, self.codes)
+        if self.stream is not None:
+            chosen = self._stream_samples([names[t] for t in tasks], rng)
+            codes = self._codes_of(chosen)
+        else:
+            chosen = [self.by_task[names[t]][rng.integers(len(self.by_task[names[t]]))] for t in tasks]
+            codes = self.codes
+        seqs = training_sequences(self.encoder, chosen, cfg_dropout, rng, codes)
+        if self.prompt_loss_tasks:
+            from utamoe.train.levers import add_prompt_loss
+
+            sp = self.encoder.special
+            add_prompt_loss(seqs, sp.image_end, sp.sep, self.prompt_loss_tasks)
         return collate(seqs, self.encoder.special.pad)

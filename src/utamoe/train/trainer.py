@@ -106,9 +106,28 @@ class Trainer:
         acc.wait_for_everyone()
         run = prepare_run(self.cfg, self.run_dir, acc, progress=self.show_progress and self.main)
         self.model, self.text_tokenizer, self.data = run.model, run.text_tokenizer, run.data
+        self._apply_levers()
         self.model.to(acc.device)
         self.log = MetricsLog(self.run_dir, enabled=self.main)
         self.collapse = CollapseWatch(self.cfg.train.collapse_share, self.cfg.train.collapse_patience)
+
+    def _apply_levers(self) -> None:
+        """Issue-12 levers (utamoe.train.levers); a resumed run loads its weights over the init."""
+        from utamoe.train.levers import scale_attention_init
+
+        t = self.cfg.train
+        self.data.prompt_loss_tasks = tuple(t.prompt_loss_tasks)
+        if self.cfg.data.stream:
+            from utamoe.vision.tokenizer_train import shapes_config_of
+
+            world = shapes_config_of(self.cfg.data.dir)
+            if world is None:
+                raise ValueError(f"data.stream needs a ShapesWorld dataset; {self.cfg.data.dir} "
+                                 f"has no ShapesWorld manifest")
+            self.data.stream, self.data.image_tokenizer = world, self.model.image_tokenizer
+        if t.qk_init_std > 0:
+            gen = torch.Generator().manual_seed(self.cfg.run.seed)
+            scale_attention_init(self.model.lm, t.qk_init_std, gen)
 
     # ------------------------------------------------------------------ stages
 
@@ -121,12 +140,18 @@ class Trainer:
     def _optimizer(self, stage: StageConfig):
         t = self.cfg.train
         select_trainable(self.model, stage.trainable, stage.frozen)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=stage.lr or t.lr, betas=tuple(t.betas), **_fused())
+        lr = stage.lr or t.lr
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        fast = {id(p) for n, p in named
+                if t.attn_lr_mult != 1.0 and n.startswith("lm.") and (".q_proj." in n or ".k_proj." in n)}
+        groups = [{"params": [p for _, p in named if p.ndim >= 2 and id(p) not in fast],
+                   "weight_decay": t.weight_decay},
+                  {"params": [p for _, p in named if p.ndim < 2 and id(p) not in fast],
+                   "weight_decay": 0.0}]
+        if fast:
+            groups.append({"params": [p for _, p in named if id(p) in fast],
+                           "weight_decay": t.weight_decay, "lr": lr * t.attn_lr_mult})
+        opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(t.betas), **_fused())
         warmup = t.warmup_steps if stage.warmup_steps is None else stage.warmup_steps
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, stage.steps, t.min_lr_ratio))
         return opt, sched

@@ -1,0 +1,58 @@
+"""Training-side levers for learning to bind a question's words to image tokens (issue 12).
+
+- `add_prompt_loss`: a language-model loss on the prompt of understanding samples as well
+  as on the answer. The answer of a POPE probe is one token, and its gradient only rewards
+  the *conjunction* of question and image (a saddle for a model trained from scratch);
+  predicting the question's own words given the image ("is there a blue ..." -> "square")
+  rewards looking up the image's objects from the words read so far, a dense, first-order
+  signal for the same lookup. Inference is unchanged (the prompt is given).
+- `scale_attention_init`: re-draw the query/key projections with a larger standard
+  deviation, so attention scores are not ~0 (uniform attention) at initialisation.
+
+Both are pure functions of their inputs, so batches stay a function of their position
+and resume stays exact.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from utamoe.data.formats import TASKS
+from utamoe.data.sequences import TokenSequence
+
+
+def add_prompt_loss(seqs: list[TokenSequence], image_end: int, sep: int,
+                    tasks: tuple[str, ...] | list[str]) -> list[TokenSequence]:
+    """Mark the prompt words (after `</img>`, up to and including `<sep>`) as loss tokens.
+
+    Only understanding samples whose task is in `tasks` change; sequences are edited in place
+    and returned. A sequence without `</img>` or `<sep>` is left as it is."""
+    for seq in seqs:
+        if seq.task not in tasks or TASKS.get(seq.task) != "und":
+            continue
+        ids = seq.input_ids
+        try:
+            start = ids.index(image_end) + 1
+            stop = ids.index(sep, start)
+        except ValueError:
+            continue
+        for t in range(start, stop + 1):
+            seq.text_loss[t] = True
+    return seqs
+
+
+def attention_projections(lm: nn.Module, names=("q_proj", "k_proj")):
+    """(name, Linear) of the backbone's query/key projections."""
+    return [(n, m) for n, m in lm.named_modules()
+            if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in names]
+
+
+@torch.no_grad()
+def scale_attention_init(lm: nn.Module, std: float, generator: torch.Generator | None = None,
+                         names=("q_proj", "k_proj")) -> int:
+    """Re-draw the query/key projection weights from N(0, std^2); returns how many changed."""
+    layers = attention_projections(lm, names)
+    for _, m in layers:
+        m.weight.normal_(0.0, std, generator=generator)
+    return len(layers)

@@ -1,0 +1,175 @@
+"""Issue-12 levers: prompt loss, q/k init, attention lr, the fresh-sample stream, grid positions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from utamoe.config import ConfigError
+from utamoe.data.sequences import IGNORE
+from utamoe.model.grid_pos import GridPosAligner
+from utamoe.model.io import load_model_dir
+from utamoe.train.config import build_config
+from utamoe.train.levers import add_prompt_loss, attention_projections, scale_attention_init
+from utamoe.train.trainer import Trainer
+
+from .conftest import tiny_recipe
+
+
+def _losses(run_dir):
+    recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["global_step"], r["loss"]) for r in recs if "loss" in r]
+
+
+def _trainer(assets, out, stages, **train):
+    cfg = build_config(tiny_recipe(assets, out, stages, **train))
+    trainer = Trainer(cfg, out, progress=False)
+    trainer.setup()
+    return trainer
+
+
+def test_prompt_loss_labels_the_prompt_words_of_chosen_und_tasks_only(tiny_assets, tmp_path):
+    trainer = _trainer(tiny_assets, tmp_path / "r", [{"name": "s", "steps": 1,
+                                                      "mixture": {"pope": 1, "t2i": 1}}])
+    data, sp = trainer.data, trainer.data.encoder.special
+    plain = data.batch(0, 0, 8, {"pope": 1, "t2i": 1}, 0.0)
+    data.prompt_loss_tasks = ("pope",)
+    dense = data.batch(0, 0, 8, {"pope": 1, "t2i": 1}, 0.0)
+    assert torch.equal(plain.input_ids, dense.input_ids)
+    for row, task in enumerate(dense.tasks):
+        ids = dense.input_ids[row].tolist()
+        extra = ((dense.text_labels[row] != IGNORE) & (plain.text_labels[row] == IGNORE)).nonzero()[:, 0]
+        if task != "pope":
+            assert extra.numel() == 0
+            continue
+        start, stop = ids.index(sp.image_end) + 1, ids.index(sp.sep)
+        # position t predicts token t + 1: the prompt words and <sep> are now targets
+        assert extra.tolist() == list(range(start - 1, stop))
+        assert dense.text_labels[row, stop - 1] == sp.sep
+
+
+def test_add_prompt_loss_skips_other_tasks_and_gen_samples():
+    from utamoe.data.sequences import TokenSequence
+
+    seq = TokenSequence("t2i")
+    seq.text([1, 2, 3])
+    assert add_prompt_loss([seq], 2, 3, ("t2i",))[0].text_loss == [False] * 3
+
+
+def test_scale_attention_init_redraws_q_and_k_only(tiny_assets, tmp_path):
+    trainer = _trainer(tiny_assets, tmp_path / "r", None)
+    lm = trainer.model.lm
+    before = {n: p.clone() for n, p in lm.named_parameters()}
+    n = scale_attention_init(lm, 0.5, torch.Generator().manual_seed(0))
+    assert n == 2 * len(lm.layers)
+    for name, p in lm.named_parameters():
+        changed = not torch.equal(p, before[name])
+        assert changed == (".q_proj." in name or ".k_proj." in name), name
+    q = attention_projections(lm)[0][1].weight
+    assert 0.4 < float(q.detach().std()) < 0.6
+
+
+def test_qk_init_and_attention_lr_are_applied_by_the_trainer(tiny_assets, tmp_path):
+    trainer = _trainer(tiny_assets, tmp_path / "r", None, qk_init_std=0.3, attn_lr_mult=4.0)
+    q = attention_projections(trainer.model.lm)[0][1].weight
+    assert 0.2 < float(q.detach().std()) < 0.4
+    opt, _ = trainer._optimizer(trainer.cfg.stages[0])
+    lrs = sorted({g["lr"] for g in opt.param_groups})
+    assert lrs == pytest.approx([3e-3, 12e-3])
+    fast = [g for g in opt.param_groups if g["lr"] == pytest.approx(12e-3)][0]
+    assert len(fast["params"]) == 2 * len(trainer.model.lm.layers)
+
+
+def test_lever_config_is_validated(tiny_assets, tmp_path):
+    with pytest.raises(ConfigError, match="prompt_loss_tasks"):
+        build_config(tiny_recipe(tiny_assets, tmp_path, None, prompt_loss_tasks=["t2i"]))
+    with pytest.raises(ConfigError, match="attn_lr_mult"):
+        build_config(tiny_recipe(tiny_assets, tmp_path, None, attn_lr_mult=0.0))
+
+
+def _stream_trainer(assets, out):
+    recipe = tiny_recipe(assets, out, [{"name": "s", "steps": 4, "mixture": {"pope": 1, "t2i": 1, "edit": 1}}])
+    recipe["data"]["stream"] = True
+    cfg = build_config(recipe)
+    trainer = Trainer(cfg, out, progress=False)
+    trainer.setup()
+    return trainer
+
+
+def test_stream_batches_are_fresh_and_a_pure_function_of_their_position(tiny_assets, tmp_path):
+    a = _stream_trainer(tiny_assets, tmp_path / "a").data
+    b = _stream_trainer(tiny_assets, tmp_path / "b").data
+    mix = {"pope": 1, "t2i": 1, "edit": 1}
+    # same position -> same batch, whatever was drawn before (b draws another batch first)
+    b.batch(0, 7, 8, mix, 0.1)
+    x, y = a.batch(0, 3, 8, mix, 0.1), b.batch(0, 3, 8, mix, 0.1)
+    for field in ("input_ids", "code_ids", "text_labels", "code_labels", "pixel_values"):
+        assert torch.equal(getattr(x, field), getattr(y, field)), field
+    # other positions draw other samples; none is one of the stored ones
+    stored = {s.id for samples in a.by_task.values() for s in samples}
+    ids = set()
+    for step in range(5):
+        rng_ids = _stream_ids(a, step, 8, mix)
+        assert not rng_ids & stored
+        ids |= rng_ids
+    assert len(ids) == 40
+    assert (x.code_ids >= 0).any()  # generation targets were encoded on the fly
+
+
+def _stream_ids(data, step, batch_size, mix):
+    import numpy as np
+
+    live = data.tasks_available(mix)
+    names = sorted(live)
+    weights = np.array([live[t] for t in names], dtype=np.float64)
+    rng = np.random.default_rng([data.seed, 0, step, data.rank])
+    tasks = rng.choice(len(names), size=batch_size, p=weights / weights.sum())
+    return {s.id for s in data._stream_samples([names[t] for t in tasks], rng)}
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL between two steps."""
+
+
+def test_stream_run_resumes_exactly(tiny_assets, tmp_path, monkeypatch):
+    def cfg_for(out):
+        recipe = tiny_recipe(tiny_assets, out, [{"name": "s", "steps": 4, "mixture": {"vqa": 1, "t2i": 1}}])
+        recipe["data"]["stream"] = True
+        return build_config(recipe)
+
+    Trainer(cfg_for(tmp_path / "a"), tmp_path / "a", progress=False).run()
+    original, calls = Trainer._step, {"n": 0}
+
+    def dying_step(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 4:  # step 4 in progress, last checkpoint at step 2
+            raise Killed
+        return original(self, *args)
+
+    monkeypatch.setattr(Trainer, "_step", dying_step)
+    with pytest.raises(Killed):
+        Trainer(cfg_for(tmp_path / "b"), tmp_path / "b", progress=False).run()
+    monkeypatch.setattr(Trainer, "_step", original)
+    Trainer(cfg_for(tmp_path / "b"), tmp_path / "b", progress=False).run(resume=True)
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+
+
+def test_grid_pos_aligner_adds_row_and_column_embeddings():
+    al = GridPosAligner(8, 6, 2, grid=3)
+    x = torch.zeros(2, 9, 8)
+    pos = al(x) - al.fc1.bias.new_zeros(()) - super(GridPosAligner, al).forward(x)
+    table = al.position_table()
+    assert torch.allclose(pos, table.expand(2, 9, 6))
+    assert torch.allclose(table[4], al.row_embed[1] + al.col_embed[1])  # middle center
+    with pytest.raises(ValueError, match="3x3"):
+        al(torch.zeros(1, 4, 8))
+
+
+def test_und_pos2d_model_trains_saves_and_reloads(tiny_assets, tmp_path):
+    recipe = tiny_recipe(tiny_assets, tmp_path / "r", [{"name": "s", "steps": 2, "mixture": {"pope": 1}}])
+    recipe["model"]["und_pos2d"] = True
+    model_dir = Trainer(build_config(recipe), tmp_path / "r", progress=False).run()
+    model, _ = load_model_dir(model_dir)
+    assert isinstance(model.und_aligner, GridPosAligner) and model.und_aligner.grid == 3
