@@ -173,3 +173,29 @@ def test_und_pos2d_model_trains_saves_and_reloads(tiny_assets, tmp_path):
     model_dir = Trainer(build_config(recipe), tmp_path / "r", progress=False).run()
     model, _ = load_model_dir(model_dir)
     assert isinstance(model.und_aligner, GridPosAligner) and model.und_aligner.grid == 3
+
+
+def test_pack_questions_appends_answers_about_the_same_scene(tiny_assets, tmp_path):
+    from utamoe.data.shapes import Scene
+    from utamoe.train.packing import extra_questions
+
+    trainer = _trainer(tiny_assets, tmp_path / "r", [{"name": "s", "steps": 1, "mixture": {"pope": 1}}],
+                       pack_questions=3)
+    data, sp = trainer.data, trainer.data.encoder.special
+    assert data.pack_questions == 3 and data.world is not None
+    batch = data.batch(0, 0, 4, {"pope": 1, "caption": 0}, 0.0)
+    tok = trainer.text_tokenizer
+    for row in range(4):
+        ids = batch.input_ids[row][batch.attention_mask[row] == 1].tolist()
+        assert ids.count(sp.sep) == 4 and ids.count(sp.eos) == 4
+        answers = [tok.decode([int(t)]).strip() for t in batch.text_labels[row].tolist()
+                   if t not in (IGNORE, sp.eos)]
+        assert len(answers) == 4 and set(answers) <= {"yes", "no"}
+    # the probes are right about the scene they were drawn for
+    sample = data.by_task["pope"][0]
+    scene = Scene.from_json(sample.meta["scene"])
+    import numpy as np
+
+    for q, a in extra_questions(sample, data.world, np.random.default_rng(0), 20):
+        color, shape = q.split()[3:5]
+        assert (a == "yes") == ((color, shape) in scene.combos())

@@ -84,6 +84,9 @@ class TrainConfig:
     prompt_loss_tasks: list[str] = field(default_factory=list)
     qk_init_std: float = 0.0  # > 0: re-draw the backbone's q/k projections from N(0, std^2)
     attn_lr_mult: float = 1.0  # learning-rate multiplier of the backbone's q/k projections
+    # ShapesWorld data: k extra questions about the same scene after each POPE/VQA answer
+    # (utamoe.train.packing): k + 1 answers per image encoding.
+    pack_questions: int = 0
 
 
 @dataclass
@@ -147,8 +150,9 @@ class ExperimentConfig:
         bad = [k for k in t.prompt_loss_tasks if TASKS.get(k) != "und"]
         if bad:
             raise ConfigError(f"train.prompt_loss_tasks: {bad} are not understanding tasks")
-        if t.qk_init_std < 0 or t.attn_lr_mult <= 0:
-            raise ConfigError("train.qk_init_std must be >= 0 and train.attn_lr_mult > 0")
+        if t.qk_init_std < 0 or t.attn_lr_mult <= 0 or t.pack_questions < 0:
+            raise ConfigError("train.qk_init_std and train.pack_questions must be >= 0, "
+                              "train.attn_lr_mult > 0")
         for i, st in enumerate(self.stages):
             where = f"stages[{i}] ({st.name})"
             if st.steps < 1:

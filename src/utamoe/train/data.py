@@ -51,6 +51,9 @@ class TrainData:
         # cycling the dataset (`data.stream`; image_tokenizer encodes generation targets).
         self.stream = None
         self.image_tokenizer = None
+        # utamoe.train.packing: k extra questions per POPE/VQA sample (needs `world`).
+        self.pack_questions = 0
+        self.world = None
 
     def samples(self) -> list[Sample]:
         return [s for samples in self.by_task.values() for s in samples]
@@ -107,6 +110,10 @@ class TrainData:
             chosen = [self.by_task[names[t]][rng.integers(len(self.by_task[names[t]]))] for t in tasks]
             codes = self.codes
         seqs = training_sequences(self.encoder, chosen, cfg_dropout, rng, codes)
+        if self.pack_questions > 0:
+            from utamoe.train.packing import pack_questions
+
+            pack_questions(self.encoder, seqs, chosen, self.world, rng, self.pack_questions)
         if self.prompt_loss_tasks:
             from utamoe.train.levers import add_prompt_loss
 

@@ -117,14 +117,16 @@ class Trainer:
 
         t = self.cfg.train
         self.data.prompt_loss_tasks = tuple(t.prompt_loss_tasks)
-        if self.cfg.data.stream:
+        if self.cfg.data.stream or t.pack_questions > 0:
             from utamoe.vision.tokenizer_train import shapes_config_of
 
             world = shapes_config_of(self.cfg.data.dir)
             if world is None:
-                raise ValueError(f"data.stream needs a ShapesWorld dataset; {self.cfg.data.dir} "
-                                 f"has no ShapesWorld manifest")
-            self.data.stream, self.data.image_tokenizer = world, self.model.image_tokenizer
+                raise ValueError(f"data.stream and train.pack_questions need a ShapesWorld dataset; "
+                                 f"{self.cfg.data.dir} has no ShapesWorld manifest")
+            self.data.world, self.data.pack_questions = world, t.pack_questions
+            if self.cfg.data.stream:
+                self.data.stream, self.data.image_tokenizer = world, self.model.image_tokenizer
         if t.qk_init_std > 0:
             gen = torch.Generator().manual_seed(self.cfg.run.seed)
             scale_attention_init(self.model.lm, t.qk_init_std, gen)
