@@ -87,6 +87,9 @@ class TrainConfig:
     # ShapesWorld data: k extra questions about the same scene after each POPE/VQA answer
     # (utamoe.train.packing): k + 1 answers per image encoding.
     pack_questions: int = 0
+    # One forward/backward per task group of each micro-batch, each cut to its own longest
+    # sequence: und rows stop paying for the gen rows' padding (utamoe.train.levers.split_by_group).
+    split_groups: bool = False
 
 
 @dataclass

@@ -56,3 +56,29 @@ def scale_attention_init(lm: nn.Module, std: float, generator: torch.Generator |
     for _, m in layers:
         m.weight.normal_(0.0, std, generator=generator)
     return len(layers)
+
+
+def split_by_group(batch) -> list:
+    """The rows of a mixed batch as one sub-batch per task group, each cut to its own longest
+    sequence (right padding), in group order (understanding first).
+
+    A mixed batch is padded to its longest sequence (an edit sample, ~140 tokens), so its
+    understanding rows (~25-75 tokens) are mostly padding that the dense layers still compute.
+    Each group's loss is a mean over its own tokens, so the sum of the sub-batches' losses is
+    the mixed batch's loss (up to the router's auxiliary losses, which are then computed per
+    sub-batch): the same step for fewer positions. `train.split_groups`."""
+    from utamoe.data.formats import TASK_GROUPS
+    from utamoe.data.sequences import Batch
+
+    und = TASK_GROUPS.index("und")
+    parts = []
+    for g in batch.group_ids.unique(sorted=True).tolist():
+        rows = (batch.group_ids == g).nonzero()[:, 0]
+        n = int(batch.attention_mask[rows].sum(1).max())
+        # pixel_values hold the understanding rows' images (every und row has one), in row order
+        pix = batch.pixel_values if g == und else None
+        parts.append(Batch(batch.input_ids[rows, :n], batch.code_ids[rows, :n],
+                           batch.attention_mask[rows, :n], batch.text_labels[rows, :n],
+                           batch.code_labels[rows, :n], batch.group_ids[rows], batch.task_ids[rows],
+                           pix))
+    return parts

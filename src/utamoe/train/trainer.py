@@ -41,6 +41,20 @@ from utamoe.train.setup import prepare_run
 from utamoe.train.stages import add_lora, apply_surgery, merge_lora, select_trainable
 
 
+def _merge_outputs(outs):
+    """One UnifiedOutput for the logs from the per-group sub-batches of a step."""
+    from utamoe.model.unified import UnifiedOutput
+
+    merged = UnifiedOutput(sum(o.loss.detach() for o in outs))
+    for o in outs:
+        merged.group_losses.update(o.group_losses)
+        merged.task_losses.update(o.task_losses)
+        for k, v in o.moe_losses.items():
+            merged.moe_losses[k] = merged.moe_losses.get(k, 0) + v.detach()
+    merged.session = outs[-1].session
+    return merged
+
+
 class TrainingStopped(RuntimeError):
     """The run stopped early (signal or repeated non-finite losses); a checkpoint names where."""
 
@@ -274,16 +288,27 @@ class Trainer:
         for micro in range(t.grad_accum):
             batch = self.data.batch(index, state.step * t.grad_accum + micro, t.batch_size,
                                     stage.mixture, cfg_dropout).to(acc.device)
-            sync = micro == t.grad_accum - 1
-            ctx = acc.no_sync(self.prepared) if not sync else contextlib.nullcontext()
-            with ctx, acc.autocast():
-                out = self.prepared(batch)
-            finite = torch.tensor(float(torch.isfinite(out.loss)), device=acc.device)
-            if acc.reduce(finite, reduction="sum").item() < acc.num_processes:
-                return self._bad_step(state)
-            with ctx:
-                acc.backward(out.loss / t.grad_accum)
-            outs.append(out)
+            parts = [batch]
+            if t.split_groups:  # issue 12: one forward per task group, each without the other's padding
+                from utamoe.train.levers import split_by_group
+
+                parts = split_by_group(batch)
+            part_outs = []
+            for p, part in enumerate(parts):
+                sync = micro == t.grad_accum - 1 and p == len(parts) - 1
+
+                def ctx(sync=sync):  # a fresh context each time: no_sync cannot be entered twice
+                    return acc.no_sync(self.prepared) if not sync else contextlib.nullcontext()
+
+                with ctx(), acc.autocast():
+                    out = self.prepared(part)
+                finite = torch.tensor(float(torch.isfinite(out.loss)), device=acc.device)
+                if acc.reduce(finite, reduction="sum").item() < acc.num_processes:
+                    return self._bad_step(state)
+                with ctx():
+                    acc.backward(out.loss / t.grad_accum)
+                part_outs.append(out)
+            outs.append(part_outs[0] if len(part_outs) == 1 else _merge_outputs(part_outs))
             tokens += int(batch.attention_mask.sum())
         if t.clip_grad > 0:
             acc.clip_grad_norm_(self.prepared.parameters(), t.clip_grad)
