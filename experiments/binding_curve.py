@@ -35,8 +35,9 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     from utamoe.data.formats import load_split
+    from utamoe.data.shapes.benchmark import world_config_of
     from utamoe.eval.run import EvalSampling, evaluate_model
-    from utamoe.infer import make_encoder
+    from utamoe.predict import Predictor
     from utamoe.train.config import load_config
     from utamoe.train.trainer import Trainer
 
@@ -56,9 +57,9 @@ def main(argv=None) -> None:
         def _score(self, state) -> None:
             clock["train"] += time.perf_counter() - clock["since"]
             model = self.accelerator.unwrap_model(self.prepared)
-            encoder = make_encoder(model, self.text_tokenizer)
-            res = evaluate_model(model, encoder, test, EvalSampling(temperature=0.0),
-                                 max_per_task=args.max_per_task, progress=False)
+            res = evaluate_model(Predictor(model, self.text_tokenizer), test,
+                                 EvalSampling(temperature=0.0), max_per_task=args.max_per_task,
+                                 progress=False, world_config=world_config_of(args.data))
             model.train()
             t = self.cfg.train
             rec = {"global_step": state.global_step, "stage": self.cfg.stages[state.stage].name,

@@ -172,7 +172,7 @@ def test_und_pos2d_model_trains_saves_and_reloads(tiny_assets, tmp_path):
     recipe["model"]["und_pos2d"] = True
     model_dir = Trainer(build_config(recipe), tmp_path / "r", progress=False).run()
     model, _ = load_model_dir(model_dir)
-    assert isinstance(model.und_aligner, GridPosAligner) and model.und_aligner.grid == 3
+    assert isinstance(model.und_encoder.aligner, GridPosAligner) and model.und_encoder.aligner.grid == 3
 
 
 def test_pack_questions_appends_answers_about_the_same_scene(tiny_assets, tmp_path):

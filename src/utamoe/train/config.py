@@ -25,7 +25,7 @@ import yaml
 from utamoe.config import ConfigError, from_dict, to_dict
 from utamoe.model.config import UnifiedConfig
 from utamoe.moe import MoEConfig
-from utamoe.tasks import group_index, is_task, task_names
+from utamoe.tasks import group_index, group_of, is_task, task_names
 
 SURGERIES = ("split_ffn", "upcycle")
 
@@ -150,7 +150,7 @@ class ExperimentConfig:
         _check_backbone(self.model.vision, "model.vision")
         if not self.stages:
             raise ConfigError("stages: the recipe needs at least one stage")
-        bad = [k for k in t.prompt_loss_tasks if TASKS.get(k) != "und"]
+        bad = [k for k in t.prompt_loss_tasks if not is_task(k) or group_of(k) != "und"]
         if bad:
             raise ConfigError(f"train.prompt_loss_tasks: {bad} are not understanding tasks")
         if t.qk_init_std < 0 or t.attn_lr_mult <= 0 or t.pack_questions < 0:

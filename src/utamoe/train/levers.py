@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from utamoe.data.formats import TASKS
 from utamoe.data.sequences import TokenSequence
+from utamoe.tasks import GROUPS, get_task
 
 
 def add_prompt_loss(seqs: list[TokenSequence], image_end: int, sep: int,
@@ -29,7 +29,7 @@ def add_prompt_loss(seqs: list[TokenSequence], image_end: int, sep: int,
     Only understanding samples whose task is in `tasks` change; sequences are edited in place
     and returned. A sequence without `</img>` or `<sep>` is left as it is."""
     for seq in seqs:
-        if seq.task not in tasks or TASKS.get(seq.task) != "und":
+        if seq.task not in tasks or get_task(seq.task).group != "und":
             continue
         ids = seq.input_ids
         try:
@@ -67,10 +67,10 @@ def split_by_group(batch) -> list:
     Each group's loss is a mean over its own tokens, so the sum of the sub-batches' losses is
     the mixed batch's loss (up to the router's auxiliary losses, which are then computed per
     sub-batch): the same step for fewer positions. `train.split_groups`."""
-    from utamoe.data.formats import TASK_GROUPS
+
     from utamoe.data.sequences import Batch
 
-    und = TASK_GROUPS.index("und")
+    und = GROUPS.index("und")
     parts = []
     for g in batch.group_ids.unique(sorted=True).tolist():
         rows = (batch.group_ids == g).nonzero()[:, 0]

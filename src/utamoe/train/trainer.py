@@ -132,11 +132,12 @@ class Trainer:
         t = self.cfg.train
         self.data.prompt_loss_tasks = tuple(t.prompt_loss_tasks)
         if self.cfg.data.stream or t.pack_questions > 0:
-            from utamoe.vision.tokenizer_train import shapes_config_of
+            from utamoe.config import ConfigError
+            from utamoe.data.shapes.benchmark import world_config_of
 
-            world = shapes_config_of(self.cfg.data.dir)
+            world = world_config_of(self.cfg.data.dir)
             if world is None:
-                raise ValueError(f"data.stream and train.pack_questions need a ShapesWorld dataset; "
+                raise ConfigError(f"data.stream and train.pack_questions need a ShapesWorld dataset; "
                                  f"{self.cfg.data.dir} has no ShapesWorld manifest")
             self.data.world, self.data.pack_questions = world, t.pack_questions
             if self.cfg.data.stream:
