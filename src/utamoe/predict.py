@@ -22,6 +22,7 @@ concurrent requests, collect them and make one call (as the server does).
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,7 +103,7 @@ class Predictor:
         if not limit:
             return
         spec = get_task(task)
-        image = _DUMMY.get(self.processor.size) if spec.layout == "answer" and spec.needs_image else None
+        image = _blank(self.processor.size) if spec.layout == "answer" and spec.needs_image else None
         codes = [0] * self.model.config.code_grid ** 2 if spec.layout == "edit" else None
         for i, text in enumerate(texts):
             n = len(self.encoder.prefix(task, text, image, input_codes=codes).input_ids)
@@ -148,16 +149,10 @@ class Predictor:
         return self.generate(instructions, sampling, images=images, task="edit")
 
 
-class _Dummies(dict):
-    """A blank image per size, for measuring how long a prompt's sequence is."""
-
-    def get(self, size: int) -> np.ndarray:
-        if size not in self:
-            self[size] = np.zeros((size, size, 3), np.uint8)
-        return self[size]
-
-
-_DUMMY = _Dummies()
+@functools.cache
+def _blank(size: int) -> np.ndarray:
+    """A blank image, for measuring how long a prompt's sequence is."""
+    return np.zeros((size, size, 3), np.uint8)
 
 
 def _task(name: str):

@@ -65,15 +65,16 @@ def _rows(encoder, requests: list[Request]):
 
 
 def _routing(model, requests, rows, trace: bool):
-    """Oracle-routed layers need each row's group; a trace needs a session either way."""
+    """A factory of the routing context of every forward: oracle-routed layers need each row's
+    group, a trace needs a session either way (worked out once, not at every step)."""
     oracle = any(m.config.group_routing == "oracle" for m in moe_layers(model.lm))
     if not (oracle or trace):
-        return contextlib.nullcontext()
+        return contextlib.nullcontext
     labels = None
     if oracle:
         groups = torch.tensor([GROUPS.index(get_task(requests[r.request].task).group) for r in rows])
         labels = model.group_labels(groups.to(model.gen_embed.weight.device))
-    return route(model.lm, task_labels=labels, trace=trace)
+    return lambda: route(model.lm, task_labels=labels, trace=trace)
 
 
 @torch.no_grad()
@@ -95,8 +96,10 @@ def generate_mixed(model, encoder, requests: list[Request], trace: bool = False,
     done = [False] * len(requests)
     results = [Result() for _ in requests]
 
+    routing = _routing(model, requests, rows, trace)
+
     def forward(fn):
-        with _routing(model, requests, rows, trace) as session:
+        with routing() as session:
             value = fn()
         if trace:
             _collect_trace(session, rows, cond_row, done, results)
