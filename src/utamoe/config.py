@@ -72,6 +72,17 @@ def _dataclass_in(hint: Any) -> type | None:
     return None
 
 
+def _list_of_dataclass(hint: Any) -> type | None:
+    """X when the field holds `list[X]` (also inside `... | None`) with X a dataclass."""
+    if get_origin(hint) in (typing.Union, types.UnionType):
+        found = [h for h in map(_list_of_dataclass, get_args(hint)) if h is not None]
+        return found[0] if len(found) == 1 else None
+    if get_origin(hint) is list:
+        args = get_args(hint)
+        return args[0] if args and dataclasses.is_dataclass(args[0]) else None
+    return None
+
+
 def _describe(hint: Any) -> str:
     if get_origin(hint) is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(hint))
@@ -96,8 +107,11 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
         hint = hints[name]
         nested = _dataclass_in(hint)
         value = _coerce_float(value, hint)
+        item = _list_of_dataclass(hint)
         if nested is not None and isinstance(value, dict):
             value = from_dict(nested, value, prefix + name)
+        elif item is not None and isinstance(value, list) and all(isinstance(v, dict) for v in value):
+            value = [from_dict(item, v, f"{prefix}{name}.{i}") for i, v in enumerate(value)]
         elif not _type_ok(value, hint):
             raise ConfigError(
                 f"config key '{prefix}{name}' must be {_describe(hint)}, got {value!r}"

@@ -66,6 +66,12 @@ class Predictor:
         self.processor = model.processor
         self._lock = threading.Lock()
 
+    @property
+    def lock(self) -> threading.Lock:
+        """The lock every call holds: code that drives the model directly (an executor's own
+        decoding loop) holds it too, to be as thread-safe as a Predictor call."""
+        return self._lock
+
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu") -> Predictor:
         """A predictor for a directory written by `utamoe train` / `utamoe demo` (DIR/model)."""

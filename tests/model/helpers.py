@@ -21,8 +21,9 @@ TEXT = ["what color is the circle ?", "red", "blue", "a red circle at the top le
 DEFAULT = object()
 
 
-def tiny_model(moe: MoEConfig | None = DEFAULT, seed: int = 0):
-    """(model, text tokenizer, encoder); `moe` defaults to the default TA-MoE, None = dense."""
+def tiny_model(moe: MoEConfig | None = DEFAULT, seed: int = 0, **config):
+    """(model, text tokenizer, encoder); `moe` defaults to the default TA-MoE, None = dense;
+    `config`: more UnifiedConfig fields (move, mole, sentence_encoder, ...)."""
     moe = MoEConfig() if moe is DEFAULT else moe
     torch.manual_seed(seed)
     tok = train_text_tokenizer(TEXT * 10, vocab_size=300)
@@ -36,7 +37,7 @@ def tiny_model(moe: MoEConfig | None = DEFAULT, seed: int = 0):
                                   hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                   num_attention_heads=4)),
         moe=moe, vocab_size=len(tok), num_codes=vq.num_codes, code_grid=vq.grid_size,
-        und_slot_id=SpecialIds.of(tok).und_slot, code_embed_dim=8,
+        und_slot_id=SpecialIds.of(tok).und_slot, code_embed_dim=8, **config,
     )
     model = UnifiedModel.build(cfg, vq)
     return model, tok, model.sequence_encoder(tok)

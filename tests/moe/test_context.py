@@ -1,5 +1,6 @@
 """The routing session protocol: any RoutedModule joins a session, reports its own losses
-(added to aux_loss with its own coefficients) and statistics, next to the TA-MoE layers."""
+(added to aux_loss with its own coefficients) and statistics, next to the TA-MoE layers, and
+reads what the caller bound (task labels, per-sequence instruction embeddings)."""
 
 from __future__ import annotations
 
@@ -46,8 +47,31 @@ def test_a_new_router_joins_the_session_with_its_losses_and_stats():
     losses = session.losses()
     assert set(losses) == {"router_entropy", "group", "balance", "z"}
     rec_v, rec_m = session.records
+    # Each loss name is averaged over the modules that report it (one each here): the vision
+    # router's loss is not halved by the MoE layer's presence, nor the MoE's by the router's.
     expected = (0.5 * rec_v.losses["router_entropy"]
-                + sum(rec_m.coefs[k] * v for k, v in rec_m.losses.items())) / 2
+                + sum(rec_m.coefs[k] * v for k, v in rec_m.losses.items()))
     torch.testing.assert_close(session.aux_loss(), expected)
     assert set(session.layer_stats()["vision"]) == {"encoder_weight"}
     assert net.vision.session is None and net.moe.session is None  # unbound after the block
+
+
+class InstanceReader(RoutedModule):
+    """Scales each sequence by the first entry of its instruction embedding from the session."""
+
+    def forward(self, x):
+        return x * self.session.instances[:, :1, None]
+
+
+def test_route_binds_instances_and_restores_the_outer_session():
+    net = torch.nn.Sequential(InstanceReader())
+    x = torch.ones(2, 3, 4)
+    outer, inner = torch.tensor([[2.0, 0.0], [3.0, 0.0]]), torch.tensor([[5.0, 0.0], [7.0, 0.0]])
+    with route(net, instances=outer) as s_outer:
+        assert s_outer.instances is outer and s_outer.task_labels is None
+        with route(net, task_labels=torch.tensor([0, 1]), instances=inner) as s_inner:
+            assert net[0].session is s_inner and net[0].session_name == "0"
+            torch.testing.assert_close(net(x)[:, 0, 0], torch.tensor([5.0, 7.0]))
+        assert net[0].session is s_outer  # the outer binding is back
+        torch.testing.assert_close(net(x)[:, 0, 0], torch.tensor([2.0, 3.0]))
+    assert net[0].session is None

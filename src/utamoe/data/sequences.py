@@ -46,6 +46,10 @@ class TokenSequence:
     text_loss: list[bool] = field(default_factory=list)
     code_loss: list[bool] = field(default_factory=list)
     image: np.ndarray | None = None  # understanding input (HxWx3 uint8)
+    # The instruction (text and token positions [start, end)): what MoME's instance-level
+    # routers read (utamoe.model.instructions); "" for a <null> (unconditional) prompt.
+    prompt: str = ""
+    prompt_span: tuple[int, int] = (0, 0)
 
     def text(self, ids: Sequence[int], loss: bool = False) -> None:
         self._add(list(ids), [-1] * len(ids), loss, False)
@@ -92,20 +96,24 @@ class Encoder:
         if null_prompt:
             words = [sp.null] * len(words)
         seq.text([sp.bos, sp.task(task)])
+        seq.prompt = "" if null_prompt else prompt
         if spec.needs_image and image is None and input_codes is None:
             raise ValueError(f"task {task!r} needs an input image")
         if spec.layout == "answer":
             if spec.needs_image:
                 seq.image = self.process(image)
                 seq.text([sp.image_start] + [sp.und_slot] * self.und_tokens + [sp.image_end])
+            seq.prompt_span = (len(seq.input_ids), len(seq.input_ids) + len(words))
             seq.text(words + [sp.sep])
         elif spec.layout == "edit":
             if input_codes is None:
                 input_codes = self.image_codes(self.process(image))
             seq.text([sp.image_start])
             seq.codes(input_codes, sp.code_slot)
+            seq.prompt_span = (len(seq.input_ids) + 1, len(seq.input_ids) + 1 + len(words))
             seq.text([sp.image_end] + words + [sp.image_start])
         else:  # "generate"
+            seq.prompt_span = (len(seq.input_ids), len(seq.input_ids) + len(words))
             seq.text(words + [sp.image_start])
         return seq
 
@@ -177,6 +185,9 @@ class Batch:
     group_ids: torch.Tensor  # (B,) index into utamoe.tasks.GROUPS
     task_ids: torch.Tensor  # (B,) index into utamoe.tasks.task_names()
     pixel_values: torch.Tensor | None  # (N_und, 3, H, W) in [-1, 1], in row order
+    # Each row's instruction: its text and its token positions (B, S) bool (MoME's routers).
+    prompts: list[str] | None = None
+    prompt_mask: torch.Tensor | None = None
 
     def to(self, device) -> Batch:
         return Batch(**{f.name: (v.to(device) if torch.is_tensor(v) else v)
@@ -197,12 +208,15 @@ def collate(seqs: list[TokenSequence], pad_id: int, left_pad: bool = False) -> B
     mask = torch.zeros(B, n, dtype=torch.long)
     text_labels = torch.full((B, n), IGNORE, dtype=torch.long)
     code_labels = torch.full((B, n), IGNORE, dtype=torch.long)
+    prompt_mask = torch.zeros(B, n, dtype=torch.bool)
     for b, s in enumerate(seqs):
         m = len(s.input_ids)
         sl = slice(n - m, n) if left_pad else slice(0, m)
         tl, cl = s.labels()
         ids[b, sl], codes[b, sl], mask[b, sl] = torch.tensor(s.input_ids), torch.tensor(s.code_ids), 1
         text_labels[b, sl], code_labels[b, sl] = torch.tensor(tl), torch.tensor(cl)
+        start = sl.start + s.prompt_span[0]
+        prompt_mask[b, start:start + s.prompt_span[1] - s.prompt_span[0]] = True
     images = [s.image for s in seqs if s.image is not None]
     names = task_names()
     return Batch(
@@ -210,4 +224,5 @@ def collate(seqs: list[TokenSequence], pad_id: int, left_pad: bool = False) -> B
         torch.tensor([GROUPS.index(get_task(s.task).group) for s in seqs]),
         torch.tensor([names.index(s.task) for s in seqs]),
         pixel_values(images) if images else None,
+        [s.prompt for s in seqs], prompt_mask,
     )

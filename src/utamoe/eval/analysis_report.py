@@ -41,6 +41,10 @@ def write_analysis_outputs(result: AnalysisResult, out_dir: str | Path,
     plot_conflict(result.conflict, paths["conflict_png"])
     if plot_routing(result.routing, out / "routing.png"):
         paths["routing_png"] = out / "routing.png"
+    if result.mome is not None:
+        from utamoe.eval.mome_analysis import write_mome_outputs
+
+        paths.update(write_mome_outputs(result.mome, out, meta))
     paths["report"].write_text(markdown_report(result, command, "routing_png" in paths),
                                encoding="utf-8")
     return paths
@@ -147,6 +151,10 @@ def markdown_report(result: AnalysisResult, command: str | None = None,
     lines += routing_markdown(result.routing)
     if routing_png:
         lines += ["![routing](routing.png)", ""]
+    if result.mome is not None:
+        from utamoe.eval.mome_analysis import mome_markdown
+
+        lines += mome_markdown(result.mome)
     if command:
         lines += ["## Reproduce", "", "```", command, "```", ""]
     lines += ["How to read these numbers: docs/analysis.md.", ""]
@@ -355,6 +363,18 @@ def print_analysis_summary(result: AnalysisResult, paths: dict[str, Path] | None
     else:
         console.print("routing: plain top-k (no groups); expert shares in routing.json / "
                       "analysis.md")
+    m = result.mome
+    if m is not None and m.encoders:
+        mt = Table(title="MoVE router weight % per encoder")
+        mt.add_column("task")
+        for name in m.encoders:
+            mt.add_column(name, justify="right")
+        for t, w in m.encoder_weights.items():
+            mt.add_row(t, *(f"{100 * x:.1f}" for x in w))
+        console.print(mt)
+    if m is not None and m.mole_layers:
+        console.print(f"MoLE: {m.mole_experts} adapters in {len(m.mole_layers)} layers; shares "
+                      "per layer and task in mome.json / analysis.md")
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
     console.print(f"{result.seconds:.1f} s")

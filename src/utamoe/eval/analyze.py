@@ -4,7 +4,9 @@
         builds the batches (seeded): n pairs of (understanding batch, generation batch)
         mixing the tasks of each group, for utamoe.eval.conflict; n batches per task,
         one task each, for utamoe.eval.routing. VQ codes come from the model's image
-        tokenizer, generation prompts are never dropped (cfg dropout 0).
+        tokenizer, generation prompts are never dropped (cfg dropout 0). The per-task
+        batches also give MoME's routing (utamoe.eval.mome_analysis) when the model has a
+        MoVE router or MoLE adapters.
 
 The files, figures and console summary of a result are written by
 utamoe.eval.analysis_report; this module only computes.
@@ -20,6 +22,7 @@ import numpy as np
 
 from utamoe.data.formats import Sample
 from utamoe.eval.conflict import ConflictResult, unified_conflict
+from utamoe.eval.mome_analysis import MoMERouting, mome_routing
 from utamoe.eval.routing import RoutingAnalysis, routing_analysis
 from utamoe.tasks import task_names
 
@@ -32,6 +35,7 @@ class AnalysisResult:
     settings: dict[str, Any]  # batches, batch_size, seed (+ split/model/data from the CLI)
     seconds: float
     notes: list[str] = field(default_factory=list)
+    mome: MoMERouting | None = None  # MoVE router weights and MoLE shares (MoME models)
 
 
 # ---------------------------------------------------------------- batches
@@ -100,9 +104,12 @@ def run_analysis(model, encoder, samples: list[Sample], batches: int = 4, batch_
         conflict = unified_conflict(model, und, gen, progress=lambda n: bar.advance(job, n))
         job = bar.add_task("routing", total=sum(len(v) for v in by_task.values()))
         routing = routing_analysis(model, by_task, progress=lambda n: bar.advance(job, n))
+        job = bar.add_task("MoME routing", total=sum(len(v) for v in by_task.values()))
+        mome = mome_routing(model, by_task, progress=lambda n: bar.advance(job, n))
     settings = {"batches": batches, "batch_size": batch_size, "seed": seed,
                 "conflict_pairs": len(und)}
-    return AnalysisResult(conflict, routing, counts, settings, time.perf_counter() - start, notes)
+    return AnalysisResult(conflict, routing, counts, settings, time.perf_counter() - start, notes,
+                          mome)
 
 
 # ---------------------------------------------------------------- files

@@ -21,8 +21,6 @@ import torch
 from transformers import DynamicCache
 
 from utamoe.data.sequences import Encoder, collate
-from utamoe.moe import moe_layers, route
-from utamoe.tasks import GROUPS, get_task
 
 
 @dataclass
@@ -71,19 +69,17 @@ class _Stepper:
             self.h, _ = self.model.hidden(self.emb, self.mask, self.pos)
 
 
-def _task_routing(model, tasks: list[str]):
-    """Oracle-routed layers need the task group of each row; learned routing needs nothing."""
-    if any(m.config.group_routing == "oracle" for m in moe_layers(model.lm)):
-        groups = torch.tensor([GROUPS.index(get_task(t).group) for t in tasks])
-        labels = model.group_labels(groups.to(model.gen_embed.weight.device))
-        return route(model.lm, task_labels=labels)
-    return contextlib.nullcontext()
-
-
-def _prefix_batch(model, seqs, pad_id):
+@contextlib.contextmanager
+def decoding(model, seqs, pad_id: int, use_cache: bool = True):
+    """(batch, stepper) over left-padded prefixes, inside the model's routing context: oracle
+    routing needs each row's group, MoME's instance routers each row's instruction (worked out
+    once here, not at every step). Every decoding loop over prefixes starts here."""
     device = model.gen_embed.weight.device
     batch = collate(seqs, pad_id, left_pad=True).to(device)
-    return batch, model.embed(batch.input_ids, batch.code_ids, batch.pixel_values)
+    instances = model.instance_embeddings(batch)
+    with model.routing(batch, instances)():
+        emb = model.embed(batch.input_ids, batch.code_ids, batch.pixel_values, instances)
+        yield batch, _Stepper(model, emb, batch.attention_mask, use_cache)
 
 
 @torch.no_grad()
@@ -95,10 +91,8 @@ def generate_text(model, encoder: Encoder, tasks: list[str], prompts: list[str],
     sp = encoder.special
     seqs = [encoder.prefix(t, p, img) for t, p, img in zip(tasks, prompts, images)]
     gen = torch.Generator().manual_seed(cfg.seed)
-    with _task_routing(model, tasks):
-        batch, emb = _prefix_batch(model, seqs, sp.pad)
-        stepper = _Stepper(model, emb, batch.attention_mask, use_cache)
-        done = torch.zeros(len(seqs), dtype=torch.bool, device=emb.device)
+    with decoding(model, seqs, sp.pad, use_cache) as (batch, stepper):
+        done = torch.zeros(len(seqs), dtype=torch.bool, device=batch.input_ids.device)
         out = []
         for _ in range(cfg.max_new_tokens):
             nxt = pick(model.lm_head(stepper.last()).float(), cfg, gen)
@@ -132,9 +126,7 @@ def generate_codes(model, encoder: Encoder, prompts: list[str], cfg: SamplingCon
         seqs += [encoder.prefix(task, p, img, null_prompt=True) for p, img in zip(prompts, images)]
     n_codes, B = model.config.code_grid**2, len(prompts)
     gen = torch.Generator().manual_seed(cfg.seed)
-    with _task_routing(model, [task] * len(seqs)):
-        batch, emb = _prefix_batch(model, seqs, encoder.special.pad)
-        stepper = _Stepper(model, emb, batch.attention_mask, use_cache)
+    with decoding(model, seqs, encoder.special.pad, use_cache) as (_, stepper):
         codes = []
         for i in range(n_codes):
             logits = model.gen_head(stepper.last()).float()

@@ -12,7 +12,7 @@ Loading rebuilds the architecture from the saved configs (never from the
 original checkpoint paths) and loads the weights strictly. Format versions:
 1 kept the vision tower as `und_encoder.*` and its aligner as `und_aligner.*`;
 2 (current) folds both into the understanding encoder (`und_encoder.tower.*`,
-`und_encoder.aligner.*`). Version-1 directories load as they are (their weights are
+`und_encoder.aligner.*`; a MoVE mixture: `und_encoder.experts.N.*`). Version-1 directories load as they are (their weights are
 renamed in memory); re-saving writes version 2. A newer version is refused.
 """
 
@@ -63,7 +63,12 @@ def _frozen_parts(model: UnifiedModel) -> UnifiedConfig:
     cfg = copy.deepcopy(model.config)
     tied = model.lm_head.weight is model.lm.get_input_embeddings().weight
     cfg.backbone = HFPart(config={**model.lm.config.to_dict(), "tie_word_embeddings": tied})
-    cfg.vision = HFPart(config=model.und_encoder.tower.config.to_dict())
+    if cfg.move is not None:  # MoVE: each HF encoder's config inlined the same way
+        for spec, expert in zip(cfg.move.encoders, model.und_encoder.experts):
+            if expert.tower is not None:
+                spec.path, spec.config = None, expert.tower.config.to_dict()
+    else:
+        cfg.vision = HFPart(config=model.und_encoder.tower.config.to_dict())
     return cfg
 
 

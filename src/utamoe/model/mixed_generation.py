@@ -18,7 +18,6 @@ position that produced it (utamoe.moe.route's trace), for the web page's experts
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,8 +25,7 @@ import numpy as np
 import torch
 
 from utamoe.model.generation import SamplingConfig, _Stepper, pick
-from utamoe.moe import moe_layers, route
-from utamoe.tasks import GROUPS, get_task
+from utamoe.tasks import get_task
 
 
 @dataclass
@@ -64,19 +62,6 @@ def _rows(encoder, requests: list[Request]):
     return seqs, rows
 
 
-def _routing(model, requests, rows, trace: bool):
-    """A factory of the routing context of every forward: oracle-routed layers need each row's
-    group, a trace needs a session either way (worked out once, not at every step)."""
-    oracle = any(m.config.group_routing == "oracle" for m in moe_layers(model.lm))
-    if not (oracle or trace):
-        return contextlib.nullcontext
-    labels = None
-    if oracle:
-        groups = torch.tensor([GROUPS.index(get_task(requests[r.request].task).group) for r in rows])
-        labels = model.group_labels(groups.to(model.gen_embed.weight.device))
-    return lambda: route(model.lm, task_labels=labels, trace=trace)
-
-
 @torch.no_grad()
 def generate_mixed(model, encoder, requests: list[Request], trace: bool = False,
                    on_step: Callable[[int, tuple], None] | None = None) -> list[Result]:
@@ -96,7 +81,8 @@ def generate_mixed(model, encoder, requests: list[Request], trace: bool = False,
     done = [False] * len(requests)
     results = [Result() for _ in requests]
 
-    routing = _routing(model, requests, rows, trace)
+    instances = model.instance_embeddings(batch)
+    routing = model.routing(batch, instances, trace)
 
     def forward(fn):
         with routing() as session:
@@ -107,7 +93,7 @@ def generate_mixed(model, encoder, requests: list[Request], trace: bool = False,
 
     text_rows = torch.tensor([is_text[rw.request] for rw in rows], device=device)
     stepper = forward(lambda: _Stepper(model, model.embed(batch.input_ids, batch.code_ids,
-                                                          batch.pixel_values),
+                                                          batch.pixel_values, instances),
                                        batch.attention_mask, True))
     for step in range(max(budget)):
         h = stepper.last()

@@ -11,7 +11,11 @@ sample's task group, broadcast over its tokens (padding gets -1), so the group
 router is supervised by what each sequence is, never guessed from token ids; the
 batch's registry group indices are mapped to the MoE config's `group_names` order.
 `und_encoder` is any module with the understanding-encoder interface
-(utamoe.vision.encoders); the model owns its image processor (`processor`).
+(utamoe.vision.encoders), MoME's mixture of vision experts included
+(utamoe.vision.mixture); the model owns its image processor (`processor`).
+MoME's instance-level routers (the MoVE router, MoLE adapters) read one
+instruction embedding per sequence (`instance_embeddings`, utamoe.model.instructions):
+the forward passes it to the mixture and into the routing session.
 Model code is single-device PyTorch; distribution lives in utamoe.train.
 """
 
@@ -74,27 +78,78 @@ class UnifiedModel(nn.Module):
             if getattr(config, key) <= 0:
                 raise ValueError(f"UnifiedConfig.{key} must be set (from the tokenizers) before build")
         lm, lm_head = build_backbone(config.backbone, config.vocab_size)
-        vision = build_vision(config.vision, config.image_size)
         d = hidden_size_of(lm)
-        if config.und_pos2d:  # issue 12: the grid cell in each feature's value
-            from utamoe.model.grid_pos import GridPosAligner, patch_grid
+        sentence = None
+        if config.sentence_encoder is not None and (config.move is not None or config.mole is not None):
+            sentence = _sentence_encoder(config.sentence_encoder)
+        instance_dim = sentence.dim if sentence is not None else d
+        if config.move is not None:
+            from utamoe.vision.mixture import build_mixture
 
-            und_aligner = GridPosAligner(hidden_size_of(vision), d, config.aligner_depth,
-                                         patch_grid(vision, config.image_size))
+            und_encoder = build_mixture(config.move, config.image_size, d, config.aligner_depth,
+                                        instance_dim, image_tokenizer)
         else:
-            und_aligner = MLPAligner(hidden_size_of(vision), d, config.aligner_depth)
+            und_encoder = _tower_encoder(config, d)
         model = cls(
-            config, lm, lm_head, TowerEncoder(vision, und_aligner),
+            config, lm, lm_head, und_encoder,
             nn.Embedding(config.num_codes, config.code_embed_dim),
             MLPAligner(config.code_embed_dim, d, config.aligner_depth),
             GenHead(d, config.num_codes, config.gen_head_dim or None),
             image_tokenizer,
         )
+        model.sentence_encoder = sentence
         if config.moe is not None:
             if config.moe.routing == "task_aware":
                 group_index(config.moe.group_names, "model.moe.group_names")
             upcycle(model.lm, config.moe)
+        if config.mole is not None:
+            from utamoe.moe.mole import add_mole
+
+            add_mole(model.lm, config.mole, instance_dim)
         return model
+
+    # ------------------------------------------------------------------ MoME's instruction
+
+    sentence_encoder = None  # a frozen utamoe.model.instructions.SentenceEncoder (not a weight)
+
+    @property
+    def needs_instructions(self) -> bool:
+        """Whether some router reads the instruction embedding (MoVE router, MoLE instance)."""
+        if getattr(self.und_encoder, "needs_instructions", False):
+            return True
+        mole = self.config.mole
+        return mole is not None and mole.routing != "token"
+
+    def instance_embeddings(self, batch: Batch) -> torch.Tensor | None:
+        """(B, De) fp32, one instruction embedding per row (None when nothing reads it)."""
+        if not self.needs_instructions:
+            return None
+        device = self.gen_embed.weight.device
+        if self.sentence_encoder is not None:
+            if batch.prompts is None:
+                raise ValueError("the batch has no instruction texts (Batch.prompts); build it "
+                                 "with utamoe.data.sequences.collate")
+            return self.sentence_encoder.embed(batch.prompts).to(device)
+        if batch.prompt_mask is None:
+            raise ValueError("the batch has no instruction positions (Batch.prompt_mask); build "
+                             "it with utamoe.data.sequences.collate")
+        from utamoe.model.instructions import mean_token_embedding
+
+        table = self.lm.get_input_embeddings()
+        return mean_token_embedding(table(batch.input_ids), batch.prompt_mask.to(device))
+
+    def routing(self, batch: Batch, instances: torch.Tensor | None, trace: bool = False):
+        """A factory of the routing context of inference forwards over `batch`'s rows: oracle-routed
+        TA-MoE layers get each row's group, instance routers the rows' instruction embeddings
+        (`instances`, from `instance_embeddings(batch)`: worked out once, not at every decoding
+        step); a plain context when nothing needs one."""
+        import contextlib
+
+        oracle = any(m.config.group_routing == "oracle" for m in moe_layers(self.lm))
+        if not (oracle or trace or instances is not None):
+            return contextlib.nullcontext
+        labels = self.group_labels(batch.group_ids.to(self.gen_embed.weight.device)) if oracle else None
+        return lambda: route(self, task_labels=labels, trace=trace, instances=instances)
 
     @property
     def processor(self) -> ImageProcessor:
@@ -132,19 +187,26 @@ class UnifiedModel(nn.Module):
         """Feature vectors the understanding encoder gives per image (slots in a sequence)."""
         return self.und_encoder.num_tokens(self.config.image_size)
 
-    def und_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def und_features(self, pixel_values: torch.Tensor, instructions: torch.Tensor | None = None):
+        """(N, P, D) features of N images; `instructions` (N, De) for a routed mixture."""
+        if getattr(self.und_encoder, "needs_instructions", False):
+            return self.und_encoder(pixel_values, instructions)
         return self.und_encoder(pixel_values)
 
     def code_embeddings(self, codes: torch.Tensor) -> torch.Tensor:
         return self.gen_aligner(self.gen_embed(codes))
 
     def embed(self, input_ids: torch.Tensor, code_ids: torch.Tensor | None = None,
-              pixel_values: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, S, D) input embeddings: text table, understanding features, code embeddings."""
+              pixel_values: torch.Tensor | None = None,
+              instances: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, S, D) input embeddings: text table, understanding features, code embeddings.
+        `instances` (B, De): the rows' instruction embeddings (for a routed MoVE mixture)."""
         emb = self.lm.get_input_embeddings()(input_ids)
         if pixel_values is not None:
             slots = input_ids == self.config.und_slot_id
-            feats = self.und_features(pixel_values).to(emb.dtype)
+            rows = slots.any(1)  # images are in the order of the rows that hold them
+            feats = self.und_features(pixel_values, None if instances is None else instances[rows])
+            feats = feats.to(emb.dtype)
             if int(slots.sum()) != feats.shape[0] * feats.shape[1]:
                 raise ValueError(
                     f"{int(slots.sum())} understanding slots in the batch but {feats.shape[0]} images "
@@ -172,8 +234,10 @@ class UnifiedModel(nn.Module):
     def forward(self, batch: Batch) -> UnifiedOutput:
         labels = self.group_labels(batch.group_ids)[:, None].expand_as(batch.input_ids).masked_fill(
             batch.attention_mask == 0, -1)
-        with route(self.lm, task_labels=labels, attention_mask=batch.attention_mask) as session:
-            emb = self.embed(batch.input_ids, batch.code_ids, batch.pixel_values)
+        instances = self.instance_embeddings(batch)
+        with route(self, task_labels=labels, attention_mask=batch.attention_mask,
+                   instances=instances) as session:
+            emb = self.embed(batch.input_ids, batch.code_ids, batch.pixel_values, instances)
             h, _ = self.hidden(emb, attention_mask=batch.attention_mask)
         group_losses, per_token = {}, {}
         for group, head, labels in (("und", self.lm_head, batch.text_labels),
@@ -184,7 +248,7 @@ class UnifiedModel(nn.Module):
                 group_losses[group] = ce.mean()
                 per_token[group] = (ce.detach(), pos)
         loss = sum(group_losses.values())
-        if moe_layers(self.lm):
+        if session.records:  # TA-MoE and MoLE router losses (a dense model adds nothing)
             loss = loss + session.aux_loss().to(loss.device)
         return UnifiedOutput(loss, group_losses, _task_losses(batch, per_token),
                              session.losses(), session)
@@ -197,6 +261,29 @@ class UnifiedModel(nn.Module):
             group_index(moe.group_names, "moe.group_names")
         upcycle(self.lm, moe, group_mlps=group_mlps)
         self.config.moe = moe
+
+
+def _tower_encoder(config: UnifiedConfig, d: int) -> TowerEncoder:
+    """The single understanding encoder: the `vision` tower + its aligner."""
+    vision = build_vision(config.vision, config.image_size)
+    if config.und_pos2d:  # issue 12: the grid cell in each feature's value
+        from utamoe.model.grid_pos import GridPosAligner, patch_grid
+
+        aligner = GridPosAligner(hidden_size_of(vision), d, config.aligner_depth,
+                                 patch_grid(vision, config.image_size))
+    else:
+        aligner = MLPAligner(hidden_size_of(vision), d, config.aligner_depth)
+    return TowerEncoder(vision, aligner)
+
+
+@functools.lru_cache(maxsize=4)
+def _sentence_encoder(spec: str):
+    """One frozen sentence encoder (and its text cache) per directory per process: every model
+    built from the same config (preflight, resume, eval) shares it."""
+    from utamoe.model.instructions import SentenceEncoder
+
+    with torch.device("cpu"):  # also when the model is built on the meta device (preflight)
+        return SentenceEncoder(spec)
 
 
 @functools.cache

@@ -1,4 +1,5 @@
-"""How task labels reach the TA-MoE layers, and how their losses come back.
+"""How task labels (and instruction embeddings) reach the routed layers, and how their losses
+come back.
 
 A Hugging Face decoder calls `layer.mlp(hidden_states)` with nothing else, so the
 layers cannot receive task labels as arguments without editing HF code. Instead
@@ -8,20 +9,26 @@ the caller opens a routing session around the forward (and backward) pass:
         out = model(input_ids=ids, attention_mask=mask)
         loss = out.loss + session.aux_loss()
         loss.backward()
-    session.losses()   # {"group": ..., "balance": ..., "z": ...}, mean over layers
+    session.losses()   # {"group": ..., "balance": ..., "z": ...}, each a mean over its layers
     session.stats()    # routing counts and accuracies, summed over layers
 
 `route` binds the session to every *routed module* inside `model` for the
 duration of the block and unbinds it afterwards (nested sessions restore the
 outer one). A routed module is any module that subclasses `RoutedModule` (the
-TA-MoE layers; vision and instance-level routers join the same way): it reads
-`self.session` (None outside a session) and reports through
+TA-MoE layers, MoLE's adapter routers; vision routers join the same way): it
+reads `self.session` (None outside a session) and reports through
 `session.record(name, losses, make_stats, coefs)`, with losses and their
 coefficients as dicts keyed by loss name, so a new router adds its own terms
 (e.g. a balance loss over vision encoders) to the same `aux_loss()` and its own
-statistics to `layer_stats()`. Labels are group indices: (B,) per sequence or
-(B, S) per token, -1 for padding or "no label". Outside a session the modules
-route on their inputs alone (inference needs no label) and record nothing.
+statistics to `layer_stats()`. `aux_loss()` averages each loss name over the
+modules that reported it, then sums the names: modules with different loss sets
+(TA-MoE's group/balance/z, MoLE's mole_balance) do not dilute each other.
+
+Labels are group indices: (B,) per sequence or (B, S) per token, -1 for padding
+or "no label". `instances` (B, De) are per-sequence instruction embeddings (a
+sentence encoder's, computed by the caller) for instance-level routers such as
+MoLE's. Outside a session the modules route on their inputs alone (inference
+needs no label) and record nothing; instance routers need a session.
 Nothing is global: the session object is created, owned and read by the caller.
 """
 
@@ -67,11 +74,14 @@ def _in_backward() -> bool:
 
 
 class RoutingSession:
-    """Task labels for the layers, and the per-layer records they write back."""
+    """Task labels and instruction embeddings for the layers, and the records they write back."""
 
-    def __init__(self, task_labels=None, attention_mask=None, trace: bool = False):
+    def __init__(self, task_labels=None, attention_mask=None, trace: bool = False,
+                 instances: torch.Tensor | None = None):
         self.task_labels = task_labels
         self.attention_mask = attention_mask
+        # (B, De): one instruction embedding per sequence, for instance-level routers (MoLE).
+        self.instances = instances
         self.records: list[LayerRecord] = []
         self._real: dict = {}
         # With `trace`, routed modules also append per-token decisions here (detached):
@@ -137,13 +147,16 @@ class RoutingSession:
         return {key: sum(values) / len(values) for key, values in out.items()}
 
     def aux_loss(self) -> torch.Tensor:
-        """Weighted sum of the router losses with each module's configured coefficients,
-        averaged over the modules that ran."""
+        """Sum over loss names of (coefficient * loss), averaged over the modules that reported
+        that name, each with its own coefficient. Averaging per name, not over all records, keeps
+        one router's losses from being diluted by modules that report other names."""
         if not self.records:
             return torch.zeros(())
-        total = sum(r.coefs.get(key, 0.0) * value for r in self.records
-                    for key, value in r.losses.items())
-        return total / len(self.records)
+        weighted: dict[str, list[torch.Tensor]] = {}
+        for r in self.records:
+            for key, value in r.losses.items():
+                weighted.setdefault(key, []).append(r.coefs.get(key, 0.0) * value)
+        return sum((sum(terms) / len(terms) for terms in weighted.values()), torch.zeros(()))
 
     def stats(self) -> dict:
         """Routing statistics summed over layers, plus derived ratios (detached)."""
@@ -156,9 +169,8 @@ class RoutingSession:
 
 def summarize_stats(per_layer: list[dict]) -> dict:
     out: dict = {}
-    if not per_layer:
-        return out
-    for key in per_layer[0]:
+    # Keys from every layer, in first-seen order: routers of different kinds report different ones.
+    for key in dict.fromkeys(k for s in per_layer for k in s):
         vals = [s[key] for s in per_layer if key in s]
         if key.endswith("entropy"):
             out[key] = float(torch.stack([v.float() for v in vals]).mean())
@@ -170,11 +182,12 @@ def summarize_stats(per_layer: list[dict]) -> dict:
 
 
 @contextmanager
-def route(model: nn.Module, task_labels=None, attention_mask=None,
-          trace: bool = False) -> Iterator[RoutingSession]:
-    """Bind task labels to every routed module in `model`; yield the session that collects losses
-    (and, with `trace`, every token's routing decision)."""
-    session = RoutingSession(task_labels, attention_mask, trace)
+def route(model: nn.Module, task_labels=None, attention_mask=None, trace: bool = False,
+          instances: torch.Tensor | None = None) -> Iterator[RoutingSession]:
+    """Bind task labels (and `instances`, (B, De) instruction embeddings) to every routed module
+    in `model`; yield the session that collects losses (and, with `trace`, every token's routing
+    decision)."""
+    session = RoutingSession(task_labels, attention_mask, trace, instances)
     named = [(n, m) for n, m in model.named_modules() if isinstance(m, RoutedModule)]
     layers = [m for _, m in named]
     previous = [(layer.session, layer.session_name) for layer in layers]

@@ -8,7 +8,9 @@ the Llama inside Janus), detects its activation by evaluating it, and swaps in a
 shared/routed outputs are mixed convexly, so the upcycled model computes the
 same logits as the dense one until training moves the experts apart.
 Anything else (GPT-2's c_fc, an MLP with biases, a model that is already MoE)
-fails with an error that says what is supported.
+fails with an error that says what is supported. A block whose MLP is wrapped in
+MoLE adapters (utamoe.moe.mole) is seen through: the wrapped FFN is upcycled and
+the adapters stay beside it.
 """
 
 from __future__ import annotations
@@ -81,6 +83,9 @@ def upcycle(
     `group_mlps` maps a layer index to one MLP per task group (the stage-1 task FFNs) that
     initialise that layer's routed experts. Returns `model` for chaining.
     """
+    # mole.py builds on this module (decoder_layers), so its helpers are imported here.
+    from utamoe.moe.mole import inner_mlp, set_inner_mlp
+
     config = config or MoEConfig()
     prefix, layers = decoder_layers(model)
     chosen = range(len(layers)) if config.layers is None else config.layers
@@ -88,12 +93,13 @@ def upcycle(
         if i >= len(layers):
             raise ValueError(f"MoEConfig.layers: layer {i} does not exist ({len(layers)} layers)")
     for i in chosen:
-        where = f"{type(model).__name__}.{prefix}.{i}.mlp"
-        mlp = layers[i].mlp
+        mlp = inner_mlp(layers[i])
+        wrapped = ".ffn" if mlp is not layers[i].mlp else ""
+        where = f"{type(model).__name__}.{prefix}.{i}.mlp{wrapped}"
         check_dense_mlp(mlp, where)
         act = detect_activation(mlp)
         groups = None if group_mlps is None else group_mlps[i]
-        layers[i].mlp = TaskAwareMoE.from_dense(mlp, config, act, group_mlps=groups)
+        set_inner_mlp(layers[i], TaskAwareMoE.from_dense(mlp, config, act, group_mlps=groups))
     return model
 
 

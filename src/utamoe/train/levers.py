@@ -80,5 +80,6 @@ def split_by_group(batch) -> list:
         parts.append(Batch(batch.input_ids[rows, :n], batch.code_ids[rows, :n],
                            batch.attention_mask[rows, :n], batch.text_labels[rows, :n],
                            batch.code_labels[rows, :n], batch.group_ids[rows], batch.task_ids[rows],
-                           pix))
+                           pix, None if batch.prompts is None else [batch.prompts[r] for r in rows.tolist()],
+                           None if batch.prompt_mask is None else batch.prompt_mask[rows, :n]))
     return parts

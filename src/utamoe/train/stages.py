@@ -9,6 +9,8 @@ Surgery (run at the start of a stage, recorded so a resumed run replays it):
   `split_ffn`, group g's experts start from task FFN g, the shared experts from
   the stashed dense FFN, and the group router keeps what it learned; otherwise
   every expert copies the dense MLP. UTAMoE stage 2.
+Both see through MoLE adapters (utamoe.moe.mole): the FFN inside the wrapper is split
+or upcycled, the adapters stay beside it.
 Trainable parameters are chosen with globs over names (`lm.layers.*.self_attn.*`);
 LoRA adapters come from PEFT and are merged into the base weights at stage end.
 """
@@ -22,6 +24,7 @@ from torch import nn
 
 from utamoe.moe import MoEConfig, TaskAwareMoE
 from utamoe.moe.experts import GatedFFN, dense_weights
+from utamoe.moe.mole import inner_mlp, set_inner_mlp
 from utamoe.moe.upcycle import check_dense_mlp, decoder_layers, detect_activation
 from utamoe.tasks import GROUPS, group_index
 
@@ -35,15 +38,17 @@ def split_ffn(model) -> None:
     _, layers = decoder_layers(model.lm)
     stash = nn.ModuleDict()
     for i, block in enumerate(layers):
-        check_dense_mlp(block.mlp, f"lm.layers.{i}.mlp")
-        act = detect_activation(block.mlp)
-        w_gate_up, w_down = dense_weights(block.mlp)
+        mlp = inner_mlp(block)
+        check_dense_mlp(mlp, f"lm.layers.{i}.mlp" + (".ffn" if mlp is not block.mlp else ""))
+        act = detect_activation(mlp)
+        w_gate_up, w_down = dense_weights(mlp)
         ffn = GatedFFN(w_gate_up.shape[0], w_down.shape[0], act).to(w_gate_up.dtype)
         with torch.no_grad():
             ffn.w_gate_up.copy_(w_gate_up)
             ffn.w_down.copy_(w_down)
         stash[str(i)] = ffn
-        block.mlp = TaskAwareMoE.from_weights(MoEConfig(**SPLIT_CONFIG), act, (w_gate_up, w_down))
+        set_inner_mlp(block, TaskAwareMoE.from_weights(MoEConfig(**SPLIT_CONFIG), act,
+                                                       (w_gate_up, w_down)))
     model.ffn_stash = stash.requires_grad_(False)
     model.config.moe = MoEConfig(**SPLIT_CONFIG)  # so a stage-1 model saves and reloads as such
 
@@ -58,7 +63,7 @@ def upcycle_stage(model, moe: MoEConfig) -> None:
         return
     _, layers = decoder_layers(model.lm)
     for i, block in enumerate(layers):
-        split = block.mlp
+        split = inner_mlp(block)
         dense = (stash[str(i)].w_gate_up.detach(), stash[str(i)].w_down.detach())
         # Group g of the new layer starts from the task FFN of the group with g's *name*, so
         # a recipe may list group_names in any order.
@@ -70,7 +75,7 @@ def upcycle_stage(model, moe: MoEConfig) -> None:
                                         groups if moe.routing == "task_aware" else None)
         if moe.routing == "task_aware" and split.config.group_names == moe.group_names:
             new.router.group_gate.load_state_dict(split.router.group_gate.state_dict())
-        block.mlp = new
+        set_inner_mlp(block, new)
     del model.ffn_stash
     model.config.moe = moe
 
@@ -89,13 +94,16 @@ def select_trainable(model: nn.Module, trainable: list[str], frozen: list[str]) 
     """Set requires_grad from globs (empty `trainable` = all); returns the trainable names.
 
     Parameters that are frozen by construction (the image tokenizer, a LoRA base, the FFN
-    stash) stay frozen whatever the globs say."""
+    stash, a MoVE encoder configured `frozen`) stay frozen whatever the globs say."""
+    from utamoe.vision.mixture import frozen_parameters
+
     always_frozen = ("image_tokenizer.", "ffn_stash.")
+    fixed = frozen_parameters(model)  # MoVE encoders configured `frozen`
     names = []
     for name, p in model.named_parameters():
         on = not trainable or any(fnmatch.fnmatchcase(name, g) for g in trainable)
         on = on and not any(fnmatch.fnmatchcase(name, g) for g in frozen)
-        on = on and not name.startswith(always_frozen) and ".base." not in name
+        on = on and not name.startswith(always_frozen) and ".base." not in name and id(p) not in fixed
         if ".lora_" in name:  # PEFT adapters: trainable unless explicitly frozen
             on = not any(fnmatch.fnmatchcase(name, g) for g in frozen)
         p.requires_grad_(on)

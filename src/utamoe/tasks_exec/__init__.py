@@ -1,0 +1,55 @@
+"""UnifiedMLLM's task spans, task router and executors (docs/executors.md).
+
+A model answers with text and task spans (`<edit>make it blue<box>[0.1,0.2,0.5,0.6]</box></edit>`);
+`spans` parses them (never raising on model output), `executors` holds the executor contract
+and the registry (config, built-ins, entry-point plugins), `router` runs each span through its
+executor and reports every failure as a structured error. Built-in executors: `builtin`
+(the unified model's t2i / layout / edit, box segmentation), `grounded` (the box-grounded
+editor), `diffusers_exec` (diffusers pipelines, an optional extra). `tokens` adds the span
+tokens to a text tokenizer and decodes answers that keep them.
+
+Importing this package imports no model code: the built-in executors load on use.
+"""
+
+from utamoe.tasks_exec.executors import (
+    BUILTIN_EXECUTORS,
+    ENTRY_POINT_GROUP,
+    ExecContext,
+    ExecInputError,
+    ExecRequest,
+    ExecResult,
+    Executor,
+    ExecutorError,
+    available_executors,
+    build_executor,
+    executors_from_config,
+    plugin_entry_points,
+    register_executor,
+    registered_tasks,
+    resolve_factory,
+    unregister_executor,
+)
+from utamoe.tasks_exec.router import SpanOutcome, TaskRouter
+from utamoe.tasks_exec.spans import (
+    BOX_CLOSE,
+    BOX_OPEN,
+    ERROR_KINDS,
+    TASK_SPAN_TOKENS,
+    Box,
+    ParsedResponse,
+    SpanError,
+    TaskSpan,
+    box_token,
+    format_box,
+    format_span,
+    parse_response,
+)
+
+__all__ = [
+    "BOX_CLOSE", "BOX_OPEN", "BUILTIN_EXECUTORS", "ENTRY_POINT_GROUP", "ERROR_KINDS",
+    "TASK_SPAN_TOKENS", "Box", "ExecContext", "ExecInputError", "ExecRequest", "ExecResult",
+    "Executor", "ExecutorError", "ParsedResponse", "SpanError", "SpanOutcome", "TaskRouter",
+    "TaskSpan", "available_executors", "box_token", "build_executor", "executors_from_config",
+    "format_box", "format_span", "parse_response", "plugin_entry_points", "register_executor",
+    "registered_tasks", "resolve_factory", "unregister_executor",
+]

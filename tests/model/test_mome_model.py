@@ -1,0 +1,121 @@
+"""The three systems in one model: MoVE (three encoders incl. the codec, ADT, router) in front of
+a backbone whose FFNs are TA-MoE layers with MoLE adapters beside them. Zero-initialised
+adapters change nothing; save, load and generate round-trip; mixed decoding equals each request
+alone; a missing sentence-encoder directory is a clear error at load."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from utamoe.config import ConfigError
+from utamoe.model.config import MoVEConfig, VisionExpertConfig
+from utamoe.model.generation import SamplingConfig, generate_images, generate_text
+from utamoe.model.io import load_model_dir, save_model_dir
+from utamoe.model.mixed_generation import Request, generate_mixed
+from utamoe.moe import MoEConfig, TaskAwareMoE, moe_layers
+from utamoe.moe.mole import MoLEConfig, MoLELayer, mole_layers
+
+from .helpers import images, mixed_batch, tiny_model
+
+SIGLIP = dict(model_type="siglip_vision_model", patch_size=16, hidden_size=32, intermediate_size=64,
+              num_hidden_layers=1, num_attention_heads=4)
+DINO = dict(model_type="dinov2", patch_size=8, hidden_size=24, intermediate_size=48,
+            num_hidden_layers=1, num_attention_heads=4)
+
+
+def mome(seed=0, mole=True):
+    move = MoVEConfig(encoders=[VisionExpertConfig("vit", config=SIGLIP),
+                                VisionExpertConfig("dino", config=DINO, frozen=True),
+                                VisionExpertConfig("codec", kind="codec")],
+                      query_grid=3, adt_heads=4, adt_points=2)
+    return tiny_model(MoEConfig(), seed=seed, move=move,
+                      mole=MoLEConfig(num_experts=3, bottleneck=8) if mole else None)
+
+
+def _perturb(model) -> None:
+    """Move the zero-initialised parts so that every router and adapter matters."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".adapters.w_up" in name or "router.fc2" in name or "instance_gate" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    model, tok, enc = mome()
+    _perturb(model)
+    return model.eval(), tok, enc
+
+
+def test_the_layers_compose_and_zero_adapters_change_nothing():
+    with_mole, _, enc = mome(seed=3)
+    without, _, _ = mome(seed=3, mole=False)
+    blocks = with_mole.lm.layers
+    assert all(isinstance(b.mlp, MoLELayer) and isinstance(b.mlp.ffn, TaskAwareMoE) for b in blocks)
+    assert len(moe_layers(with_mole)) == len(mole_layers(with_mole)) == len(blocks)
+    state = {k.replace(".mlp.ffn.", ".mlp."): v for k, v in with_mole.state_dict().items()}
+    missing, unexpected = without.load_state_dict(state, strict=False)
+    assert not missing and all(".adapters." in k or "_gate" in k for k in unexpected)
+    batch, _ = mixed_batch(enc)
+    with torch.no_grad():
+        assert torch.equal(with_mole(batch).loss, without(batch).loss)
+
+
+def test_save_load_and_generate_round_trip(trained, tmp_path):
+    model, tok, enc = trained
+    save_model_dir(model, tmp_path / "m", tok)
+    meta = json.loads((tmp_path / "m" / "utamoe.json").read_text())
+    assert [e["name"] for e in meta["config"]["move"]["encoders"]] == ["vit", "dino", "codec"]
+    loaded, tok2 = load_model_dir(tmp_path / "m")
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    enc2 = loaded.sequence_encoder(tok2)
+    batch, _ = mixed_batch(enc)
+    with torch.no_grad():
+        assert torch.equal(model(batch).loss, loaded(batch).loss)
+    img = images(2)
+    cfg = SamplingConfig(max_new_tokens=5)
+    tasks, prompts = ["vqa", "caption"], ["what color is the circle ?", "describe the image ."]
+    assert generate_text(model, enc, tasks, prompts, img, cfg) == \
+        generate_text(loaded, enc2, tasks, prompts, img, cfg)
+    pics = generate_images(model, enc, ["a red circle at the top left"], SamplingConfig(cfg_scale=2.0))
+    assert np.array_equal(pics[0], generate_images(loaded, enc2, ["a red circle at the top left"],
+                                                   SamplingConfig(cfg_scale=2.0))[0])
+
+
+def test_mixed_decoding_equals_each_request_alone(trained):
+    model, _, enc = trained
+    img = images(1)[0]
+    reqs = [Request("vqa", "what color is the circle ?", img, SamplingConfig(max_new_tokens=5)),
+            Request("t2i", "a red circle", None, SamplingConfig(temperature=1.0, seed=3, cfg_scale=2.0)),
+            Request("grounding", "where is the red circle ?", img, SamplingConfig(max_new_tokens=5))]
+    got = generate_mixed(model, enc, reqs)
+    for r, g in zip(reqs, got):
+        if r.task == "t2i":
+            assert np.array_equal(g.image, generate_images(model, enc, [r.prompt], r.sampling)[0])
+        else:
+            assert g.text == generate_text(model, enc, [r.task], [r.prompt], [img], r.sampling)[0]
+
+
+def test_the_instruction_changes_the_answer_path(trained):
+    """Two prompts route differently: the MoVE weights differ per instruction."""
+    model, _, enc = trained
+    batch, _ = mixed_batch(enc)
+    inst = model.instance_embeddings(batch)
+    w = model.und_encoder.weights(inst[:2], 2, "cpu")
+    assert not torch.allclose(w[0], w[1])
+
+
+def test_missing_sentence_encoder_directory_is_a_clear_error(trained, tmp_path):
+    model, tok, _ = trained
+    save_model_dir(model, tmp_path / "m", tok)
+    meta = json.loads((tmp_path / "m" / "utamoe.json").read_text())
+    meta["config"]["sentence_encoder"] = str(tmp_path / "gone")
+    (tmp_path / "m" / "utamoe.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="gone.*not a Hugging Face model directory"):
+        load_model_dir(tmp_path / "m")
