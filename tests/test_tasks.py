@@ -15,6 +15,7 @@ from utamoe.tasks import (
     ScoreContext,
     Task,
     TaskScore,
+    default_tasks,
     get_task,
     group_index,
     register_task,
@@ -27,7 +28,13 @@ from .owndata import write_digits
 
 def test_builtin_tasks_and_their_declarations():
     assert task_names()[:6] == ["caption", "vqa", "pope", "grounding", "t2i", "edit"]
-    assert task_names("gen") == ["t2i", "edit"]
+    assert task_names("gen") == ["t2i", "edit", "layout"]
+    # UnifiedMLLM's tasks, after the original six, are opt-in: not in a default mixture, and
+    # their markers join a run's tokenizer only with their data (so older data and recipes
+    # train exactly what they trained before).
+    assert task_names()[6:] == ["reason_edit", "seg", "layout", "dialog"]
+    assert [get_task(t).opt_in for t in task_names()] == [False] * 6 + [True] * 4
+    assert default_tasks() == task_names()[:6]
     t2i, edit, vqa = get_task("t2i"), get_task("edit"), get_task("vqa")
     assert (t2i.output, t2i.needs_image, edit.needs_image, vqa.output) == ("image", False, True, "text")
     assert get_task("caption").scorer_for(ScoreContext(benchmark="shapesworld"))[0] == "caption_shapes"

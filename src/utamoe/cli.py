@@ -39,7 +39,7 @@ def cmd_data_shapes(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from utamoe.data.shapes import ShapesWorldConfig, total_samples, write_dataset
-    from utamoe.data.shapes.world import DEFAULT_SIZES
+    from utamoe.data.shapes.world import ALL_TASKS, DEFAULT_SIZES
 
     out = Path(args.out)
     if out.exists() and any(out.glob("*.jsonl")) and not args.force:
@@ -48,7 +48,7 @@ def cmd_data_shapes(args: argparse.Namespace) -> int:
         return 1
     config = ShapesWorldConfig(seed=args.seed, image_size=args.image_size,
                                sizes={**DEFAULT_SIZES, **_parse_sizes(args.sizes)},
-                               **({"tasks": tuple(args.tasks)} if args.tasks else {}))
+                               tasks=tuple(args.tasks) if args.tasks else ALL_TASKS)
     start = time.perf_counter()
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns) as bar:
@@ -86,7 +86,8 @@ def _add_data_verb(verbs: argparse._SubParsersAction) -> None:
                         "(defaults: train=2000 val=200 test=200 heldout=200)")
     s.add_argument("--image-size", type=int, default=48, help="image side in pixels (default 48)")
     s.add_argument("--tasks", nargs="+", metavar="TASK",
-                   help="tasks to generate (default: caption vqa pope grounding t2i edit)")
+                   help="tasks to generate (default: all ten: caption vqa pope grounding t2i "
+                        "edit, and UnifiedMLLM's reason_edit seg layout dialog)")
     s.add_argument("--force", action="store_true", help="overwrite an existing dataset")
     s.set_defaults(func=cmd_data_shapes)
     c = sub.add_parser("check", help="validate a dataset directory and summarise it")
@@ -213,6 +214,36 @@ def _add_inference_verbs(verbs: argparse._SubParsersAction) -> None:
                         "caption, pope, grounding (default vqa)")
     _add_sampling_args(a, temperature=0.0, cfg_scale=None)
     a.set_defaults(func=cmd_answer)
+    c = verbs.add_parser("chat", help="a multi-turn chat whose task spans run executors "
+                                      "(docs/unifiedmllm.md); reads turns from stdin")
+    c.add_argument("--model", required=True, help="model directory (e.g. RUN/model)")
+    c.add_argument("--image", help="an image for the first turn (or /image PATH in the chat)")
+    c.add_argument("--out", default="chat-out", help="where executors' images and masks go")
+    c.add_argument("--task", default="dialog", help="the conversation task (default dialog)")
+    c.add_argument("--executor", action="append", default=[], metavar="TASK=SPEC",
+                   help="executor of a task span, e.g. edit=model_edit (docs/executors.md)")
+    _add_sampling_args(c, temperature=0.0, cfg_scale=None)
+    c.set_defaults(func=cmd_chat)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from utamoe.chat import ChatSession, model_reply, run_chat
+    from utamoe.predict import Predictor
+    from utamoe.tasks_exec import ExecContext, TaskRouter, executors_from_config
+
+    predictor = Predictor.load(args.model, args.device)
+    reply = model_reply(predictor, args.task, _sampling(args))
+    specs = dict(item.partition("=")[::2] for item in args.executor)
+    router = TaskRouter(executors_from_config(specs, ExecContext(predictor, args.device)))
+    session = ChatSession(reply, router, Path(args.out))
+    if args.image:
+        session.attach(read_image(args.image))
+    tty = sys.stdin.isatty()
+    run_chat(session, sys.stdin, print, read_image,
+             prompt=(lambda: print("you> ", end="", flush=True)) if tty else (lambda: None))
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

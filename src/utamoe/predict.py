@@ -134,6 +134,37 @@ class Predictor:
             return generate_text(self.model, self.encoder, [task] * len(questions), questions,
                                  rows, sampling)
 
+    def converse(self, histories: Sequence[Sequence], task: str = "dialog",
+                 sampling: SamplingConfig | None = None) -> list[str]:
+        """The next assistant answer of each conversation: a history is a list of
+        utamoe.data.conversations.Turn (user / assistant alternating, ending with a user turn;
+        images on user turns). Answers keep their task spans."""
+        from utamoe.model.generation import complete_text
+
+        spec = _task(task)
+        if spec.output != "text":
+            raise InputError(f"task {task!r} produces images; a conversation is a text task")
+        sampling = check_sampling(sampling or SamplingConfig())
+        seqs = []
+        for i, turns in enumerate(histories):
+            turns = [_checked_turn(t, self.processor, i) for t in turns]
+            if not turns or turns[-1].role != "user":
+                raise InputError(f"conversation {i + 1} must end with a user turn to answer")
+            try:
+                seqs.append(self.encoder.conversation(task, turns))
+            except ValueError as err:
+                raise InputError(f"conversation {i + 1}: {err}") from None
+        limit = getattr(self.model.lm.config, "max_position_embeddings", None)
+        for i, seq in enumerate(seqs):
+            if limit and len(seq.input_ids) + sampling.max_new_tokens > limit:
+                raise InputError(f"conversation {i + 1} takes {len(seq.input_ids)} tokens; with "
+                                 f"{sampling.max_new_tokens} to generate that is over the model's "
+                                 f"{limit} positions; start a new conversation")
+        if not seqs:
+            raise InputError("give at least one conversation")
+        with self._lock, torch.no_grad():
+            return complete_text(self.model, self.encoder, seqs, sampling)
+
     def generate(self, prompts: Sequence[str] | str, sampling: SamplingConfig | None = None,
                  images=None, task: str | None = None) -> list[np.ndarray]:
         """One image per prompt (t2i; with `images`, the prompts are edit instructions)."""
@@ -153,6 +184,23 @@ class Predictor:
              sampling: SamplingConfig | None = None) -> list[np.ndarray]:
         """Edited images: one input image for all instructions or one per instruction."""
         return self.generate(instructions, sampling, images=images, task="edit")
+
+
+def _checked_turn(turn, processor, i: int):
+    """A turn with its image through the model's processor; a clear error for a bad one."""
+    import dataclasses
+
+    from utamoe.data.conversations import ROLES
+
+    if getattr(turn, "role", None) not in ROLES or not isinstance(getattr(turn, "text", None), str):
+        raise InputError(f"conversation {i + 1}: a turn needs a role ({', '.join(ROLES)}) and a "
+                         "text (utamoe.data.conversations.Turn)")
+    if turn.image is None:
+        return turn
+    try:
+        return dataclasses.replace(turn, image=processor(turn.image))
+    except (ValueError, TypeError) as err:
+        raise InputError(f"conversation {i + 1}: cannot use the image: {err}") from err
 
 
 @functools.cache

@@ -18,6 +18,10 @@ A `Task` says what the rest of the code needs to know about it:
                 exactly); eval uses one only when the data's manifest names that benchmark
     headline    metric key -> the flat name in metrics.json / the docs (e.g. "accuracy" ->
                 "vqa_accuracy"); keys a scorer does not return are left out
+    opt_in      an opt-in task (UnifiedMLLM's) is not in a stage's default data mixture,
+                and a text tokenizer trained for a run gets its marker token only when the
+                run's training data has the task; so registering such tasks leaves every
+                recipe, tokenizer and model of data without them exactly as it was
 
 The output kind ("text" or "image") follows from the layout. A scorer may be a
 callable or a "module:function" string, resolved on first use, so that declaring
@@ -60,6 +64,9 @@ class ScoreContext:
 
     benchmark: str | None = None  # e.g. "shapesworld" (from the dataset manifest), else None
     world: Any = None  # the benchmark's generator config (a ShapesWorldConfig), if any
+    # A utamoe.tasks_exec.TaskRouter that scorers of task-span answers may run the predicted
+    # spans through (the executed edit, the mask); None: they score the spans alone.
+    router: Any = None
 
 
 Scorer = Callable[[list, list, ScoreContext], "TaskScore | dict[str, float]"]
@@ -75,6 +82,7 @@ class Task:
     benchmark_scorers: Mapping[str, Scorer | str] = field(default_factory=dict)
     needs_image: bool | None = None  # None: implied by the layout (answer and edit: yes)
     title: str = ""
+    opt_in: bool = False  # see the module docstring
 
     def __post_init__(self) -> None:
         where = f"task {self.name!r}"
@@ -161,6 +169,11 @@ def task_names(group: str | None = None) -> list[str]:
     return [n for n, t in _REGISTRY.items() if group is None or t.group == group]
 
 
+def default_tasks() -> list[str]:
+    """The tasks a stage trains on when its mixture is not given: every task but the opt-in ones."""
+    return [n for n, t in _REGISTRY.items() if not t.opt_in]
+
+
 def group_of(name: str) -> str:
     return get_task(name).group
 
@@ -181,6 +194,7 @@ def group_index(group_names, where: str = "moe.group_names") -> list[int]:
 # ---------------------------------------------------------------- the built-in tasks
 
 _S = "utamoe.eval.scorers"
+_U = "utamoe.eval.span_scorers"
 for _task in (
     Task("caption", "und", "answer", f"{_S}:caption_generic", title="Caption",
          headline={"f1": "caption_f1", "token_f1": "caption_token_f1", "cider": "caption_cider",
@@ -200,6 +214,23 @@ for _task in (
     Task("edit", "gen", "edit", f"{_S}:image_similarity", title="Edit",
          headline={"correct_all": "edit_correct_all", "psnr": "edit_psnr", "ssim": "edit_ssim"},
          benchmark_scorers={"shapesworld": f"{_S}:edit_shapes"}),
+    # UnifiedMLLM (docs/unifiedmllm.md): answers that are task spans for executors, layout
+    # prompts with boxes, multi-turn conversations (records with `turns`).
+    Task("reason_edit", "und", "answer", f"{_U}:reason_edit_generic", title="Reasoning edit",
+         headline={"task_accuracy": "reason_edit_task_acc", "box_acc50": "reason_edit_box_acc50",
+                   "exec_correct": "reason_edit_exec_correct", "exec_psnr": "reason_edit_psnr",
+                   "exec_ssim": "reason_edit_ssim"},
+         benchmark_scorers={"shapesworld": f"{_U}:reason_edit_shapes"}, opt_in=True),
+    Task("seg", "und", "answer", f"{_U}:seg_generic", title="Referring segmentation",
+         headline={"task_accuracy": "seg_task_acc", "box_acc50": "seg_box_acc50",
+                   "mask_iou": "seg_mask_iou"}, opt_in=True),
+    Task("layout", "gen", "generate", f"{_S}:image_similarity", title="Layout generation",
+         headline={"correct_all": "layout_correct_all", "position": "layout_position",
+                   "psnr": "layout_psnr", "ssim": "layout_ssim"},
+         benchmark_scorers={"shapesworld": f"{_U}:layout_shapes"}, opt_in=True),
+    Task("dialog", "und", "answer", f"{_U}:dialog_turns", title="Multi-turn dialogue",
+         headline={"turn_accuracy": "dialog_turn_acc", "dialog_accuracy": "dialog_acc",
+                   "task_turn_accuracy": "dialog_task_turn_acc"}, opt_in=True),
 ):
     register_task(_task)
 del _task

@@ -34,9 +34,12 @@ def task_token(task: str) -> str:
     return f"<{task}>"
 
 
-def special_tokens() -> list[str]:
-    """The structural tokens, then one marker per registered task (registry order)."""
-    return [*BASE_SPECIAL_TOKENS, *(task_token(t) for t in task_names())]
+def special_tokens(tasks: Iterable[str] | None = None) -> list[str]:
+    """The structural tokens, then one marker per registered task (registry order), or per
+    task of `tasks` (still in registry order)."""
+    wanted = None if tasks is None else set(tasks)
+    return [*BASE_SPECIAL_TOKENS,
+            *(task_token(t) for t in task_names() if wanted is None or t in wanted)]
 
 
 @dataclass(frozen=True)
@@ -74,28 +77,34 @@ class SpecialIds:
         return self.tasks[name]
 
 
-def _wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
+def _wrap(tok: Tokenizer, specials: list[str]) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK,
-        additional_special_tokens=special_tokens()[4:],
+        additional_special_tokens=specials[4:],
     )
 
 
-def train_text_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained on `texts` (prompts and answers), with utamoe's special tokens."""
+def train_text_tokenizer(texts: Iterable[str], vocab_size: int = 512,
+                         tasks: Iterable[str] | None = None) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on `texts` (prompts and answers), with utamoe's special tokens:
+    a marker for every registered task, or for the tasks of `tasks` (a training run passes
+    its data's tasks, so a tokenizer does not change when unrelated tasks are registered)."""
+    specials = special_tokens(tasks)
     tok = Tokenizer(models.BPE(unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=special_tokens(), show_progress=False,
+        vocab_size=vocab_size, special_tokens=specials, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    return _wrap(tok)
+    return _wrap(tok, specials)
 
 
-def load_text_tokenizer(path: str | Path, add_tasks: bool = True) -> PreTrainedTokenizerFast:
-    """A tokenizer from a local directory (ours or any HF one), with utamoe's special tokens added.
+def load_text_tokenizer(path: str | Path, add_tasks: bool = True,
+                        tasks: Iterable[str] | None = None) -> PreTrainedTokenizerFast:
+    """A tokenizer from a local directory (ours or any HF one), with utamoe's special tokens added
+    (task markers: every registered task's, or those of `tasks`).
 
     `add_tasks=False` adds no task markers: a trained model's own tokenizer is loaded as it was
     saved, since a marker added later would have no row in the model's embedding table."""
@@ -103,7 +112,7 @@ def load_text_tokenizer(path: str | Path, add_tasks: bool = True) -> PreTrainedT
     if not path.is_dir():
         raise FileNotFoundError(f"text tokenizer directory {path} does not exist")
     tok = AutoTokenizer.from_pretrained(str(path))
-    wanted = special_tokens() if add_tasks else BASE_SPECIAL_TOKENS
+    wanted = special_tokens(tasks) if add_tasks else BASE_SPECIAL_TOKENS
     missing = [t for t in wanted if t not in tok.get_vocab()]
     if missing:
         tok.add_special_tokens({"additional_special_tokens": missing})

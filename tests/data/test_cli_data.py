@@ -11,10 +11,11 @@ def test_shapes_then_check(tmp_path, capsys):
     argv = ["data", "shapes", "--out", str(out), "--seed", "1",
             "--sizes", "train=4", "val=2", "test=2", "heldout=2"]
     assert main(argv) == 0
-    assert "wrote 60 samples" in capsys.readouterr().out
+    assert "wrote 100 samples" in capsys.readouterr().out  # ten tasks by default
     data, _ = load_dataset(out)
-    assert {k: len(v) for k, v in data.items()} == {"heldout": 12, "test": 12, "train": 24,
-                                                    "val": 12}
+    assert {k: len(v) for k, v in data.items()} == {"heldout": 20, "test": 20, "train": 40,
+                                                    "val": 20}
+    assert {s.task for s in data["train"]} >= {"reason_edit", "seg", "layout", "dialog"}
     manifest = json.loads((out / "dataset.json").read_text())
     assert manifest["config"]["seed"] == 1
     assert main(argv) == 1  # refuses to overwrite without --force

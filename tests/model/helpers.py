@@ -62,3 +62,32 @@ def mixed_samples() -> list[Sample]:
 def mixed_batch(encoder, samples=None):
     seqs = [encoder.sample(s) for s in samples or mixed_samples()]
     return collate(seqs, encoder.special.pad), seqs
+
+
+SIGLIP = dict(model_type="siglip_vision_model", patch_size=16, hidden_size=32, intermediate_size=64,
+              num_hidden_layers=1, num_attention_heads=4)
+DINO = dict(model_type="dinov2", patch_size=8, hidden_size=24, intermediate_size=48,
+            num_hidden_layers=1, num_attention_heads=4)
+
+
+def tiny_mome_model(seed: int = 0, mole: bool = True):
+    """The three systems in one tiny model: MoVE (SigLIP, frozen DINOv2, the codec; ADT; router),
+    TA-MoE FFNs, MoLE adapters (3, instance-routed) beside them."""
+    from utamoe.model.config import MoVEConfig, VisionExpertConfig
+    from utamoe.moe.mole import MoLEConfig
+
+    move = MoVEConfig(encoders=[VisionExpertConfig("vit", config=SIGLIP),
+                                VisionExpertConfig("dino", config=DINO, frozen=True),
+                                VisionExpertConfig("codec", kind="codec")],
+                      query_grid=3, adt_heads=4, adt_points=2)
+    return tiny_model(MoEConfig(), seed=seed, move=move,
+                      mole=MoLEConfig(num_experts=3, bottleneck=8) if mole else None)
+
+
+def perturb_mome(model) -> None:
+    """Move MoME's zero-initialised parts so that every router and adapter matters."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".adapters.w_up" in name or "router.fc2" in name or "instance_gate" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)

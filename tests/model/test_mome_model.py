@@ -12,49 +12,25 @@ import pytest
 import torch
 
 from utamoe.config import ConfigError
-from utamoe.model.config import MoVEConfig, VisionExpertConfig
 from utamoe.model.generation import SamplingConfig, generate_images, generate_text
 from utamoe.model.io import load_model_dir, save_model_dir
 from utamoe.model.mixed_generation import Request, generate_mixed
-from utamoe.moe import MoEConfig, TaskAwareMoE, moe_layers
-from utamoe.moe.mole import MoLEConfig, MoLELayer, mole_layers
+from utamoe.moe import TaskAwareMoE, moe_layers
+from utamoe.moe.mole import MoLELayer, mole_layers
 
-from .helpers import images, mixed_batch, tiny_model
-
-SIGLIP = dict(model_type="siglip_vision_model", patch_size=16, hidden_size=32, intermediate_size=64,
-              num_hidden_layers=1, num_attention_heads=4)
-DINO = dict(model_type="dinov2", patch_size=8, hidden_size=24, intermediate_size=48,
-            num_hidden_layers=1, num_attention_heads=4)
-
-
-def mome(seed=0, mole=True):
-    move = MoVEConfig(encoders=[VisionExpertConfig("vit", config=SIGLIP),
-                                VisionExpertConfig("dino", config=DINO, frozen=True),
-                                VisionExpertConfig("codec", kind="codec")],
-                      query_grid=3, adt_heads=4, adt_points=2)
-    return tiny_model(MoEConfig(), seed=seed, move=move,
-                      mole=MoLEConfig(num_experts=3, bottleneck=8) if mole else None)
-
-
-def _perturb(model) -> None:
-    """Move the zero-initialised parts so that every router and adapter matters."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".adapters.w_up" in name or "router.fc2" in name or "instance_gate" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+from .helpers import images, mixed_batch, perturb_mome, tiny_mome_model
 
 
 @pytest.fixture(scope="module")
 def trained():
-    model, tok, enc = mome()
-    _perturb(model)
+    model, tok, enc = tiny_mome_model()
+    perturb_mome(model)
     return model.eval(), tok, enc
 
 
 def test_the_layers_compose_and_zero_adapters_change_nothing():
-    with_mole, _, enc = mome(seed=3)
-    without, _, _ = mome(seed=3, mole=False)
+    with_mole, _, enc = tiny_mome_model(seed=3)
+    without, _, _ = tiny_mome_model(seed=3, mole=False)
     blocks = with_mole.lm.layers
     assert all(isinstance(b.mlp, MoLELayer) and isinstance(b.mlp.ffn, TaskAwareMoE) for b in blocks)
     assert len(moe_layers(with_mole)) == len(mole_layers(with_mole)) == len(blocks)

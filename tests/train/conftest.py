@@ -47,3 +47,29 @@ UTAMOE_STAGES = [
      "moe": {"num_experts": 4, "top_k": 1}, "lora": {"rank": 4, "alpha": 8},
      "trainable": ["*lora_*", "lm.layers.*.mlp.*", "gen_head.*", "lm_head.*"]},
 ]
+
+
+class Killed(BaseException):
+    """Stands in for the process being killed (not an Exception: nothing may catch it)."""
+
+
+def kill_then_resume(cfg, run_dir, monkeypatch, kill_at: int = 6, checkpoint_at: int = 4) -> None:
+    """Train `cfg` into `run_dir`, killed while step `kill_at` runs (the last checkpoint is at
+    `checkpoint_at`), then resume it to the end."""
+    from utamoe.train.checkpoint import latest_checkpoint, read_state
+    from utamoe.train.trainer import Trainer
+
+    original, calls = Trainer._step, {"n": 0}
+
+    def dying_step(self, *args):
+        calls["n"] += 1
+        if calls["n"] == kill_at:
+            raise Killed
+        return original(self, *args)
+
+    monkeypatch.setattr(Trainer, "_step", dying_step)
+    with pytest.raises(Killed):
+        Trainer(cfg, run_dir, progress=False).run()
+    assert read_state(latest_checkpoint(run_dir / "checkpoints"))["trainer"]["global_step"] == checkpoint_at
+    monkeypatch.setattr(Trainer, "_step", original)
+    Trainer(cfg, run_dir, progress=False).run(resume=True)

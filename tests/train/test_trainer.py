@@ -15,7 +15,7 @@ from utamoe.train.checkpoint import latest_checkpoint, read_state, save_checkpoi
 from utamoe.train.config import build_config
 from utamoe.train.trainer import Trainer, TrainingStopped
 
-from .conftest import UTAMOE_STAGES, tiny_recipe
+from .conftest import UTAMOE_STAGES, Killed, kill_then_resume, tiny_recipe
 
 
 def losses(run_dir):
@@ -48,29 +48,10 @@ def test_utamoe_recipe_runs_its_surgery_and_saves_a_ta_moe_model(tiny_assets, tm
     assert stages == ["pretrain"] * 3 + ["stage1"] * 3 + ["stage2"] * 3
 
 
-class Killed(BaseException):
-    """Stands in for SIGKILL: the process dies between two steps, nothing is saved."""
-
-
 def test_kill_and_resume_equals_an_uninterrupted_run(tiny_assets, tmp_path, monkeypatch):
     cfg = build_config(tiny_recipe(tiny_assets, tmp_path / "a", UTAMOE_STAGES))
     Trainer(cfg, tmp_path / "a", progress=False).run()
-
-    original = Trainer._step
-    calls = {"n": 0}
-
-    def dying_step(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 6:  # global step 6 in progress; last checkpoint at step 4
-            raise Killed
-        return original(self, *args)
-
-    monkeypatch.setattr(Trainer, "_step", dying_step)
-    with pytest.raises(Killed):
-        Trainer(cfg, tmp_path / "b", progress=False).run()
-    assert read_state(latest_checkpoint(tmp_path / "b" / "checkpoints"))["trainer"]["global_step"] == 4
-    monkeypatch.setattr(Trainer, "_step", original)
-    Trainer(cfg, tmp_path / "b", progress=False).run(resume=True)
+    kill_then_resume(cfg, tmp_path / "b", monkeypatch)  # killed in step 6, checkpoint at 4
 
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
     a, _ = load_model_dir(tmp_path / "a" / "model")

@@ -80,7 +80,10 @@ def _sizes(c: Counter) -> str:
 def _example(s: Sample | None, width: int = 60) -> str:
     if s is None:
         return ""
-    text = f"{s.prompt} -> {s.target if s.target is not None else s.target_image_path}"
+    if s.turns is not None:
+        text = f"{len(s.turns)} turns: {s.prompt} -> {s.turns[1].text}"
+    else:
+        text = f"{s.prompt} -> {s.target if s.target is not None else s.target_image_path}"
     return text if len(text) <= width else text[: width - 3] + "..."
 
 

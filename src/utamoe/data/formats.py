@@ -10,6 +10,9 @@ task registry (utamoe.tasks). Images are read at their own size and converted to
 RGB (any PNG/JPEG mode); resizing to a model's resolution is the model's image
 processor's job (utamoe.vision.processor), not the dataset's.
 
+A record may instead be a multi-turn conversation: `turns` (user / assistant, text and
+optional images) in place of prompt, image and target (utamoe.data.conversations).
+
 `Sample` is shared by the in-memory ShapesWorld generator and this loader, so a
 training pipeline sees the same objects whether data was generated or loaded.
 Every loading error is a `DataFormatError` naming the file and line and saying
@@ -28,6 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from utamoe.data.conversations import Turn, check_turns, load_turns
 from utamoe.tasks import get_task, is_task, task_names
 
 FORMAT_NAME = "utamoe-dataset"
@@ -36,7 +40,7 @@ MANIFEST = "dataset.json"
 # Images above this many pixels are refused per record (a decompression bomb, or a photo
 # far larger than any model reads); data.max_image_pixels sets it for a run.
 MAX_IMAGE_PIXELS = 64_000_000
-RECORD_KEYS = ("id", "task", "group", "prompt", "image", "target", "target_image", "meta")
+RECORD_KEYS = ("id", "task", "group", "prompt", "image", "target", "target_image", "meta", "turns")
 
 OnError = Literal["raise", "skip"]
 
@@ -55,7 +59,8 @@ class DataFormatError(ValueError):
 @dataclass
 class Sample:
     """One sample of any task. Images are HxWx3 uint8 arrays in memory; `image_path` and
-    `target_image_path` are their paths relative to the dataset directory on disk."""
+    `target_image_path` are their paths relative to the dataset directory on disk. A
+    conversation has `turns` (its images are on them) and its first user text as `prompt`."""
 
     id: str
     task: str
@@ -66,15 +71,23 @@ class Sample:
     meta: dict[str, Any] = field(default_factory=dict)
     image_path: str | None = None
     target_image_path: str | None = None
+    turns: list[Turn] | None = None
 
     @property
     def group(self) -> str:
         return get_task(self.task).group
 
+    @property
+    def is_conversation(self) -> bool:
+        return self.turns is not None
+
     def to_record(self) -> dict[str, Any]:
         """The JSON record (paths must be set: `write_split` sets them when it saves images)."""
-        rec: dict[str, Any] = {"id": self.id, "task": self.task, "group": self.group,
-                               "prompt": self.prompt}
+        rec: dict[str, Any] = {"id": self.id, "task": self.task, "group": self.group}
+        if self.turns is not None:
+            rec["turns"] = [t.to_record() for t in self.turns]
+        else:
+            rec["prompt"] = self.prompt
         if self.image_path is not None:
             rec["image"] = self.image_path
         if self.target is not None:
@@ -121,10 +134,11 @@ def _check_fields(rec: Any, path: Path, line: int) -> None:
     if unknown:
         raise _fail(path, line, f"unknown field(s) {unknown}; valid fields are "
                     f"{', '.join(RECORD_KEYS)} (put extra information under 'meta')")
-    for key in ("id", "task", "group", "prompt"):
+    conversation = "turns" in rec
+    for key in ("id", "task", "group") + (() if conversation else ("prompt",)):
         if key not in rec:
             raise _fail(path, line, f"missing field '{key}'; every record needs id, task, "
-                        "group and prompt")
+                        "group and prompt (or turns, for a conversation)")
         if not isinstance(rec[key], str):
             raise _fail(path, line, f"field '{key}' must be a string, got {rec[key]!r}")
     if not rec["id"]:
@@ -142,6 +156,9 @@ def _check_fields(rec: Any, path: Path, line: int) -> None:
             raise _fail(path, line, f"field '{key}' must be a string or null, got {rec[key]!r}")
     if not isinstance(rec.get("meta", {}), dict):
         raise _fail(path, line, "field 'meta' must be a JSON object")
+    if conversation:
+        _check_conversation(rec, spec, path, line)
+        return
     if spec.needs_image and not rec.get("image"):
         raise _fail(path, line, f"task '{task}' needs an input image: set 'image' to a PNG "
                     "path relative to the dataset directory")
@@ -151,6 +168,21 @@ def _check_fields(rec: Any, path: Path, line: int) -> None:
     if spec.output == "image" and not rec.get("target_image"):
         raise _fail(path, line, f"missing target: task '{task}' needs 'target_image', a PNG "
                     "path relative to the dataset directory")
+
+
+def _check_conversation(rec: dict, spec, path: Path, line: int) -> None:
+    """A conversation record: turns instead of prompt / image / target, on a text task."""
+    both = [k for k in ("prompt", "image", "target") if k in rec]
+    if both:
+        raise _fail(path, line, f"a conversation (a record with 'turns') has no {both}: its "
+                    "text and images are in its turns; drop those fields")
+    if spec.output != "text":
+        raise _fail(path, line, f"task '{spec.name}' produces images; only text tasks (e.g. "
+                    "dialog) take conversations")
+    check_turns(rec["turns"], lambda msg: _fail(path, line, msg))
+    if spec.needs_image and not any(t.get("image") for t in rec["turns"]):
+        raise _fail(path, line, f"task '{spec.name}' needs an input image: give a user turn "
+                    "an 'image' (a PNG path relative to the dataset directory)")
 
 
 def _image_path(root: Path, rel: str, key: str, path: Path, line: int) -> Path:
@@ -200,6 +232,15 @@ def record_to_sample(rec: Any, root: Path, path: Path, line: int,
                      load_images: bool = True, max_pixels: int = MAX_IMAGE_PIXELS) -> Sample:
     """Validate one parsed JSON record and build its Sample (raises DataFormatError)."""
     _check_fields(rec, path, line)
+    turns = None
+    if "turns" in rec:
+        def read(rel: str, key: str):
+            if load_images:
+                return _read_image(root, rel, key, path, line, max_pixels)
+            _image_path(root, rel, key, path, line)
+            return None
+
+        turns = load_turns(rec["turns"], read)
     images = {}
     for key in ("image", "target_image"):
         rel = rec.get(key)
@@ -210,10 +251,11 @@ def record_to_sample(rec: Any, root: Path, path: Path, line: int,
         else:
             _image_path(root, rel, key, path, line)
             images[key] = None
-    return Sample(id=rec["id"], task=rec["task"], prompt=rec["prompt"], image=images["image"],
+    prompt = rec["prompt"] if turns is None else turns[0].text
+    return Sample(id=rec["id"], task=rec["task"], prompt=prompt, image=images["image"],
                   target=rec.get("target"), target_image=images["target_image"],
                   meta=dict(rec.get("meta") or {}), image_path=rec.get("image"),
-                  target_image_path=rec.get("target_image"))
+                  target_image_path=rec.get("target_image"), turns=turns)
 
 
 # ---------------------------------------------------------------- loading
@@ -343,6 +385,10 @@ def write_split(root: str | os.PathLike, split: str, samples: Iterable[Sample],
                     rel = f"images/{split}/{s.id}_{suffix}.png"
                     _save_png(array, root / rel)
                     setattr(s, f"{attr}_path", rel)
+            for k, turn in enumerate(s.turns or ()):
+                if turn.image is not None:
+                    turn.image_path = f"images/{split}/{s.id}_turn{k}.png"
+                    _save_png(turn.image, root / turn.image_path)
             fh.write(json.dumps(s.to_record(), separators=(",", ":")) + "\n")
             n += 1
             if progress is not None:

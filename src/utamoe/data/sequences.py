@@ -8,6 +8,11 @@ registry (utamoe.tasks):
              (a text-only answer task has no <img> ... </img> block)
     generate (t2i): <bos> <task> prompt <img> | code x N
     edit:    <bos> <task> <img> <code_slot> x N (input image codes) </img> instruction <img> | code x N
+    conversation (a record with turns, utamoe.data.conversations), any answer task:
+             <bos> <task> [<img> <und_slot> x P </img>] user 1 <sep> | assistant 1 <eos>
+                          [<img> ... </img>] user 2 <sep> | assistant 2 <eos> ...
+             (the loss is on the assistant turns and their <eos> only; a user turn's image
+             sits in front of its text)
 
 Left of `|` is the prefix (given at inference); right of it is the target, the
 only part with a loss. `<und_slot>` positions receive the understanding
@@ -46,6 +51,7 @@ class TokenSequence:
     text_loss: list[bool] = field(default_factory=list)
     code_loss: list[bool] = field(default_factory=list)
     image: np.ndarray | None = None  # understanding input (HxWx3 uint8)
+    extra_images: list = field(default_factory=list)  # a conversation's later images, in order
     # The instruction (text and token positions [start, end)): what MoME's instance-level
     # routers read (utamoe.model.instructions); "" for a <null> (unconditional) prompt.
     prompt: str = ""
@@ -117,9 +123,40 @@ class Encoder:
             seq.text(words + [sp.image_start])
         return seq
 
+    def conversation(self, task: str, turns: Sequence) -> TokenSequence:
+        """The sequence of a conversation (a list of utamoe.data.conversations.Turn): loss on
+        the assistant turns; ending on a user turn, it is the prefix of the next answer."""
+        spec = get_task(task)
+        if spec.layout != "answer":
+            raise ValueError(f"task {task!r} has layout {spec.layout!r}; conversations are "
+                             "answer-layout (text) tasks")
+        sp, seq = self.special, TokenSequence(task)
+        seq.text([sp.bos, sp.task(task)])
+        for k, turn in enumerate(turns):
+            if turn.role == "assistant":
+                seq.text(self.words(turn.text) + [sp.eos], loss=True)
+                continue
+            if turn.image is not None:
+                image = self.process(turn.image)
+                if seq.image is None:
+                    seq.image = image
+                else:
+                    seq.extra_images.append(image)
+                seq.text([sp.image_start] + [sp.und_slot] * self.und_tokens + [sp.image_end])
+            words = self.words(turn.text)
+            if k == 0:
+                seq.prompt = turn.text
+                seq.prompt_span = (len(seq.input_ids), len(seq.input_ids) + len(words))
+            seq.text(words + [sp.sep])
+        if spec.needs_image and seq.image is None:
+            raise ValueError(f"task {task!r} needs an input image: give a user turn an image")
+        return seq
+
     def sample(self, sample: Sample, null_prompt: bool = False, target_codes=None,
                input_codes=None) -> TokenSequence:
         """The full training sequence of a sample (prefix + target with loss)."""
+        if sample.turns is not None:
+            return self.conversation(sample.task, sample.turns)
         seq = self.prefix(sample.task, sample.prompt, sample.image, null_prompt, input_codes)
         if get_task(sample.task).output == "text":
             if sample.target is None:
@@ -217,12 +254,15 @@ def collate(seqs: list[TokenSequence], pad_id: int, left_pad: bool = False) -> B
         text_labels[b, sl], code_labels[b, sl] = torch.tensor(tl), torch.tensor(cl)
         start = sl.start + s.prompt_span[0]
         prompt_mask[b, start:start + s.prompt_span[1] - s.prompt_span[0]] = True
-    images = [s.image for s in seqs if s.image is not None]
+    return Batch(ids, codes, mask, text_labels, code_labels, *sample_fields(seqs), prompt_mask)
+
+
+def sample_fields(seqs: list[TokenSequence]) -> tuple:
+    """The per-sample fields of a batch of `seqs`, in their order: group ids, task ids, the
+    understanding images' pixel values (a conversation's several images in turn; None without
+    images) and the instruction texts. Shared by `collate` and the packer."""
+    images = [img for s in seqs if s.image is not None for img in (s.image, *s.extra_images)]
     names = task_names()
-    return Batch(
-        ids, codes, mask, text_labels, code_labels,
-        torch.tensor([GROUPS.index(get_task(s.task).group) for s in seqs]),
-        torch.tensor([names.index(s.task) for s in seqs]),
-        pixel_values(images) if images else None,
-        [s.prompt for s in seqs], prompt_mask,
-    )
+    return (torch.tensor([GROUPS.index(get_task(s.task).group) for s in seqs]),
+            torch.tensor([names.index(s.task) for s in seqs]),
+            pixel_values(images) if images else None, [s.prompt for s in seqs])

@@ -107,6 +107,8 @@ def model_predictor(predictor, sampling: EvalSampling) -> PredictFn:
 
     def predict(task: str, batch: list[Sample], offset: int) -> list[Prediction]:
         images = [s.image for s in batch]
+        if any(s.turns is not None for s in batch):
+            return _converse(predictor, task, batch, sampling.text_config(offset))
         if get_task(task).output == "text":
             return predictor.answer(images, [s.prompt for s in batch], task=task,
                                     sampling=sampling.text_config(offset))
@@ -114,6 +116,35 @@ def model_predictor(predictor, sampling: EvalSampling) -> PredictFn:
                                   images=images if get_task(task).needs_image else None, task=task)
 
     return predict
+
+
+def _converse(predictor, task: str, batch: list[Sample], sampling) -> list[Prediction]:
+    """A conversation's prediction: its assistant answers, each given the gold history."""
+    from utamoe.data.conversations import exchanges
+
+    histories, owner = [], []
+    for i, s in enumerate(batch):
+        if s.turns is None:
+            raise ValueError(f"sample {s.id}: task {task!r} mixes conversations and single "
+                             "prompts in one batch; give each task one kind of record")
+        for history, _ in exchanges(s.turns):
+            histories.append(history)
+            owner.append(i)
+    answers = predictor.converse(histories, task, sampling) if histories else []
+    out: list[list[str]] = [[] for _ in batch]
+    for i, a in zip(owner, answers):
+        out[i].append(a)
+    return out
+
+
+def task_router(predictor, executors: dict | None = None):
+    """The task router eval runs predicted spans through (the default executors on the
+    model, or `executors`: a config mapping task -> executor spec); None without a model."""
+    if predictor is None:
+        return None
+    from utamoe.tasks_exec import ExecContext, TaskRouter, executors_from_config
+
+    return TaskRouter(executors_from_config(executors, ExecContext(predictor)))
 
 
 def _predict_all(by_task: dict[str, list[Sample]], predict_fn: PredictFn, batch_size: int,
@@ -161,13 +192,14 @@ def _predict_all(by_task: dict[str, list[Sample]], predict_fn: PredictFn, batch_
 def evaluate_model(predictor, samples: Sequence[Sample], sampling: EvalSampling | None = None,
                    batch_size: int | None = None, max_per_task: int | None = None,
                    progress: bool = True, world_config: ShapesWorldConfig | None = None,
-                   predict_fn: PredictFn | None = None) -> EvalResult:
+                   predict_fn: PredictFn | None = None, router=None) -> EvalResult:
     """Generate and score every task in `samples`; see the module docstring.
 
     `predictor` is a `utamoe.predict.Predictor`; `batch_size` overrides
     `sampling.batch_size` (and is recorded there); `max_per_task` keeps the first N
     samples of each task; `predict_fn` replaces generation with the predictor (then
-    `predictor` may be None).
+    `predictor` may be None); `router` runs predicted task spans for the scorers that execute
+    them (default: `task_router(predictor)`, None without a predictor).
     """
     import torch
 
@@ -194,7 +226,11 @@ def evaluate_model(predictor, samples: Sequence[Sample], sampling: EvalSampling 
     finally:
         if was_training:
             model.train()
-    scores = score_by_task(by_task, preds, context_for(world_config))
+    if router is None:
+        router = task_router(predictor)
+    ctx = dataclasses.replace(context_for(world_config), router=router)
+    with torch.no_grad():
+        scores = score_by_task(by_task, preds, ctx)
     seconds = time.perf_counter() - start
     ordered = [s for v in by_task.values() for s in v]
     return EvalResult(per_task=scores.per_task, headline=headline_metrics(scores.per_task),

@@ -87,9 +87,20 @@ def generate_text(model, encoder: Encoder, tasks: list[str], prompts: list[str],
                   images: list[np.ndarray], cfg: SamplingConfig | None = None,
                   use_cache: bool = True) -> list[str]:
     """Answers for understanding prompts about images (one task per row)."""
+    seqs = [encoder.prefix(t, p, img) for t, p, img in zip(tasks, prompts, images)]
+    return complete_text(model, encoder, seqs, cfg, use_cache)
+
+
+@torch.no_grad()
+def complete_text(model, encoder: Encoder, seqs: list, cfg: SamplingConfig | None = None,
+                  use_cache: bool = True) -> list[str]:
+    """The text that follows each prefix (TokenSequences ending where an answer starts, e.g.
+    a conversation's history up to a user turn), until <eos>. Answers keep their task spans
+    when the tokenizer has span tokens (utamoe.tasks_exec.tokens.decode_answer)."""
+    from utamoe.tasks_exec.tokens import decode_answer
+
     cfg = cfg or SamplingConfig()
     sp = encoder.special
-    seqs = [encoder.prefix(t, p, img) for t, p, img in zip(tasks, prompts, images)]
     gen = torch.Generator().manual_seed(cfg.seed)
     with decoding(model, seqs, sp.pad, use_cache) as (batch, stepper):
         done = torch.zeros(len(seqs), dtype=torch.bool, device=batch.input_ids.device)
@@ -106,7 +117,7 @@ def generate_text(model, encoder: Encoder, tasks: list[str], prompts: list[str],
     answers = []
     for row in tokens:
         row = row[: row.index(sp.eos)] if sp.eos in row else row
-        answers.append(encoder.tokenizer.decode(row, skip_special_tokens=True).strip())
+        answers.append(decode_answer(encoder.tokenizer, row))
     return answers
 
 

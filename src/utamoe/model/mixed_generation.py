@@ -152,7 +152,9 @@ def _next_embeddings(model, feed: torch.Tensor, text_rows: torch.Tensor) -> torc
 
 def _decode(encoder, tokens: list[int], eos: int) -> str:
     row = tokens[: tokens.index(eos)] if eos in tokens else tokens
-    return encoder.tokenizer.decode(row, skip_special_tokens=True).strip()
+    from utamoe.tasks_exec.tokens import decode_answer
+
+    return decode_answer(encoder.tokenizer, row)
 
 
 def _collect_trace(session, rows, cond_row, done, results) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
@@ -60,16 +61,37 @@ def _require_dir(path: str, what: str) -> Path:
 def build_backbone(part: HFPart, vocab_size: int) -> tuple[nn.Module, nn.Module]:
     """(decoder base model, lm_head) from a local ...ForCausalLM directory or a config dict.
 
-    The embedding table grows to `vocab_size` when the text tokenizer added tokens.
+    The embedding table grows to `vocab_size` when the text tokenizer added tokens (utamoe's
+    special tokens, task and grounding tokens): see `grow_vocab`.
     """
     if part.path is not None:
         causal = AutoModelForCausalLM.from_pretrained(str(_require_dir(part.path, "model.backbone")))
     else:
         cfg = AutoConfig.for_model(**{**part.config, "vocab_size": vocab_size})
         causal = AutoModelForCausalLM.from_config(cfg)
-    if causal.get_input_embeddings().num_embeddings < vocab_size:
-        causal.resize_token_embeddings(vocab_size)
+    grow_vocab(causal, vocab_size)
     return causal.get_decoder(), causal.get_output_embeddings()
+
+
+@torch.no_grad()
+def grow_vocab(causal: nn.Module, vocab_size: int) -> int:
+    """Give a causal LM `vocab_size` rows in its input and output embeddings; returns how many
+    were added. Each new row (input and output alike) is the mean of the existing rows: a new
+    token then starts as an "average" token, its logit the mean logit, so a pretrained backbone
+    is not thrown off by tokens it never saw (a random row can dominate the softmax)."""
+    old = causal.get_input_embeddings().num_embeddings
+    if old >= vocab_size:
+        return 0
+    causal.resize_token_embeddings(vocab_size, mean_resizing=False)
+    tables = [causal.get_input_embeddings().weight]
+    head = causal.get_output_embeddings()
+    if head is not None and head.weight is not tables[0]:
+        tables.append(head.weight)
+    for w in tables:
+        w[old:] = w[:old].float().mean(0).to(w.dtype)
+    if head is not None and getattr(head, "bias", None) is not None:
+        head.bias[old:] = head.bias[:old].float().mean().to(head.bias.dtype)
+    return vocab_size - old
 
 
 def _janus_vision(config: dict) -> nn.Module:

@@ -16,6 +16,10 @@ batch's registry group indices are mapped to the MoE config's `group_names` orde
 MoME's instance-level routers (the MoVE router, MoLE adapters) read one
 instruction embedding per sequence (`instance_embeddings`, utamoe.model.instructions):
 the forward passes it to the mixture and into the routing session.
+`forward` also takes a packed batch (utamoe.data.packing.PackedBatch: several samples per
+row): per-sample fields are then indexed per token by `sample_ids`, and the decoder gets
+block-diagonal causal attention and per-sample positions (utamoe.model.packed; the mode
+is `pack_attention`); the losses are those of the same samples unpacked.
 Model code is single-device PyTorch; distribution lives in utamoe.train.
 """
 
@@ -125,6 +129,7 @@ class UnifiedModel(nn.Module):
         if not self.needs_instructions:
             return None
         device = self.gen_embed.weight.device
+        packed = getattr(batch, "sample_ids", None)  # rows of several samples: one per sample
         if self.sentence_encoder is not None:
             if batch.prompts is None:
                 raise ValueError("the batch has no instruction texts (Batch.prompts); build it "
@@ -136,6 +141,11 @@ class UnifiedModel(nn.Module):
         from utamoe.model.instructions import mean_token_embedding
 
         table = self.lm.get_input_embeddings()
+        if packed is not None:
+            from utamoe.model.packed import sample_mean_embedding
+
+            return sample_mean_embedding(table(batch.input_ids), batch.prompt_mask.to(device),
+                                         packed, len(batch.task_ids))
         return mean_token_embedding(table(batch.input_ids), batch.prompt_mask.to(device))
 
     def routing(self, batch: Batch, instances: torch.Tensor | None, trace: bool = False):
@@ -198,14 +208,21 @@ class UnifiedModel(nn.Module):
 
     def embed(self, input_ids: torch.Tensor, code_ids: torch.Tensor | None = None,
               pixel_values: torch.Tensor | None = None,
-              instances: torch.Tensor | None = None) -> torch.Tensor:
+              instances: torch.Tensor | None = None,
+              sample_ids: torch.Tensor | None = None) -> torch.Tensor:
         """(B, S, D) input embeddings: text table, understanding features, code embeddings.
-        `instances` (B, De): the rows' instruction embeddings (for a routed MoVE mixture)."""
+        `instances` (B, De): the rows' instruction embeddings (for a routed MoVE mixture);
+        packed rows: (N, De) per sample, with `sample_ids` (B, S) naming each token's sample."""
         emb = self.lm.get_input_embeddings()(input_ids)
         if pixel_values is not None:
             slots = input_ids == self.config.und_slot_id
-            rows = slots.any(1)  # images are in the order of the rows that hold them
-            feats = self.und_features(pixel_values, None if instances is None else instances[rows])
+            # Images are in the order of the rows that hold them; a conversation's row may
+            # hold several (one run of slots each), and each gets its row's instruction.
+            starts = slots & ~F.pad(slots[:, :-1], (1, 0))
+            if instances is not None:  # packed rows: each image gets its sample's instruction
+                instances = (instances.repeat_interleave(starts.sum(1), dim=0) if sample_ids is None
+                             else instances[sample_ids[starts]])
+            feats = self.und_features(pixel_values, instances)
             feats = feats.to(emb.dtype)
             if int(slots.sum()) != feats.shape[0] * feats.shape[1]:
                 raise ValueError(
@@ -231,14 +248,27 @@ class UnifiedModel(nn.Module):
 
     # ------------------------------------------------------------------ training forward
 
+    # How packed rows tell the decoder their attention blocks (utamoe.model.packed.MODES).
+    pack_attention = "auto"
+
     def forward(self, batch: Batch) -> UnifiedOutput:
-        labels = self.group_labels(batch.group_ids)[:, None].expand_as(batch.input_ids).masked_fill(
-            batch.attention_mask == 0, -1)
+        packed = getattr(batch, "sample_ids", None)  # (B, S) in a PackedBatch, else None
+        if packed is None:
+            labels = self.group_labels(batch.group_ids)[:, None].expand_as(batch.input_ids)
+            labels = labels.masked_fill(batch.attention_mask == 0, -1)
+        else:  # per-sample group -> per token
+            labels = self.group_labels(batch.group_ids)[packed.clamp(min=0)].masked_fill(packed < 0, -1)
         instances = self.instance_embeddings(batch)
         with route(self, task_labels=labels, attention_mask=batch.attention_mask,
-                   instances=instances) as session:
-            emb = self.embed(batch.input_ids, batch.code_ids, batch.pixel_values, instances)
-            h, _ = self.hidden(emb, attention_mask=batch.attention_mask)
+                   instances=instances, sample_ids=packed) as session:
+            emb = self.embed(batch.input_ids, batch.code_ids, batch.pixel_values, instances, packed)
+            if packed is None:
+                h, _ = self.hidden(emb, attention_mask=batch.attention_mask)
+            else:
+                from utamoe.model.packed import packed_attention
+
+                h, _ = self.hidden(emb, **packed_attention(self.lm, packed, batch.position_ids,
+                                                           emb.dtype, self.pack_attention))
         group_losses, per_token = {}, {}
         for group, head, labels in (("und", self.lm_head, batch.text_labels),
                                     ("gen", self.gen_head, batch.code_labels)):
@@ -292,12 +322,14 @@ def _takes_cache(decoder_cls) -> bool:
 
 
 def _task_losses(batch: Batch, per_token: dict) -> dict[str, float]:
-    """Mean CE per task (detached): the row of each loss token tells its task."""
+    """Mean CE per task (detached): the row (the sample, in packed rows) of each loss token
+    tells its task."""
     out: dict[str, float] = {}
     names = task_names()
+    packed = getattr(batch, "sample_ids", None)
     for ce, pos in per_token.values():
-        rows = pos.nonzero()[:, 0]
-        tasks = batch.task_ids[rows]
+        owners = pos.nonzero()[:, 0] if packed is None else packed[pos]
+        tasks = batch.task_ids[owners]
         for t in tasks.unique().tolist():
             out[names[t]] = float(ce[tasks == t].mean())
     return out

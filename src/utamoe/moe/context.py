@@ -27,7 +27,9 @@ modules that reported it, then sums the names: modules with different loss sets
 Labels are group indices: (B,) per sequence or (B, S) per token, -1 for padding
 or "no label". `instances` (B, De) are per-sequence instruction embeddings (a
 sentence encoder's, computed by the caller) for instance-level routers such as
-MoLE's. Outside a session the modules route on their inputs alone (inference
+MoLE's. In a packed batch (utamoe.data.packing: several samples per row) `instances` is
+(N, De), one per *sample*, and `sample_ids` (B, S) names each token's sample (-1 for
+padding): `instance_index` maps tokens to their sample's embedding. Outside a session the modules route on their inputs alone (inference
 needs no label) and record nothing; instance routers need a session.
 Nothing is global: the session object is created, owned and read by the caller.
 """
@@ -77,11 +79,13 @@ class RoutingSession:
     """Task labels and instruction embeddings for the layers, and the records they write back."""
 
     def __init__(self, task_labels=None, attention_mask=None, trace: bool = False,
-                 instances: torch.Tensor | None = None):
+                 instances: torch.Tensor | None = None, sample_ids: torch.Tensor | None = None):
         self.task_labels = task_labels
         self.attention_mask = attention_mask
-        # (B, De): one instruction embedding per sequence, for instance-level routers (MoLE).
+        # (B, De): one instruction embedding per sequence, for instance-level routers (MoLE);
+        # (N, De), one per sample, with `sample_ids` (B, S) when rows are packed.
         self.instances = instances
+        self.sample_ids = sample_ids
         self.records: list[LayerRecord] = []
         self._real: dict = {}
         # With `trace`, routed modules also append per-token decisions here (detached):
@@ -116,6 +120,20 @@ class RoutingSession:
         if labels is not None:
             labels = labels.reshape(-1).long()
         return labels, None if valid is None else valid.reshape(-1)
+
+    def instance_index(self, lead: tuple, device) -> torch.Tensor | None:
+        """(T,) index into `instances` of each token of a (B, S) input when rows are packed;
+        None when there is one instance per row. Padding (-1) borrows sample 0: routers
+        neither compute nor count it (`real_tokens`, `token_view`)."""
+        if self.sample_ids is None:
+            return None
+        ids = torch.as_tensor(self.sample_ids, device=device)
+        if tuple(ids.shape) != tuple(lead):
+            raise ValueError(
+                f"sample_ids has shape {tuple(ids.shape)} but the layer sees tokens of shape "
+                f"{tuple(lead)}; packed rows (utamoe.data.packing) route whole forwards only, "
+                f"not KV-cache steps: generate from unpacked batches")
+        return ids.reshape(-1).clamp(min=0)
 
     @staticmethod
     def _expand(t, lead: tuple, what: str, device):
@@ -183,11 +201,12 @@ def summarize_stats(per_layer: list[dict]) -> dict:
 
 @contextmanager
 def route(model: nn.Module, task_labels=None, attention_mask=None, trace: bool = False,
-          instances: torch.Tensor | None = None) -> Iterator[RoutingSession]:
-    """Bind task labels (and `instances`, (B, De) instruction embeddings) to every routed module
-    in `model`; yield the session that collects losses (and, with `trace`, every token's routing
-    decision)."""
-    session = RoutingSession(task_labels, attention_mask, trace, instances)
+          instances: torch.Tensor | None = None,
+          sample_ids: torch.Tensor | None = None) -> Iterator[RoutingSession]:
+    """Bind task labels (and `instances`, (B, De) instruction embeddings; (N, De) with
+    `sample_ids` (B, S) for packed rows) to every routed module in `model`; yield the session
+    that collects losses (and, with `trace`, every token's routing decision)."""
+    session = RoutingSession(task_labels, attention_mask, trace, instances, sample_ids)
     named = [(n, m) for n, m in model.named_modules() if isinstance(m, RoutedModule)]
     layers = [m for _, m in named]
     previous = [(layer.session, layer.session_name) for layer in layers]

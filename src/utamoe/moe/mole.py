@@ -26,8 +26,12 @@ real tokens) and lazy stats "mole_tokens" (E,), real tokens per adapter. No rout
 is written: its consumers (serve metrics, the web page's experts view) read every traced
 layer as a TA-MoE group decision, which MoLE's is not.
 
-Shapes: B sequences, S positions, T = B*S tokens, U routing units (B sequences for
-"instance", else T tokens), N real (unpadded) tokens, D model width, De instance-embedding
+Packed rows (utamoe.data.packing) hold several samples each: the session's `sample_ids`
+then map every token to its sample's embedding (`RoutingSession.instance_index`), so each
+sample keeps its own adapter, as unpacked.
+
+Shapes: B sequences, S positions, T = B*S tokens, U routing units (B sequences, or N samples
+of packed rows, for "instance"; else T tokens), N real (unpadded) tokens, D model width, De instance-embedding
 width, E adapters, r bottleneck width, M dispatched rows (one adapter per row).
 """
 
@@ -193,20 +197,22 @@ class MoLELayer(RoutedModule):
         """(logits_TE fp32, adapter ids_T, weights_T fp32) for every token."""
         lead = tuple(hidden.shape[:-1])
         if self.config.uses_instance:
-            inst_UDe, per_unit = self._instances(lead, hidden.device)
+            inst_UDe, to_tokens = self._instances(lead, hidden.device)
             inst_logits_UE = F.linear(inst_UDe.float(), self.instance_gate.weight.float())
         if self.config.routing == "instance":
-            # One choice (and one Gumbel sample) per sequence, then shared by all its tokens.
+            # One choice (and one Gumbel sample) per sample, then shared by all its tokens.
             ids_U, w_U = self._select(inst_logits_UE)
-            return tuple(t.repeat_interleave(per_unit, dim=0) for t in (inst_logits_UE, ids_U, w_U))
+            return tuple(to_tokens(t) for t in (inst_logits_UE, ids_U, w_U))
         x_TD = hidden.reshape(-1, hidden.shape[-1]).float()
         logits_TE = F.linear(x_TD, self.token_gate.weight.float())
         if self.config.uses_instance:
-            logits_TE = logits_TE + inst_logits_UE.repeat_interleave(per_unit, dim=0)
+            logits_TE = logits_TE + to_tokens(inst_logits_UE)
         return (logits_TE, *self._select(logits_TE))
 
-    def _instances(self, lead: tuple, device) -> tuple[torch.Tensor, int]:
-        """The session's instruction embeddings (B, De) and how many tokens each one covers."""
+    def _instances(self, lead: tuple, device):
+        """The session's instruction embeddings (U, De) and the map from per-unit values to
+        per-token ones: U = B rows, each covering its S tokens, or, in packed rows
+        (utamoe.data.packing), U = N samples, each token taking its sample's (`sample_ids`)."""
         inst = None if self.session is None else self.session.instances
         if inst is None:
             raise RuntimeError(
@@ -214,13 +220,19 @@ class MoLELayer(RoutedModule):
                 f"the forward inside `with utamoe.moe.route(model, instances=emb)`, emb of shape "
                 f"(batch, {self.instance_dim}) (e.g. a sentence-encoder embedding per instruction)")
         inst = torch.as_tensor(inst, device=device)
+        index_T = self.session.instance_index(lead, device)
+        if index_T is not None:  # packed rows: one embedding per sample
+            if inst.dim() != 2 or inst.shape[1] != self.instance_dim:
+                raise ValueError(f"instances has shape {tuple(inst.shape)} but MoLE expects "
+                                 f"(samples, {self.instance_dim}) for packed rows")
+            return inst, lambda t: t.index_select(0, index_T)
         per_unit = math.prod(lead[1:]) if len(lead) > 1 else 1  # S tokens per sequence (1: KV cache)
         if tuple(inst.shape) != (lead[0], self.instance_dim):
             raise ValueError(
                 f"instances has shape {tuple(inst.shape)} but MoLE expects ({lead[0]}, "
                 f"{self.instance_dim}): one embedding of width instance_dim per sequence of the "
                 f"forward's input {lead} (one per row when the input is (T, D))")
-        return inst, per_unit
+        return inst, lambda t: t.repeat_interleave(per_unit, dim=0)
 
     def _select(self, logits_UE: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config

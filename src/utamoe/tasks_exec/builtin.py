@@ -148,9 +148,14 @@ def model_t2i(context: ExecContext, sampling: dict | None = None, task: str = "t
 
 
 def model_layout(context: ExecContext, sampling: dict | None = None,
-                 task: str = "t2i") -> ModelLayout:
-    return ModelLayout(need_predictor(context, "model_layout"),
-                       sampling_config(sampling, "model_layout"), task)
+                 task: str | None = None) -> ModelLayout:
+    """Factory: layout spans drawn by the model's own `layout` task when it was trained on one
+    (its tokenizer has the <layout> marker), else by its t2i; `task` chooses explicitly."""
+    predictor = need_predictor(context, "model_layout")
+    if task is None:
+        known = getattr(getattr(getattr(predictor, "encoder", None), "special", None), "tasks", {})
+        task = "layout" if "layout" in known else "t2i"
+    return ModelLayout(predictor, sampling_config(sampling, "model_layout"), task)
 
 
 def model_edit(context: ExecContext, sampling: dict | None = None, task: str = "edit") -> ModelEdit:

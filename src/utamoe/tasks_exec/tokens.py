@@ -10,15 +10,23 @@ skip_special_tokens=True)` keeps them. Two caveats the caller must know:
   `decode(ids, skip_special_tokens=True)` drops it and the span loses its opener;
   `decode_response` drops only the structural specials (<eos>, <pad>, ...) and keeps every
   task-span token;
-- every added token needs a row in the model's embedding and output layers (the model side
-  of issue 14, not this module).
+- every added token needs a row in the model's embedding and output layers: a model built
+  from scratch is built at `len(tokenizer)`, a pretrained backbone grows its tables with rows
+  set to the mean of the existing ones (utamoe.model.parts.build_backbone).
+
+A byte-level BPE puts a space in front of the text that follows an added token
+("<box>[0.1" decodes as "<box> [0.1"); `decode_response` takes that space out again after
+the openers (<T>, <box>), where the span grammar never has one, so a canonical answer
+decodes to itself. `decode_answer` is what text generation calls: the old plain decode for
+a tokenizer without span tokens (its answers are unchanged), `decode_response` otherwise.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
-from utamoe.tasks_exec.spans import TASK_SPAN_TOKENS
+from utamoe.tasks_exec.spans import BOX_OPEN, TASK_SPAN_TOKENS
 
 
 def add_span_tokens(tokenizer, tasks: Iterable[str]) -> list[str]:
@@ -40,4 +48,44 @@ def decode_response(tokenizer, ids: Sequence[int], tasks: Iterable[str]) -> str:
     keep = {vocab[t] for t in TASK_SPAN_TOKENS(tasks) if t in vocab}
     special = set(tokenizer.all_special_ids)
     kept = [i for i in ids if i in keep or i not in special]
-    return tokenizer.decode(kept, skip_special_tokens=False).strip()
+    text = tokenizer.decode(kept, skip_special_tokens=False).strip()
+    openers = [t for t in TASK_SPAN_TOKENS(tasks) if not t.startswith("</") and t in vocab]
+    if not openers:
+        return text
+    return re.sub("(" + "|".join(re.escape(t) for t in openers) + ") ", r"\1", text)
+
+
+def span_tasks_of(tokenizer) -> list[str]:
+    """The tasks whose span tokens this tokenizer holds (a closer `</T>` in its vocabulary,
+    besides the structural `</img>` and `</box>`), in vocabulary order."""
+    vocab = tokenizer.get_vocab()
+    if BOX_OPEN not in vocab:
+        return []
+    names = [t[2:-1] for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])
+             if t.startswith("</") and t.endswith(">") and f"<{t[2:-1]}>" in vocab]
+    return [n for n in names if n not in ("img", "box")]
+
+
+def decode_answer(tokenizer, ids: Sequence[int]) -> str:
+    """Generated answer ids -> text: task spans kept when the tokenizer has span tokens,
+    else the plain `decode(skip_special_tokens=True)` (so older models answer as before)."""
+    tasks = span_tasks_of(tokenizer)
+    if not tasks:
+        return tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+    return decode_response(tokenizer, ids, tasks)
+
+
+_SPAN_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9_]*>")
+
+
+def strip_span_tokens(text: str, tasks: Iterable[str]) -> str:
+    """`text` with the task-span tokens of `tasks` replaced by spaces: what a BPE is trained
+    on, since those tokens are added whole afterwards and must not cost merges."""
+    known = set(TASK_SPAN_TOKENS(tasks))
+    return _SPAN_TAG.sub(lambda m: " " if m.group(0) in known else m.group(0), text)
+
+
+def has_span_tokens(texts: Iterable[str], tasks: Iterable[str]) -> bool:
+    """Whether some text holds a task-span token of `tasks` (data written for executors)."""
+    known = set(TASK_SPAN_TOKENS(tasks))
+    return any(m.group(0) in known for t in texts for m in _SPAN_TAG.finditer(t or ""))

@@ -25,7 +25,7 @@ import yaml
 from utamoe.config import ConfigError, from_dict, to_dict
 from utamoe.model.config import UnifiedConfig
 from utamoe.moe import MoEConfig
-from utamoe.tasks import group_index, group_of, is_task, task_names
+from utamoe.tasks import default_tasks, group_index, group_of, is_task, task_names
 
 SURGERIES = ("split_ffn", "upcycle")
 
@@ -90,6 +90,12 @@ class TrainConfig:
     # One forward/backward per task group of each micro-batch, each cut to its own longest
     # sequence: und rows stop paying for the gen rows' padding (utamoe.train.levers.split_by_group).
     split_groups: bool = False
+    # Sequence packing (utamoe.data.packing): each micro-batch's samples laid end to end in
+    # rows of at most `pack_tokens` tokens, each sample attending only to itself; the same
+    # samples and losses as padded batches, without computing the padding. 0: one row per
+    # micro-batch (FlashAttention's variable-length kernels). Off until recipes measure it.
+    pack: bool = False
+    pack_tokens: int = 256
 
 
 @dataclass
@@ -105,7 +111,8 @@ class StageConfig:
     name: str = "stage"
     steps: int = 100
     # Task -> weight of the data mixture (tasks absent here are not sampled).
-    mixture: dict[str, float] = field(default_factory=lambda: {t: 1.0 for t in task_names()})
+    # Default: every registered task but the opt-in ones (UnifiedMLLM's: name them).
+    mixture: dict[str, float] = field(default_factory=lambda: {t: 1.0 for t in default_tasks()})
     # Model surgery at the start of the stage: "split_ffn" (one FFN copy per task group,
     # oracle-routed) or "upcycle" (FFNs -> TA-MoE; from split FFNs when present).
     surgery: list[str] = field(default_factory=list)
@@ -153,6 +160,12 @@ class ExperimentConfig:
         bad = [k for k in t.prompt_loss_tasks if not is_task(k) or group_of(k) != "und"]
         if bad:
             raise ConfigError(f"train.prompt_loss_tasks: {bad} are not understanding tasks")
+        if t.pack_tokens < 0:
+            raise ConfigError(f"train.pack_tokens must be >= 0 (0 = one row per micro-batch), got "
+                              f"{t.pack_tokens}")
+        if t.pack and t.split_groups:
+            raise ConfigError("train.pack and train.split_groups both remove padding; choose one "
+                              "(pack also removes it inside each group)")
         if t.qk_init_std < 0 or t.attn_lr_mult <= 0 or t.pack_questions < 0:
             raise ConfigError("train.qk_init_std and train.pack_questions must be >= 0, "
                               "train.attn_lr_mult > 0")

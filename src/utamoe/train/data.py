@@ -11,7 +11,9 @@ Batch k of stage s on process r is drawn from a random generator seeded with
 which generation prompts are dropped for classifier-free guidance. A batch is
 therefore a pure function of its position, so a resumed run sees exactly the
 batches the uninterrupted run would have seen, with no sampler state to save,
-and each process of a distributed run sees different data.
+and each process of a distributed run sees different data. With `pack_tokens` set
+(`train.pack`), the same samples are packed into rows (utamoe.data.packing), a
+deterministic function of the sequences, so this still holds.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ from utamoe.data.sequences import (
 
 def _processed(s: Sample, process) -> Sample:
     images = {k: process(getattr(s, k)) for k in ("image", "target_image") if getattr(s, k) is not None}
+    if s.turns is not None:  # a conversation's images are on its turns
+        images["turns"] = [dataclasses.replace(t, image=process(t.image)) if t.image is not None
+                           else t for t in s.turns]
     return dataclasses.replace(s, **images) if images else s
 
 STREAM_OFFSET = 2**40  # stream sample indices start here, far above any stored split
@@ -54,6 +59,8 @@ class TrainData:
         # utamoe.train.packing: k extra questions per POPE/VQA sample (needs `world`).
         self.pack_questions = 0
         self.world = None
+        # utamoe.data.packing: None = right-padded rows; N = rows of <= N tokens (0: one row).
+        self.pack_tokens: int | None = None
 
     def samples(self) -> list[Sample]:
         return [s for samples in self.by_task.values() for s in samples]
@@ -119,4 +126,8 @@ class TrainData:
 
             sp = self.encoder.special
             add_prompt_loss(seqs, sp.image_end, sp.sep, self.prompt_loss_tasks)
+        if self.pack_tokens is not None:
+            from utamoe.data.packing import pack
+
+            return pack(seqs, self.encoder.special.pad, self.pack_tokens)
         return collate(seqs, self.encoder.special.pad)

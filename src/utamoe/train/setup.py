@@ -18,6 +18,7 @@ from pathlib import Path
 from utamoe.config import ConfigError
 from utamoe.data.formats import load_split
 from utamoe.model.unified import UnifiedModel
+from utamoe.tasks import get_task, task_names
 from utamoe.text_tokenizer import SpecialIds, load_text_tokenizer, train_text_tokenizer
 from utamoe.train.config import ExperimentConfig
 from utamoe.train.data import TrainData
@@ -79,18 +80,50 @@ def _once(acc, path: Path, make, load):
     return load(path)
 
 
+def marker_tasks(samples) -> list[str]:
+    """The tasks a run's text tokenizer gets markers for: every task that is not opt-in, and
+    the opt-in ones (UnifiedMLLM's) that the training samples hold."""
+    present = {s.task for s in samples}
+    return [t for t in task_names() if not get_task(t).opt_in or t in present]
+
+
+def sample_texts(samples) -> list[str]:
+    """Every text of the samples: prompts and targets, and each turn of a conversation."""
+    out = []
+    for s in samples:
+        out += [t for t in (s.prompt, s.target) if t]
+        out += [turn.text for turn in (s.turns or ()) if turn.text]
+    return out
+
+
 def text_tokenizer_for(cfg: ExperimentConfig, samples, run_dir: Path, acc):
+    """The run's text tokenizer. Data whose answers hold task spans (UnifiedMLLM) adds the task
+    and grounding tokens as never-split tokens (utamoe.tasks_exec.tokens)."""
+    from utamoe.tasks_exec import registered_tasks
+    from utamoe.tasks_exec.tokens import add_span_tokens, has_span_tokens, strip_span_tokens
+
+    tasks, span_tasks = marker_tasks(samples), registered_tasks()
+    texts = sample_texts(samples)
+    spans = has_span_tokens(texts, span_tasks)
     if cfg.tokenizers.text:
-        return load_text_tokenizer(cfg.tokenizers.text)
-    texts = [t for s in samples for t in (s.prompt, s.target) if t]
+        tok = load_text_tokenizer(cfg.tokenizers.text, tasks=tasks)
+        if spans:
+            add_span_tokens(tok, span_tasks)
+        return tok
 
     def make(path: Path) -> None:
         from utamoe.fsutil import atomic_directory
 
+        corpus = [strip_span_tokens(t, span_tasks) for t in texts] if spans else texts
+        tok = train_text_tokenizer(corpus, cfg.tokenizers.text_vocab_size, tasks)
+        if spans:
+            add_span_tokens(tok, span_tasks)
         with atomic_directory(path) as tmp:  # a kill mid-save leaves no half tokenizer
-            train_text_tokenizer(texts, cfg.tokenizers.text_vocab_size).save_pretrained(str(tmp))
+            tok.save_pretrained(str(tmp))
 
-    return _once(acc, run_dir / "text_tokenizer", make, load_text_tokenizer)
+    # The run's own tokenizer is loaded as saved: nothing may add a token the model lacks.
+    return _once(acc, run_dir / "text_tokenizer", make,
+                 lambda p: load_text_tokenizer(p, add_tasks=False))
 
 
 def image_tokenizer_for(cfg: ExperimentConfig, run_dir: Path, acc, progress: bool, log=print):

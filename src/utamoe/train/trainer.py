@@ -4,7 +4,10 @@ One code path for CPU, one GPU, several GPUs or machines (DDP / FSDP / DeepSpeed
 through Accelerate's own launch configs); the model itself is single-device code.
 Per stage: surgery, LoRA, trainable parameters, a fresh AdamW with linear warmup
 and cosine decay, then `steps` optimiser steps of `grad_accum` micro-batches each,
-with gradient clipping and bf16 autocast where the device supports it.
+with gradient clipping and bf16 autocast where the device supports it. With
+`train.pack` every micro-batch's samples are packed into rows (utamoe.data.packing):
+same samples, same losses, no padding computed; the log gains `pack_efficiency`
+(real tokens / token slots) beside `padded_efficiency` (the same samples padded).
 
 Reliability: checkpoints are atomic (train/checkpoint.py) and hold model,
 optimiser, scheduler and random states; batches are a pure function of their
@@ -131,6 +134,7 @@ class Trainer:
 
         t = self.cfg.train
         self.data.prompt_loss_tasks = tuple(t.prompt_loss_tasks)
+        self.data.pack_tokens = t.pack_tokens if t.pack else None
         if self.cfg.data.stream or t.pack_questions > 0:
             from utamoe.config import ConfigError
             from utamoe.data.shapes.benchmark import world_config_of
@@ -273,11 +277,11 @@ class Trainer:
                     raise TrainingStopped(f"stopped by signal {self._stop_signal}; checkpoint at {path}; "
                                           f"continue with `utamoe train --resume {self.run_dir}`")
                 start = time.perf_counter()
-                out, tokens = self._step(index, stage, state)
+                out, tokens, packing = self._step(index, stage, state)
                 state.step += 1
                 state.global_step += 1
                 if out is not None and (state.global_step % t.log_every == 0 or state.step == stage.steps):
-                    self._log(out, stage, state, tokens, time.perf_counter() - start)
+                    self._log(out, stage, state, tokens, time.perf_counter() - start, packing)
                 bar.update(state.step, None if out is None else out.loss.item())
                 if state.global_step % t.ckpt_every == 0 or state.step == stage.steps:
                     self._checkpoint(state)
@@ -285,7 +289,7 @@ class Trainer:
     def _step(self, index: int, stage: StageConfig, state: TrainState):
         t, acc = self.cfg.train, self.accelerator
         cfg_dropout = self.cfg.model.cfg_dropout
-        outs, tokens = [], 0
+        outs, tokens, slots, padded = [], 0, 0, 0.0
         for micro in range(t.grad_accum):
             batch = self.data.batch(index, state.step * t.grad_accum + micro, t.batch_size,
                                     stage.mixture, cfg_dropout).to(acc.device)
@@ -311,13 +315,17 @@ class Trainer:
                 part_outs.append(out)
             outs.append(part_outs[0] if len(part_outs) == 1 else _merge_outputs(part_outs))
             tokens += int(batch.attention_mask.sum())
+            slots += batch.attention_mask.numel()
+            if t.pack:  # slots the same samples would take right-padded (collate)
+                padded += len(batch.lengths) * max(batch.lengths)
         if t.clip_grad > 0:
             acc.clip_grad_norm_(self.prepared.parameters(), t.clip_grad)
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         state.bad_steps = 0
-        return outs[-1], tokens
+        packing = {"pack_efficiency": tokens / slots, "padded_efficiency": tokens / padded} if t.pack else {}
+        return outs[-1], tokens, packing
 
     def _bad_step(self, state: TrainState):
         self.opt.zero_grad(set_to_none=True)
@@ -330,15 +338,16 @@ class Trainer:
             last = latest_checkpoint(self.ckpt_root)
             raise TrainingStopped(f"{state.bad_steps} non-finite losses in a row at step "
                                   f"{state.global_step + 1}; last good checkpoint: {last}")
-        return None, 0
+        return None, 0, {}
 
-    def _log(self, out, stage, state, tokens, seconds) -> None:
+    def _log(self, out, stage, state, tokens, seconds, packing: dict | None = None) -> None:
         if not self.main:
             return
         moe = self.accelerator.unwrap_model(self.prepared).config.moe
         rec = step_metrics(out, stage.name, state.step, state.global_step,
                            self.sched.get_last_lr()[0], tokens * self.accelerator.num_processes, seconds,
                            moe.group_names if moe is not None else ())
+        rec.update({k: round(v, 4) for k, v in (packing or {}).items()})
         self.log.write(rec)
         self.collapse.update(rec)
 

@@ -9,7 +9,10 @@ ADT gives all of them one fixed length without throwing away the fine map:
         deformable cross-attention: each query samples the ORIGINAL fmap at P learned offsets per
             head around its reference point (the centre of its pooled cell), softmax-weighted
         GELU FFN (D -> ffn_mult*D -> D)
-    --> (B, Q, D)            (no final norm: the encoder's aligner follows; layers=0 is pooling only)
+    --> (B, Q, D)            (no final norm; layers=0 is pooling only)
+
+In MoVE (utamoe.vision.mixture) each encoder's aligner runs first, so ADT works at the
+backbone width and its output goes to the backbone as it is.
 
 Cross-attention follows Deformable DETR with one feature level. Sampling is bilinear with zeros
 outside the map (grid_sample, align_corners=False). `impl="vectorised"` samples every head and

@@ -1,6 +1,8 @@
 """ShapesWorld task generators and the dataset builder (in memory or written to disk).
 
-Every sample gets its own random generator seeded by (seed, split, task, index), so
+UnifiedMLLM's tasks (reasoning edits, referring segmentation, layouts, dialogues) are made in
+utamoe.data.shapes.unified. Every sample gets its own random generator seeded by (seed,
+split, task, index), so
 a sample does not change when other splits or tasks grow, and any subset can be
 regenerated alone. Splits other than `heldout` draw (colour, shape) pairs only
 from the allowed combinations - in scenes, edit results *and* question text (a
@@ -32,6 +34,7 @@ from utamoe.data.shapes.text import (
 from utamoe.data.shapes.world import (
     SIZES,
     SPLITS,
+    UNIFIED_TASKS,
     Scene,
     SceneObject,
     ShapesWorldConfig,
@@ -220,6 +223,10 @@ def make_sample(config: ShapesWorldConfig, split: str, task: str, index: int) ->
     rng = np.random.default_rng([config.seed, split_id(split), task_no, index])
     ctx = _Ctx(config, rng, heldout=split == "heldout")
     sid = f"{split}-{task}-{index:06d}"
+    if task in UNIFIED_TASKS:
+        from utamoe.data.shapes.unified import make_unified
+
+        return make_unified(ctx, task, sid)
     if task == "t2i":
         scene = ctx.scene()
         return Sample(sid, task, t2i_prompt(scene), target_image=render(scene, config),

@@ -45,6 +45,10 @@ DEFAULT_SIZES = {"train": 2000, "val": 200, "test": 200, "heldout": 200}
 SPLITS = ("train", "val", "test", "heldout")
 # The registry's built-in tasks that ShapesWorld generates (utamoe.tasks declares them).
 SHAPES_TASKS = ("caption", "vqa", "pope", "grounding", "t2i", "edit")
+# UnifiedMLLM's tasks (utamoe.data.shapes.unified): not in a config's default `tasks`, so the
+# default datasets (the demo's, the tests') stay as they were; `utamoe data shapes` adds them.
+UNIFIED_TASKS = ("reason_edit", "seg", "layout", "dialog")
+ALL_TASKS = SHAPES_TASKS + UNIFIED_TASKS
 
 
 @dataclass(frozen=True)
@@ -105,10 +109,10 @@ class ShapesWorldConfig:
                 raise ConfigError(f"heldout pair ({color}, {shape}) names an unknown colour/shape")
         if len(self.allowed_combos()) == 0:
             raise ConfigError("heldout removes every colour-shape combination; keep some")
-        unknown = [t for t in self.tasks if t not in SHAPES_TASKS]
+        unknown = [t for t in self.tasks if t not in ALL_TASKS]
         if unknown:
             raise ConfigError(f"ShapesWorld cannot generate tasks {unknown}; it makes "
-                              f"{', '.join(SHAPES_TASKS)}")
+                              f"{', '.join(ALL_TASKS)}")
         for split, n in self.sizes.items():
             if n < 0:
                 raise ConfigError(f"sizes.{split} must be >= 0, got {n}")
