@@ -202,7 +202,35 @@ def summarize(lay: Layout) -> dict:
                              (lay.out / "runs").glob("*/seed-*")) if (lay.out / "runs").is_dir() else None}
     write_json(lay.out / "summary.json", summary)
     (lay.out / "summary.md").write_text(markdown(summary))
+    if by_arm:
+        plot(summary, lay.out / "summary.png")
     return summary
+
+
+def plot(s: dict, path: Path) -> None:
+    """Bars of the paper's groups per arm (mean ± std over seeds), Table 1 then Table 2."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = [a for a in ARMS if a in s["arms"]]
+    cols = ("General", "REC", "REG", "Avg")
+    fig, ax = plt.subplots(figsize=(11, 4))
+    width = 0.8 / len(cols)
+    for j, c in enumerate(cols):
+        means = [100 * s["arms"][a][c]["mean"] for a in arms]
+        stds = [100 * s["arms"][a][c]["std"] for a in arms]
+        ax.bar([i + j * width for i in range(len(arms))], means, width, yerr=stds, capsize=2, label=c)
+    ax.set_xticks([i + 0.3 for i in range(len(arms))], [ARMS[a][1] for a in arms], rotation=35,
+                  ha="right", fontsize=7)
+    ax.set_ylabel("% (test)")
+    ax.set_title(f"MoME tables on ShapesWorld, {s.get('steps')} steps per arm, mean ± std over seeds",
+                 fontsize=9)
+    ax.legend(fontsize=7, ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _f(s: dict | None, k: str, scale: float = 100.0, sign: bool = False) -> str:

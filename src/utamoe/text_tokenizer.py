@@ -103,15 +103,22 @@ def train_text_tokenizer(texts: Iterable[str], vocab_size: int = 512,
 
 def load_text_tokenizer(path: str | Path, add_tasks: bool = True,
                         tasks: Iterable[str] | None = None) -> PreTrainedTokenizerFast:
-    """A tokenizer from a local directory (ours or any HF one), with utamoe's special tokens added
-    (task markers: every registered task's, or those of `tasks`).
+    """A tokenizer from a local directory (ours or any HF one) or a GGUF file (`DIR/NAME.gguf`,
+    DIR may be `pkg:<module>`), with utamoe's special tokens added (task markers: every
+    registered task's, or those of `tasks`).
 
     `add_tasks=False` adds no task markers: a trained model's own tokenizer is loaded as it was
     saved, since a marker added later would have no row in the model's embedding table."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"text tokenizer directory {path} does not exist")
-    tok = AutoTokenizer.from_pretrained(str(path))
+    if str(path).endswith(".gguf"):  # the tokenizer inside a GGUF checkpoint (utamoe.model.gguf)
+        from utamoe.model.gguf import gguf_path, load_gguf_tokenizer
+
+        folder, _, name = str(path).rpartition("/")
+        tok = load_gguf_tokenizer(gguf_path(folder or ".", name, "tokenizers.text"))
+    else:
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"text tokenizer directory {path} does not exist")
+        tok = AutoTokenizer.from_pretrained(str(path))
     wanted = special_tokens(tasks) if add_tasks else BASE_SPECIAL_TOKENS
     missing = [t for t in wanted if t not in tok.get_vocab()]
     if missing:

@@ -39,6 +39,9 @@ class HFPart:
 
     path: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    # Backbones only: the name of a GGUF file inside `path` (llama.cpp's format, dequantised to
+    # fp32 on load; the optional `gguf` extra; utamoe.model.gguf). `path` may be `pkg:<module>`.
+    gguf_file: str | None = None
 
 
 @dataclass
@@ -125,6 +128,11 @@ class UnifiedConfig:
     move: MoVEConfig | None = None
     mole: MoLEConfig | None = None
     sentence_encoder: str | None = None
+    # A local Janus / Janus-Pro directory (Hugging Face layout): backbone, vision tower,
+    # aligners, generation embedding/aligner/head and the VQ codec all come from it, with the
+    # sizes of its config.json (the `backbone`, `vision` and size fields here are then unused;
+    # utamoe.model.janus). Training from it: configs/janus_pro_utamoe.yaml.
+    janus: str | None = None
     # Filled from the tokenizers when a model is built; saved so a model dir is self-describing.
     vocab_size: int = 0
     num_codes: int = 0
@@ -146,6 +154,12 @@ class UnifiedConfig:
         if self.move is not None and self.und_pos2d:
             raise ConfigError("model.und_pos2d applies to the single encoder's aligner; it cannot "
                               "be combined with model.move")
+        if self.vision.gguf_file is not None:
+            raise ConfigError("model.vision.gguf_file: GGUF files hold decoder LLMs; only "
+                              "model.backbone takes one")
+        if self.backbone.gguf_file is not None and self.backbone.path is None:
+            raise ConfigError(f"model.backbone.gguf_file {self.backbone.gguf_file!r} needs "
+                              "model.backbone.path, the directory holding it")
         for name in ("backbone", "vision"):
             part = getattr(self, name)
             if part.path is None and "model_type" not in part.config:

@@ -61,6 +61,7 @@ def _without_image_tokenizer(model: UnifiedModel) -> UnifiedModel:
 def _frozen_parts(model: UnifiedModel) -> UnifiedConfig:
     """The config with each HF part inlined as its current config (no paths)."""
     cfg = copy.deepcopy(model.config)
+    cfg.janus = None  # a saved model is its own checkpoint
     tied = model.lm_head.weight is model.lm.get_input_embeddings().weight
     cfg.backbone = HFPart(config={**model.lm.config.to_dict(), "tie_word_embeddings": tied})
     if cfg.move is not None:  # MoVE: each HF encoder's config inlined the same way

@@ -7,7 +7,8 @@ the VQ model becomes a `VQTokenizer` with Janus's blocks and weights),
 so before upcycling our understanding and generation logits equal Janus's; then
 `model.upcycle(MoEConfig())` turns its Llama MLPs into TA-MoE layers. Weights are
 read from a local directory only (`load_janus(path)`), as a user with Janus-Pro-1B
-on disk would.
+on disk would; a recipe names that directory as `model.janus` (utamoe.train.setup,
+configs/janus_pro_utamoe.yaml).
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ def janus_config(janus) -> UnifiedConfig:
     vision = cfg.vision_config.to_dict()
     vq = cfg.vq_config
     return UnifiedConfig(
-        backbone=HFPart(config=cfg.text_config.to_dict()),
+        # Janus ties lm_head to the token table when its top-level config says so (not the
+        # text config): the backbone built from this config must tie the same way.
+        backbone=HFPart(config={**cfg.text_config.to_dict(),
+                                "tie_word_embeddings": bool(getattr(cfg, "tie_word_embeddings", False))}),
         vision=HFPart(config={**vision, "model_type": "janus_vision_model"}),
         image_size=cfg.vision_config.image_size,
         aligner_depth=cfg.vision_config.depth,
@@ -52,11 +56,38 @@ def from_hf_janus(janus) -> UnifiedModel:
     )
 
 
-def load_janus(path: str | Path, dtype: torch.dtype = torch.float32) -> UnifiedModel:
-    """Load Janus / Janus-Pro from a local directory (no download) as a UnifiedModel."""
+def _janus_dir(path: str | Path) -> Path:
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"Janus checkpoint directory {path} does not exist or has no "
+                                "config.json (give a local Janus / Janus-Pro directory in the "
+                                "Hugging Face layout, e.g. deepseek-community/Janus-Pro-1B)")
+    return path
+
+
+def load_janus(path: str | Path, dtype: torch.dtype = torch.float32,
+               vocab_size: int | None = None) -> UnifiedModel:
+    """Load Janus / Janus-Pro from a local directory (no download) as a UnifiedModel; with
+    `vocab_size`, its embedding table and lm_head first grow to it (mean-initialised rows,
+    utamoe.model.parts.grow_vocab) for the tokens utamoe's text tokenizer adds."""
     from transformers import JanusForConditionalGeneration
 
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"Janus checkpoint directory {path} does not exist")
-    return from_hf_janus(JanusForConditionalGeneration.from_pretrained(str(path), dtype=dtype))
+    from utamoe.model.parts import grow_vocab
+
+    janus = JanusForConditionalGeneration.from_pretrained(str(_janus_dir(path)), dtype=dtype)
+    if vocab_size is not None:
+        grow_vocab(janus, vocab_size)
+    model = from_hf_janus(janus)
+    if vocab_size is not None:
+        model.config.vocab_size = max(vocab_size, model.config.vocab_size)
+    return model
+
+
+def janus_config_from_dir(path: str | Path) -> UnifiedConfig:
+    """The UnifiedConfig of a local Janus directory from its config.json alone (no weights
+    read): what a recipe's preflight builds on the meta device."""
+    from types import SimpleNamespace
+
+    from transformers import JanusConfig
+
+    return janus_config(SimpleNamespace(config=JanusConfig.from_pretrained(str(_janus_dir(path)))))

@@ -59,13 +59,21 @@ def _require_dir(path: str, what: str) -> Path:
 
 
 def build_backbone(part: HFPart, vocab_size: int) -> tuple[nn.Module, nn.Module]:
-    """(decoder base model, lm_head) from a local ...ForCausalLM directory or a config dict.
+    """(decoder base model, lm_head) from a local ...ForCausalLM directory, a GGUF file in a
+    local directory (`part.gguf_file`; utamoe.model.gguf) or a config dict.
 
     The embedding table grows to `vocab_size` when the text tokenizer added tokens (utamoe's
     special tokens, task and grounding tokens): see `grow_vocab`.
     """
-    if part.path is not None:
-        causal = AutoModelForCausalLM.from_pretrained(str(_require_dir(part.path, "model.backbone")))
+    meta = torch.get_default_device().type == "meta"  # preflight: structure, no weights
+    if part.gguf_file is not None:
+        from utamoe.model.gguf import load_gguf_causal_lm
+
+        causal = load_gguf_causal_lm(part.path, part.gguf_file, "model.backbone", meta=meta)
+    elif part.path is not None:
+        path = str(_require_dir(part.path, "model.backbone"))
+        causal = (AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path)) if meta
+                  else AutoModelForCausalLM.from_pretrained(path))
     else:
         cfg = AutoConfig.for_model(**{**part.config, "vocab_size": vocab_size})
         causal = AutoModelForCausalLM.from_config(cfg)

@@ -96,6 +96,9 @@ class TrainConfig:
     # micro-batch (FlashAttention's variable-length kernels). Off until recipes measure it.
     pack: bool = False
     pack_tokens: int = 256
+    # Recompute the backbone's decoder-layer activations in backward (less memory, about a
+    # third more compute; utamoe.train.engines).
+    activation_checkpointing: bool = False
 
 
 @dataclass

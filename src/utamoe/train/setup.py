@@ -163,18 +163,49 @@ def image_tokenizer_for(cfg: ExperimentConfig, run_dir: Path, acc, progress: boo
     return _once(acc, run_dir / "image_tokenizer", make, VQTokenizer.from_pretrained)
 
 
+def janus_model_for(cfg: ExperimentConfig, text_tok) -> UnifiedModel:
+    """The run's model from a local Janus / Janus-Pro directory (`model.janus`): its own VQ
+    codec and text tokenizer (`tokenizers.text`, with utamoe's special tokens added; the
+    vocabulary grows to them). Every process loads the weights from the directory itself.
+    The recipe's stages are tried first on the meta device, from config.json alone."""
+    from utamoe.model.janus import janus_config_from_dir, load_janus
+
+    m = cfg.model
+    if cfg.tokenizers.image:
+        raise ConfigError("tokenizers.image: a Janus model brings its own VQ codec (model.janus); "
+                          "drop tokenizers.image")
+    if not cfg.tokenizers.text:
+        raise ConfigError(f"tokenizers.text: set it to the Janus directory ({m.janus}) so that "
+                          "the model keeps its own text tokenizer")
+    if m.move is not None or m.mole is not None or m.moe is not None:
+        raise ConfigError("model.janus: MoVE, MoLE and a model-level moe are not combined with a "
+                          "Janus checkpoint here; upcycle it in a stage (stages.N.moe)")
+    und_slot = SpecialIds.of(text_tok).und_slot
+    ghost = janus_config_from_dir(m.janus)
+    preflight(dataclasses.replace(ghost, vocab_size=max(len(text_tok), ghost.vocab_size),
+                                  und_slot_id=und_slot), cfg.stages)
+    model = load_janus(m.janus, vocab_size=len(text_tok))
+    model.config.und_slot_id = und_slot
+    model.config.cfg_dropout = m.cfg_dropout  # the recipe's; sizes are the checkpoint's
+    return model
+
+
 def prepare_run(cfg: ExperimentConfig, run_dir: Path, acc, progress: bool = True) -> RunParts:
     from utamoe.train.progress import bar
 
     samples, skipped = load_samples(cfg)
     text_tok = text_tokenizer_for(cfg, samples, run_dir, acc)
-    image_tok = image_tokenizer_for(cfg, run_dir, acc, progress, log=print if acc.is_main_process
-                                    else (lambda *a: None))
-    model_cfg = dataclasses.replace(
-        cfg.model, vocab_size=len(text_tok), num_codes=image_tok.num_codes,
-        code_grid=image_tok.grid_size, und_slot_id=SpecialIds.of(text_tok).und_slot)
-    preflight(model_cfg, cfg.stages)
-    model = UnifiedModel.build(model_cfg, image_tok)
+    if cfg.model.janus is not None:
+        model = janus_model_for(cfg, text_tok)
+        image_tok = model.image_tokenizer
+    else:
+        image_tok = image_tokenizer_for(cfg, run_dir, acc, progress,
+                                        log=print if acc.is_main_process else (lambda *a: None))
+        model_cfg = dataclasses.replace(
+            cfg.model, vocab_size=len(text_tok), num_codes=image_tok.num_codes,
+            code_grid=image_tok.grid_size, und_slot_id=SpecialIds.of(text_tok).und_slot)
+        preflight(model_cfg, cfg.stages)
+        model = UnifiedModel.build(model_cfg, image_tok)
     data = TrainData(samples, model.sequence_encoder(text_tok), cfg.run.seed, acc.process_index)
     todo = len(data.code_images())
     with bar(unit="img", enabled=progress) as progress_bar:

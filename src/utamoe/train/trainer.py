@@ -1,7 +1,9 @@
 """The training loop: Accelerate, stages, checkpoints, resume, and the guards around them.
 
 One code path for CPU, one GPU, several GPUs or machines (DDP / FSDP / DeepSpeed
-through Accelerate's own launch configs); the model itself is single-device code.
+through Accelerate's own launch configs, `configs/accelerate/`); the model itself is
+single-device code, and what the engines must know of it (FSDP units, ZeRO-3 leaves,
+activation checkpointing) is set per stage in train/engines.py.
 Per stage: surgery, LoRA, trainable parameters, a fresh AdamW with linear warmup
 and cosine decay, then `steps` optimiser steps of `grad_accum` micro-batches each,
 with gradient clipping and bf16 autocast where the device supports it. With
@@ -38,6 +40,7 @@ from utamoe.train.checkpoint import (
     save_checkpoint,
 )
 from utamoe.train.config import ExperimentConfig, StageConfig, dump_config
+from utamoe.train.engines import configure_engine, enable_activation_checkpointing
 from utamoe.train.logs import CollapseWatch, MetricsLog, plot_losses, step_metrics
 from utamoe.train.run_dir import RunLock, clean_start
 from utamoe.train.setup import prepare_run
@@ -156,6 +159,8 @@ class Trainer:
         apply_surgery(self.model, stage.surgery, stage.moe)
         if lora and stage.lora is not None:
             add_lora(self.model, stage.lora.rank, stage.lora.alpha, stage.lora.targets, stage.lora.dropout)
+        if self.cfg.train.activation_checkpointing:  # after surgery: it binds the routed layers
+            enable_activation_checkpointing(self.model)
         self.model.to(self.accelerator.device)
 
     def _optimizer(self, stage: StageConfig):
@@ -239,6 +244,7 @@ class Trainer:
                     continue
                 self._start_stage(stage)
                 opt, sched = self._optimizer(stage)
+                configure_engine(self.accelerator, self.model, self.cfg.train)  # FSDP / ZeRO units
                 self.prepared, self.opt = self.accelerator.prepare(self.model, opt)
                 self.sched = sched
                 if index == resume_stage:
@@ -318,6 +324,10 @@ class Trainer:
             slots += batch.attention_mask.numel()
             if t.pack:  # slots the same samples would take right-padded (collate)
                 padded += len(batch.lengths) * max(batch.lengths)
+        # The step's loss over its global batch: the mean of every micro-batch's loss on every
+        # process (what the update descends; `loss` in the log is the main process's last one).
+        self._global_loss = acc.reduce(torch.stack([o.loss.detach().float() for o in outs]).mean(),
+                                       reduction="mean").item()
         if t.clip_grad > 0:
             acc.clip_grad_norm_(self.prepared.parameters(), t.clip_grad)
         self.opt.step()
@@ -348,6 +358,7 @@ class Trainer:
                            self.sched.get_last_lr()[0], tokens * self.accelerator.num_processes, seconds,
                            moe.group_names if moe is not None else ())
         rec.update({k: round(v, 4) for k, v in (packing or {}).items()})
+        rec["global_loss"] = self._global_loss
         self.log.write(rec)
         self.collapse.update(rec)
 
