@@ -27,6 +27,7 @@ import copy  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from train_throughput import step  # noqa: E402 (one optimiser step, the same in both benchmarks)
 
 from utamoe.data.sequences import collate, training_sequences  # noqa: E402
 from utamoe.data.shapes import ShapesWorldConfig, generate_dataset  # noqa: E402
@@ -49,12 +50,6 @@ def build(base, tok, move: bool, mole: bool) -> UnifiedModel:
     cfg.und_slot_id = SpecialIds.of(tok).und_slot
     torch.manual_seed(0)
     return UnifiedModel.build(cfg, VQTokenizer(TokenizerConfig()))
-
-
-def step(model, opt, batch) -> None:
-    model(batch).loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
 
 
 def main() -> None:

@@ -256,12 +256,17 @@ def edit_instruction(scene: Scene, op: EditOp) -> str:
     ref = refer(scene, op.obj)
     if ref is None:  # cannot happen: a reference with position is always unique
         raise ValueError(f"no unique reference for {op.obj.key()}")
+    return edit_text(ref, op)
+
+
+def edit_text(phrase: str, op: EditOp) -> str:
+    """The instruction of a remove / recolor / move edit of the object `phrase` names."""
     if op.kind == "remove":
-        return f"remove {ref}"
+        return f"remove {phrase}"
     if op.kind == "recolor":
-        return f"make {ref} {op.color}"
+        return f"make {phrase} {op.color}"
     row, col = op.cell or (0, 0)
-    return f"move {ref} to {ROWS[row]} {COLS[col]}"
+    return f"move {phrase} to {ROWS[row]} {COLS[col]}"
 
 
 def parse_edit(text: str, scene: Scene, config: ShapesWorldConfig | None = None) -> EditOp:

@@ -42,12 +42,11 @@ from utamoe.data.shapes.text import (
     apply_edit,
     describe,
     edit_instruction,
+    edit_text,
     format_box,
     refer,
 )
 from utamoe.data.shapes.world import (
-    COLS,
-    ROWS,
     Scene,
     SceneObject,
     ShapesWorldConfig,
@@ -107,15 +106,6 @@ def _reason_edit_op(ctx: _Ctx, scene: Scene, obj: SceneObject, kind: str) -> Edi
     return EditOp("recolor", obj, color=ctx.choice(colors)) if colors else None
 
 
-def _reason_edit_text(phrase: str, op: EditOp) -> str:
-    if op.kind == "remove":
-        return f"remove {phrase}"
-    if op.kind == "recolor":
-        return f"make {phrase} {op.color}"
-    row, col = op.cell or (0, 0)
-    return f"move {phrase} to {ROWS[row]} {COLS[col]}"
-
-
 def reason_edit_turn(ctx: _Ctx, scene: Scene) -> tuple[str, str, Scene, dict] | None:
     """(instruction, span answer, edited scene, meta) of one reasoning edit, or None."""
     kind = ctx.choice(REASON_EDIT_KINDS)
@@ -132,7 +122,7 @@ def reason_edit_turn(ctx: _Ctx, scene: Scene) -> tuple[str, str, Scene, dict] | 
     answer = format_span("edit", edit_instruction(scene, op), boxes)
     meta = {"edit": op.kind, "object": obj.to_json(), "target_scene": target.to_json(),
             "boxes": [list(b) for b in boxes]}
-    return _reason_edit_text(phrase, op), answer, target, meta
+    return edit_text(phrase, op), answer, target, meta
 
 
 def object_mask(obj: SceneObject, config: ShapesWorldConfig) -> np.ndarray:
