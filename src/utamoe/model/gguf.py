@@ -20,10 +20,10 @@ from __future__ import annotations
 import copy
 import functools
 import importlib
-import importlib.util
 from pathlib import Path
 
 from utamoe.config import ConfigError
+from utamoe.packages import is_package_spec, package_dir
 
 GGUF_MIN_VERSION = "0.10"
 
@@ -54,16 +54,13 @@ def _dist_version(name: str) -> str | None:
 def resolve_dir(spec: str, where: str) -> Path:
     """A directory from `spec`: a path, or `pkg:<module>` (the directory of the GGUF file that
     the package's `assemble()` writes, or else its `data/` folder)."""
-    if not spec.startswith("pkg:"):
+    if not is_package_spec(spec):
         return Path(spec)
-    module = spec[4:]
-    if importlib.util.find_spec(module) is None:
-        raise ConfigError(f"{where}.path {spec!r}: package {module!r} is not installed (pip "
-                          f"install {module.replace('_', '-')}), or give a local directory")
-    mod = importlib.import_module(module)
+    directory = package_dir(spec, f"{where}.path", "give a local directory")
+    mod = importlib.import_module(spec[len("pkg:"):])
     if hasattr(mod, "assemble"):  # chunked packages join their parts once, then reuse the file
         return Path(mod.assemble()).parent
-    return Path(mod.__file__).parent / "data"
+    return directory / "data"
 
 
 def gguf_path(path: str, gguf_file: str, where: str) -> Path:

