@@ -2,7 +2,9 @@
 
 Per case (shape x routing skew), dtype (fp32, bf16) and pass (forward; forward+backward)
 it prints median milliseconds side by side:
-- `ours`: utamoe's TaskAwareMoE (grouped dispatch: sort + torch grouped_mm);
+- `ours`: utamoe's TaskAwareMoE with its default dispatch (on CPU the fused expert-by-expert
+  path, utamoe.moe.fused; on CUDA sort + torch grouped_mm);
+- `ours_grouped` (top-k cases): the same layer with `dispatch="grouped"` (sort + grouped_mm);
 - `hf_grouped_mm` / `hf_eager`: transformers' Qwen3MoeSparseMoeBlock with those experts
   implementations, holding our weights (transposed), so both route alike;
 - `dense`: a SwiGLU over the same active rows (T*k, + T per shared expert);
@@ -87,7 +89,7 @@ def all_cases() -> list[Case]:
 # ---------------------------------------------------------------- building the contenders
 
 
-def our_layer(case: Case, routing: str, dispatch: str = "grouped") -> TaskAwareMoE:
+def our_layer(case: Case, routing: str, dispatch: str = "auto") -> TaskAwareMoE:
     cfg = MoEConfig(
         routing=routing,
         num_experts=case.experts,
@@ -175,6 +177,7 @@ def build(case: Case, T: int, dtype, device, eager: bool = True) -> dict:
         mods["ours_topk"] = (topk, x_TD, labels_T)
     else:
         mods["ours"] = (main, x_TD, None)
+        mods["ours_grouped"] = (with_dispatch(main, "grouped"), x_TD, None)
         mods["hf_grouped_mm"] = (hf_block(main, case, "grouped_mm"), x_TD[None], None)
         if eager:  # its backward takes seconds at E64k8 whatever T; --quick leaves it out
             mods["hf_eager"] = (hf_block(main, case, "eager"), x_TD[None], None)
@@ -231,18 +234,24 @@ def assert_close(what: str, case: Case, a, b, dtype) -> None:
         )
 
 
+def with_dispatch(layer: TaskAwareMoE, mode: str) -> TaskAwareMoE:
+    """A copy of `layer` (same weights) that dispatches with `mode`."""
+    twin = copy.deepcopy(layer)
+    twin.config = copy.copy(layer.config)
+    twin.config.dispatch = mode
+    return twin
+
+
 def check(case: Case, mods: dict, dtype, g_all) -> None:
     """Our grouped layer must match the peer: HF blocks (top-k cases) or our loop dispatch (TA-MoE)."""
     if case.is_ta:
         ours, x, labels = mods["ours_ta"]
-        ref = copy.deepcopy(ours)
-        ref.config = copy.copy(ours.config)
-        ref.config.dispatch = "loop"
-        peers = [(ref, x, lambda w: w)]
+        peers = [(with_dispatch(ours, "loop"), x, lambda w: w)]
     else:
         ours, x, labels = mods["ours"]
         t = lambda w: w.transpose(1, 2)  # noqa: E731 - HF stores expert weights transposed
         peers = [(mods[n][0], mods[n][1], t) for n in ("hf_grouped_mm", "hf_eager") if n in mods]
+        peers.append((mods["ours_grouped"][0], x, lambda w: w))
     agree_T = same_experts(ours, peers[0][0], x, labels)
     # bf16 logits (HF rounds them, we keep fp32) may flip near-ties: compare the tokens that agree.
     if agree_T.float().mean() < (1.0 if dtype == torch.float32 else 0.97):
@@ -331,6 +340,8 @@ def record(case, T, dtype, device, backward, times, share, ratio) -> dict:
         ratios["ours/hf_eager"] = ours / ms["hf_eager"]
     if "ours_topk" in ms:
         ratios["ours_ta/ours_topk"] = ours / ms["ours_topk"]
+    if "ours_grouped" in ms:
+        ratios["ours/ours_grouped"] = ours / ms["ours_grouped"]
     dname = {v: k for k, v in DTYPES.items()}[dtype]
     return {
         "case": case.name, "dtype": dname, "pass": "fwd+bwd" if backward else "fwd",
@@ -349,11 +360,13 @@ def record(case, T, dtype, device, backward, times, share, ratio) -> dict:
 COLUMNS = {
     "ours": "ours",
     "ours_topk": "topk",
+    "ours_grouped": "grouped",
     "hf_grouped_mm": "hf_gmm",
     "hf_eager": "hf_eager",
     "dense": "dense",
 }
-RATIOS = {"ours/dense": "/dense", "ours/hf_grouped_mm": "/hf_gmm", "ours_ta/ours_topk": "ta/topk"}
+RATIOS = {"ours/dense": "/dense", "ours/hf_grouped_mm": "/hf_gmm", "ours_ta/ours_topk": "ta/topk",
+          "ours/ours_grouped": "/grouped"}
 
 
 def table(records: list[dict], title: str) -> Table:
@@ -408,7 +421,8 @@ def profile(case: Case, T: int, device, repeats: int) -> None:
     layer, x, labels = mods["ours_ta" if case.is_ta else "ours"]
     _labelled(layer, "forward", "moe.forward")
     _labelled(layer.router, "forward", "moe.router")
-    _labelled(layer.experts, "sorted_forward", "moe.experts")
+    _labelled(layer.experts, "sorted_forward", "moe.experts")  # the grouped path
+    _labelled(layer.experts, "fused_dispatch", "moe.experts")  # the fused path (CPU default)
     g = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(device)
     for _ in range(2):
         run_pass(layer, x, labels, g, True)

@@ -41,3 +41,17 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype, name: str 
     scale = expected.abs().max().clamp(min=1e-6)
     err = (actual - expected).abs().max() / scale
     assert err < 2e-2, f"{name}: max error {float(err):.3g} of the tensor's scale"
+
+
+PATTERNS = ("all_to_one", "skewed_with_empty", "uniform")
+
+
+def pattern_ids(pattern: str, T: int, K: int = 2, E: int = 8) -> torch.Tensor:
+    """(T, K=2) expert ids: "all_to_one" (slot 0 all expert 5, slot 1 all expert 2),
+    "skewed_with_empty" (experts 0, 3, 4, 7 get nothing) or "uniform" (random distinct)."""
+    if pattern == "all_to_one":
+        return torch.stack([torch.full((T,), 5), torch.full((T,), 2)], dim=1)
+    if pattern == "skewed_with_empty":
+        return torch.stack([torch.tensor([1, 1, 1, 2])[torch.arange(T) % 4],
+                            torch.tensor([5, 6, 6, 6])[torch.arange(T) % 4]], dim=1)
+    return torch.stack([torch.randperm(E)[:K] for _ in range(T)])

@@ -1,4 +1,5 @@
-"""The fast path (sort + grouped matmul) equals the per-expert loop: values and all gradients."""
+"""The fast paths (fused expert by expert; sort + grouped matmul) equal the per-expert loop:
+values and all gradients."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from utamoe.moe.grouped import grouped_matmul, loop_matmul
 from utamoe.moe.layer import loop_dispatch, sorted_dispatch
 from utamoe.moe.routers import Routing
 
-from .helpers import assert_close, grads, make_layer, twin
+from .helpers import PATTERNS, assert_close, grads, make_layer, pattern_ids, twin
 
 CASES = [
     dict(routing="task_aware", num_experts=8, top_k=2, num_shared_experts=1),
@@ -31,10 +32,11 @@ def run(layer, x, labels, g):
     return y.detach(), x.grad, grads(layer)
 
 
+@pytest.mark.parametrize("dispatch", ["fused", "grouped"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['routing']}-{c.get('expert_type', 'ffn')}-k{c['top_k']}")
-def test_layer_fast_equals_loop(case, dtype):
-    fast = make_layer(seed=1, dtype=dtype, **case)
+def test_layer_fast_equals_loop(case, dtype, dispatch):
+    fast = make_layer(seed=1, dtype=dtype, dispatch=dispatch, **case)
     ref = twin(fast, dispatch="loop")
     torch.manual_seed(2)
     x = torch.randn(3, 20, 32, dtype=dtype)
@@ -66,17 +68,11 @@ def forced_routing(ids_TK: torch.Tensor) -> Routing:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("pattern", ["all_to_one", "skewed_with_empty", "uniform"])
+@pytest.mark.parametrize("pattern", PATTERNS)
 def test_dispatch_skewed_and_empty_experts(pattern, dtype):
     torch.manual_seed(3)
     T, K, E = 40, 2, 8
-    if pattern == "all_to_one":  # expert 5 gets every token in slot 0; slot 1 all expert 2
-        ids = torch.stack([torch.full((T,), 5), torch.full((T,), 2)], dim=1)
-    elif pattern == "skewed_with_empty":  # experts 0, 3, 4, 7 never used
-        ids = torch.stack([torch.tensor([1, 1, 1, 2])[torch.arange(T) % 4],
-                           torch.tensor([5, 6, 6, 6])[torch.arange(T) % 4]], dim=1)
-    else:
-        ids = torch.stack([torch.randperm(E)[:K] for _ in range(T)])
+    ids = pattern_ids(pattern, T, K, E)
     layer = make_layer(seed=4, dtype=dtype, routing="topk", num_experts=E, top_k=K, num_shared_experts=0)
     x = torch.randn(T, 32, dtype=dtype)
     g = torch.randn(T, 32)

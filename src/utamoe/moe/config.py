@@ -11,9 +11,12 @@ pool of experts, no group router), with the peers' router conventions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from utamoe.config import ConfigError
+
+DispatchMode = Literal["auto", "fused", "grouped", "loop"]
+DISPATCH_MODES = get_args(DispatchMode)
 
 
 @dataclass
@@ -44,8 +47,11 @@ class MoEConfig:
     group_gradient: Literal["straight_through", "none"] = "straight_through"
     # Renormalise the top-k router weights to sum to 1 (Mixtral; Qwen3-MoE's norm_topk_prob).
     normalize_topk: bool = True
-    # "grouped": sort tokens by expert and run one grouped matmul; "loop": the per-expert reference.
-    dispatch: Literal["grouped", "loop"] = "grouped"
+    # How routed rows reach the experts (utamoe.moe.layer.dispatch): "fused": expert by expert,
+    # gather + FFN + weighted combine in one autograd Function (utamoe.moe.fused; gated-FFN
+    # experts); "grouped": sort, one grouped matmul per projection, un-permute; "loop": the
+    # per-expert reference; "auto": fused on CPU where the bank offers it, grouped elsewhere.
+    dispatch: DispatchMode = "auto"
     # Coefficients used by RoutingSession.aux_loss().
     group_loss_coef: float = 0.1
     balance_loss_coef: float = 0.01
@@ -80,6 +86,8 @@ class MoEConfig:
 
         if self.routing not in ("task_aware", "topk"):
             bad("routing", f"must be 'task_aware' or 'topk', got {self.routing!r}")
+        if self.dispatch not in DISPATCH_MODES:
+            bad("dispatch", f"must be one of {', '.join(DISPATCH_MODES)}, got {self.dispatch!r}")
         if len(self.group_names) == 0:
             bad("group_names", "needs at least one task group (e.g. ['und', 'gen'])")
         if len(set(self.group_names)) != len(self.group_names):

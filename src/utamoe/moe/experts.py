@@ -10,13 +10,16 @@ code do not care which expert type is inside:
 - `sorted_forward(x_MD, offsets_E)`: rows already sorted by expert, one grouped
   matmul per projection for all experts at once (the fast path);
 - `expert_forward(x_ND, e)`: expert e alone on some rows (the per-expert reference
-  path, and how shared experts run on every token).
+  path, and how shared experts run on every token);
+- `fused_dispatch(x_TD, token_M, weight_M, counts_E)` (optional): gather, experts and
+  weighted combine in one step, returning the (T, D) output, or None where the bank
+  has no such path (the default); `utamoe.moe.layer.dispatch` then takes `sorted_forward`.
 
 Types, registered by name in `EXPERT_BANKS` (MoEConfig.expert_type picks one;
 `register_expert_bank` adds another, e.g. MoLE's bottleneck adapters):
 - `FFNExperts` ("ffn"): full gated FFN per expert (SwiGLU / GeGLU), weights stored
   expert-major as w_gate_up (E, D, 2F) and w_down (E, F, D) so that grouped_mm
-  reads them without a transpose.
+  reads them without a transpose; its fused dispatch is `utamoe.moe.fused`.
 - `LoRAExperts` ("lora"): expert e = a frozen base FFN, which the bank owns
   (`base`), with low-rank deltas on its gate/up and down projections (LoRA-MoE /
   MoLE). B starts at zero, so a fresh LoRA expert computes exactly the base FFN.
@@ -30,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utamoe.moe.fused import fused_expert_ffn, fused_supported
 from utamoe.moe.grouped import grouped_matmul
 
 ACTIVATIONS = {
@@ -95,6 +99,10 @@ class ExpertBank(nn.Module):
     def expert_forward(self, x_ND: torch.Tensor, e: int) -> torch.Tensor:
         raise NotImplementedError
 
+    def fused_dispatch(self, x_TD: torch.Tensor, token_M: torch.Tensor, weight_M: torch.Tensor,
+                       counts_E: list[int]) -> torch.Tensor | None:
+        return None
+
 
 class FFNExperts(ExpertBank):
     """E independent gated FFN experts."""
@@ -124,6 +132,12 @@ class FFNExperts(ExpertBank):
 
     def expert_forward(self, x_ND, e):
         return glu(x_ND @ self.w_gate_up[e], self.act_name) @ self.w_down[e]
+
+    def fused_dispatch(self, x_TD, token_M, weight_M, counts_E):
+        if not fused_supported(self.act_name):
+            return None
+        return fused_expert_ffn(x_TD, self.w_gate_up, self.w_down, token_M, weight_M, counts_E,
+                                self.act_name)
 
 
 class LoRAExperts(ExpertBank):

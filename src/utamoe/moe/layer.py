@@ -4,11 +4,13 @@
     x --shared experts (every token, averaged)--------------------------> y_shared
     y = alpha * y_routed + (1 - alpha) * y_shared        (y = y_routed with no shared expert)
 
-Dispatch is dropless. The fast path sorts the T*K (token, expert) pairs by
-expert, gathers the rows once, runs each projection as one grouped matmul over
-all groups and experts, un-permutes and sums the K weighted outputs per token.
-The reference path loops over experts and adds each expert's weighted output
-into its tokens; tests assert both agree in values and gradients.
+Dispatch is dropless. Both fast paths sort the T*K (token, expert) pairs by
+expert. The grouped path gathers the rows once, runs each projection as one
+grouped matmul over all groups and experts, un-permutes and sums the K weighted
+outputs per token; the fused path (the CPU default, gated-FFN experts) runs
+gather, FFN and weighted combine expert by expert in one autograd Function
+(utamoe.moe.fused). The reference path loops over experts and adds each expert's
+weighted output into its tokens; tests assert all three agree in values and gradients.
 
 When the layer runs inside `utamoe.moe.route(...)` it reads task labels from the
 session (for oracle routing and the group loss) and records its losses and
@@ -32,12 +34,26 @@ from utamoe.moe.losses import layer_losses, routing_stats
 from utamoe.moe.routers import Router, Routing
 
 
-def sorted_dispatch(x_TD, routing: Routing, bank, num_experts: int) -> torch.Tensor:
-    """Fast path: sort by expert, grouped matmuls, un-permute, weighted sum over the K slots."""
+def dispatch(x_TD, routing: Routing, bank, num_experts: int, mode: str = "auto") -> torch.Tensor:
+    """The routed output for MoEConfig.dispatch `mode` ("auto": fused on CPU, grouped elsewhere)."""
+    if mode == "loop":
+        return loop_dispatch(x_TD, routing, bank, num_experts)
+    fused = mode == "fused" or (mode == "auto" and x_TD.device.type == "cpu")
+    return sorted_dispatch(x_TD, routing, bank, num_experts, fused=fused)
+
+
+def sorted_dispatch(x_TD, routing: Routing, bank, num_experts: int, fused: bool = False) -> torch.Tensor:
+    """Fast paths: sort by expert; then the bank's fused dispatch when `fused` and it has one,
+    else grouped matmuls, un-permute and a weighted sum over the K slots."""
     T, K = routing.expert_ids_TK.shape
     flat_M = routing.expert_ids_TK.reshape(-1)
     order_M = torch.argsort(flat_M, stable=True)
     counts_E = torch.bincount(flat_M, minlength=num_experts)
+    if fused:
+        weight_M = routing.weights_TK.reshape(-1).index_select(0, order_M)
+        y_TD = bank.fused_dispatch(x_TD, order_M // K, weight_M, counts_E.tolist())
+        if y_TD is not None:
+            return y_TD
     offsets_E = torch.cumsum(counts_E, 0, dtype=torch.int32)
     x_MD = x_TD.index_select(0, order_M // K)
     y_MD = bank.sorted_forward(x_MD, offsets_E)
@@ -49,14 +65,15 @@ def sorted_dispatch(x_TD, routing: Routing, bank, num_experts: int) -> torch.Ten
 
 
 def loop_dispatch(x_TD, routing: Routing, bank, num_experts: int) -> torch.Tensor:
-    """Reference path: for each expert, its tokens through it, weighted, added back (fp32 sum)."""
-    out_TD = x_TD.new_zeros(x_TD.shape, dtype=torch.float32)
+    """Reference path: for each expert, its tokens through it, weighted, added back (summed in
+    fp32, or in x's dtype when that is wider)."""
+    out_TD = x_TD.new_zeros(x_TD.shape, dtype=torch.promote_types(x_TD.dtype, torch.float32))
     for e in range(num_experts):
         tok, slot = torch.where(routing.expert_ids_TK == e)
         if tok.numel() == 0:
             continue
-        y = bank.expert_forward(x_TD[tok], e).float()
-        out_TD = out_TD.index_add(0, tok, y * routing.weights_TK[tok, slot, None])
+        y = bank.expert_forward(x_TD[tok], e).to(out_TD.dtype)
+        out_TD = out_TD.index_add(0, tok, y * routing.weights_TK[tok, slot, None].to(out_TD.dtype))
     return out_TD.to(x_TD.dtype)
 
 
@@ -130,8 +147,7 @@ class TaskAwareMoE(RoutedModule):
     def _mix(self, x_TD: torch.Tensor, labels_T, valid_T) -> torch.Tensor:
         """Route, dispatch and add the shared experts for rows x_TD (and record in a session)."""
         routing = self.router(x_TD, labels_T)
-        dispatch = sorted_dispatch if self.config.dispatch == "grouped" else loop_dispatch
-        y_TD = dispatch(x_TD, routing, self.experts, self.config.num_experts)
+        y_TD = dispatch(x_TD, routing, self.experts, self.config.num_experts, self.config.dispatch)
         if routing.group_scale_T is not None:
             y_TD = y_TD * routing.group_scale_T.to(y_TD.dtype)[:, None]
         if self.shared is not None:

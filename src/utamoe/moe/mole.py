@@ -20,7 +20,7 @@ The caller computes the embeddings (any sentence encoder) and passes them throug
 routing session, like task labels: HF decoders call `mlp(x)` with nothing else. MoLE wraps
 whatever FFN a block has; `upcycle()` and the split_ffn / upcycle stages see through it
 (`inner_mlp`), so adapters added to a dense backbone stay beside the TA-MoE it becomes.
-Dispatch is TA-MoE's: `sorted_dispatch` (grouped matmuls) or the `loop_dispatch` reference,
+Dispatch is TA-MoE's (`utamoe.moe.layer.dispatch`: grouped matmuls, or the loop reference),
 held equal by tests. Session records: loss "mole_balance" (Switch, E * sum_e f_e P_e over
 real tokens) and lazy stats "mole_tokens" (E,), real tokens per adapter. No routing trace
 is written: its consumers (serve metrics, the web page's experts view) read every traced
@@ -50,7 +50,7 @@ from utamoe.config import ConfigError
 from utamoe.moe.context import RoutedModule
 from utamoe.moe.experts import ACTIVATIONS, ExpertBank, activation
 from utamoe.moe.grouped import grouped_matmul
-from utamoe.moe.layer import loop_dispatch, sorted_dispatch
+from utamoe.moe.layer import dispatch
 from utamoe.moe.routers import Routing
 from utamoe.moe.upcycle import UnsupportedArchitectureError, decoder_layers
 
@@ -187,8 +187,7 @@ class MoLELayer(RoutedModule):
         # A Routing with one slot and one group, so the TA-MoE dispatch paths run it unchanged.
         routing = Routing(ids_T[:, None], w_T[:, None], ids_T[:, None], torch.zeros_like(ids_T),
                           logits_TE, None, None)
-        dispatch = sorted_dispatch if self.config.dispatch == "grouped" else loop_dispatch
-        delta = dispatch(x_TD, routing, self.adapters, self.config.num_experts)
+        delta = dispatch(x_TD, routing, self.adapters, self.config.num_experts, self.config.dispatch)
         if keep_N is None:
             return delta
         return full_TD.new_zeros(full_TD.shape, dtype=delta.dtype).index_copy(0, keep_N, delta)
