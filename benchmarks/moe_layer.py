@@ -73,15 +73,17 @@ class Case:
         return self.task_split is not None
 
 
-def all_cases() -> list[Case]:
+def all_cases(d_model: int = 512) -> list[Case]:
+    """The grid; expert widths scale with the model width (given here for d = 512)."""
+    s = d_model / 512
     cases = []
     for skewed in (False, True):
         tag = "skewed" if skewed else "uniform"
         cases += [
-            Case(f"e8k2-{tag}", 8, 2, 1024, skewed=skewed),
-            Case(f"e64k8-{tag}", 64, 8, 256, skewed=skewed),
-            Case(f"ta50-{tag}", 8, 2, 1024, task_split=0.5, skewed=skewed),
-            Case(f"ta90-{tag}", 8, 2, 1024, task_split=0.9, skewed=skewed),
+            Case(f"e8k2-{tag}", 8, 2, round(1024 * s), skewed=skewed),
+            Case(f"e64k8-{tag}", 64, 8, round(256 * s), skewed=skewed),
+            Case(f"ta50-{tag}", 8, 2, round(1024 * s), task_split=0.5, skewed=skewed),
+            Case(f"ta90-{tag}", 8, 2, round(1024 * s), task_split=0.9, skewed=skewed),
         ]
     return cases
 
@@ -447,6 +449,8 @@ def profile(case: Case, T: int, device, repeats: int) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tokens", type=int, default=2048, help="T, tokens per forward")
+    p.add_argument("--d-model", type=int, default=D_MODEL,
+                   help="model width d; expert widths scale with it (GPU runs: 2048)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument(
@@ -490,13 +494,15 @@ def devices(arg: str) -> list[str]:
 
 
 def main(argv=None) -> None:
+    global D_MODEL
     args = parse_args(argv)
+    D_MODEL = args.d_model
     if args.profile:
-        (case,) = select(all_cases(), args.profile)
+        (case,) = select(all_cases(D_MODEL), args.profile)
         profile(case, args.tokens, devices(args.device)[-1], args.repeats)
         return
     console = Console(stderr=args.json, width=max(Console().width, 140))
-    cases = select(all_cases(), args.cases)
+    cases = select(all_cases(D_MODEL), args.cases)
     for device in devices(args.device):
         title = f"MoE layer, {device}, T={args.tokens}, d={D_MODEL}, threads={torch.get_num_threads()}, "
         title += f"torch {torch.__version__}, median of {args.repeats} (ms), load {os.getloadavg()[0]:.1f}, "

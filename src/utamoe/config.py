@@ -62,6 +62,18 @@ def _coerce_float(value: Any, hint: Any) -> Any:
     return value
 
 
+_YAML11_WORDS = {False: ("no", "off", "false", "n"), True: ("yes", "on", "true", "y")}
+
+
+def _coerce_word(value: Any, hint: Any) -> Any:
+    """YAML 1.1 reads `no`, `off`, `yes`, `on` as booleans; where a string choice is expected and
+    exactly one choice is such a word (`mixed_precision: no`), the boolean means that word."""
+    if not isinstance(value, bool) or get_origin(hint) is not Literal:
+        return value
+    words = [a for a in get_args(hint) if isinstance(a, str) and a.lower() in _YAML11_WORDS[value]]
+    return words[0] if len(words) == 1 else value
+
+
 def _dataclass_in(hint: Any) -> type | None:
     """The dataclass a field holds (also inside `X | None`), or None."""
     if dataclasses.is_dataclass(hint):
@@ -106,7 +118,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     for name, value in data.items():
         hint = hints[name]
         nested = _dataclass_in(hint)
-        value = _coerce_float(value, hint)
+        value = _coerce_word(_coerce_float(value, hint), hint)
         item = _list_of_dataclass(hint)
         if nested is not None and isinstance(value, dict):
             value = from_dict(nested, value, prefix + name)

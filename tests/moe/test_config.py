@@ -3,6 +3,9 @@ unknown and mistyped keys."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import pytest
 
 from utamoe.config import ConfigError, from_dict
@@ -35,3 +38,17 @@ def test_config_from_dict_names_unknown_and_mistyped_keys():
         from_dict(MoEConfig, {"top_k": "2"})
     with pytest.raises(ConfigError, match=r"'routing' must be one of 'task_aware', 'topk'"):
         from_dict(MoEConfig, {"routing": "hash"})
+
+
+@dataclass
+class Precision:
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
+    flag: bool = False
+
+
+def test_yaml11_booleans_mean_the_one_matching_word_of_a_string_choice():
+    # `mixed_precision: no` in YAML (or --set train.mixed_precision=no) arrives as False.
+    assert from_dict(Precision, {"mixed_precision": False}).mixed_precision == "no"
+    assert from_dict(Precision, {"flag": False}).flag is False  # real booleans stay booleans
+    with pytest.raises(ConfigError, match="must be one of 'auto', 'no', 'bf16', got True"):
+        from_dict(Precision, {"mixed_precision": True})  # no choice means yes/on/true

@@ -232,7 +232,10 @@ def build_config(data: dict, where: str = "config") -> ExperimentConfig:
     if "stages" in data and not isinstance(data["stages"], list):
         raise ConfigError(f"{where}: stages must be a list of stages, got {data['stages']!r}")
     stages = data.pop("stages", None)
-    cfg = from_dict(ExperimentConfig, data, where)
+    try:
+        cfg = from_dict(ExperimentConfig, data)
+    except ConfigError as err:  # "recipe.yaml: config key 'train.lr' ...", not "recipe.yaml.train.lr"
+        raise ConfigError(f"{where}: {err}") from None
     if stages is not None:
         cfg.stages = [from_dict(StageConfig, s, f"{where}: stages[{i}]") for i, s in enumerate(stages)]
     return cfg.validate()
