@@ -24,12 +24,7 @@ from .helpers import mixed_samples, perturb_mome, tiny_model, tiny_mome_model
 BUDGET = 100  # the helpers' five samples (29-84 tokens) -> 3 rows of width 96, some padding
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _f(t: torch.Tensor) -> float:

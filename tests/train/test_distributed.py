@@ -9,9 +9,8 @@ per micro-batch in the reference: the same batches either way. Tolerance: relati
 step's global-batch loss (`global_loss`), 1e-4 absolute on the final weights (float summation
 order differs: an all-reduce average against an accumulated sum).
 
-FSDP and DeepSpeed cannot run on these CPU-only machines through Accelerate 1.x (it selects
-them only for GPU-class devices; with cpu=True it drops DeepSpeed, and FSDP is not offered for
-MULTI_CPU), so their equivalent tests need a GPU machine (docs/training.md).
+FSDP2 and DeepSpeed ZeRO-2 / ZeRO-3 run on the CPU too, through a small shim in the trainer
+(train/engines.make_accelerator): their tests are in test_engines_cpu.py.
 """
 
 from __future__ import annotations

@@ -20,11 +20,17 @@ the forward passes it to the mixture and into the routing session.
 row): per-sample fields are then indexed per token by `sample_ids`, and the decoder gets
 block-diagonal causal attention and per-sample positions (utamoe.model.packed; the mode
 is `pack_attention`); the losses are those of the same samples unpacked.
+`every_part` (off by default; the trainer turns it on under DeepSpeed with several processes)
+makes `forward` run every trainable part on every batch, zero-weighted where the batch has
+none of its inputs, so that processes with different task groups run the same modules in the
+same order (ZeRO fetches and reduces parameters per module in that order); the values and the
+gradients are bit-identical to a forward without it.
 Model code is single-device PyTorch; distribution lives in utamoe.train.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from dataclasses import dataclass, field
@@ -43,6 +49,7 @@ from utamoe.model.parts import (
     hidden_size_of,
 )
 from utamoe.moe import MoEConfig, RoutingSession, moe_layers, route, upcycle
+from utamoe.moe.context import RoutedModule
 from utamoe.tasks import GROUPS, group_index, task_names
 from utamoe.vision.encoders import TowerEncoder
 from utamoe.vision.processor import ImageProcessor, pixel_values
@@ -209,10 +216,15 @@ class UnifiedModel(nn.Module):
     def embed(self, input_ids: torch.Tensor, code_ids: torch.Tensor | None = None,
               pixel_values: torch.Tensor | None = None,
               instances: torch.Tensor | None = None,
-              sample_ids: torch.Tensor | None = None) -> torch.Tensor:
+              sample_ids: torch.Tensor | None = None,
+              unused: list | None = None) -> torch.Tensor:
         """(B, S, D) input embeddings: text table, understanding features, code embeddings.
         `instances` (B, De): the rows' instruction embeddings (for a routed MoVE mixture);
-        packed rows: (N, De) per sample, with `sample_ids` (B, S) naming each token's sample."""
+        packed rows: (N, De) per sample, with `sample_ids` (B, S) naming each token's sample.
+        `unused` (a list; `every_part`): the understanding encoder when there are no images and
+        the code embedding when there are no codes run on a placeholder (one image of zeros,
+        code 0) at the place where they would run, and their outputs are appended to the list
+        (the embeddings do not change; `forward` adds 0 x their sum to the loss)."""
         emb = self.lm.get_input_embeddings()(input_ids)
         if pixel_values is not None:
             slots = input_ids == self.config.und_slot_id
@@ -230,12 +242,29 @@ class UnifiedModel(nn.Module):
                     f"x {feats.shape[1]} features; build sequences with the model's und_tokens"
                 )
             emb = emb.masked_scatter(slots[..., None], feats.reshape(-1, emb.shape[-1]))
-        if code_ids is not None:
-            is_code = code_ids >= 0
-            if bool(is_code.any()):
-                codes = self.code_embeddings(code_ids[is_code]).to(emb.dtype)
-                emb = emb.masked_scatter(is_code[..., None], codes)
+        elif unused is not None:
+            unused.append(self._placeholder_features(instances, emb.device))
+        is_code = code_ids >= 0 if code_ids is not None else None
+        if is_code is not None and bool(is_code.any()):
+            codes = self.code_embeddings(code_ids[is_code]).to(emb.dtype)
+            emb = emb.masked_scatter(is_code[..., None], codes)
+        elif unused is not None:
+            unused.append(self.code_embeddings(torch.zeros(1, dtype=torch.long, device=emb.device)))
         return emb
+
+    def _placeholder_features(self, instances: torch.Tensor | None, device) -> torch.Tensor:
+        """The understanding encoder on one image of zeros (`every_part`): with the first row's
+        instruction (detached) for a routed mixture, outside the routing session (it records
+        nothing) and with the random state restored after it (dropout draws the same numbers
+        in the rest of the forward as without it). `device` is the embeddings': reading a
+        parameter outside its module's forward would be a gather of its own under ZeRO-3."""
+        size = self.config.image_size
+        image = torch.zeros(1, 3, size, size, device=device)  # the processor's float32 layout
+        if instances is not None:
+            instances = instances[:1].detach()
+        cuda = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), _unrouted(self.und_encoder):
+            return self.und_features(image, instances)
 
     def hidden(self, embeds, attention_mask=None, position_ids=None, past_key_values=None,
                use_cache: bool = False):
@@ -250,6 +279,15 @@ class UnifiedModel(nn.Module):
 
     # How packed rows tell the decoder their attention blocks (utamoe.model.packed.MODES).
     pack_attention = "auto"
+    # Every trainable part on every forward (the module docstring): the understanding encoder
+    # on a placeholder image when the batch has no images, the code embedding on one code when
+    # it has no codes, a head without labels on one hidden row (detached); 0 x the sum of
+    # each placeholder output is added to the loss, so the loss and every gradient keep their
+    # values bit for bit and those parts get exactly-zero gradients. For engines that need every
+    # process to run the same modules in the same order (DeepSpeed ZeRO; utamoe.train.engines
+    # sets it on the model under DeepSpeed with several processes); it costs one image, one
+    # code and one head row per missing part.
+    every_part = False
 
     def forward(self, batch: Batch) -> UnifiedOutput:
         packed = getattr(batch, "sample_ids", None)  # (B, S) in a PackedBatch, else None
@@ -259,9 +297,11 @@ class UnifiedModel(nn.Module):
         else:  # per-sample group -> per token
             labels = self.group_labels(batch.group_ids)[packed.clamp(min=0)].masked_fill(packed < 0, -1)
         instances = self.instance_embeddings(batch)
+        unused = [] if self.every_part else None  # placeholder outputs (every_part)
         with route(self, task_labels=labels, attention_mask=batch.attention_mask,
                    instances=instances, sample_ids=packed) as session:
-            emb = self.embed(batch.input_ids, batch.code_ids, batch.pixel_values, instances, packed)
+            emb = self.embed(batch.input_ids, batch.code_ids, batch.pixel_values, instances, packed,
+                             unused)
             if packed is None:
                 h, _ = self.hidden(emb, attention_mask=batch.attention_mask)
             else:
@@ -277,9 +317,13 @@ class UnifiedModel(nn.Module):
                 ce = F.cross_entropy(head(h[pos]).float(), labels[pos], reduction="none")
                 group_losses[group] = ce.mean()
                 per_token[group] = (ce.detach(), pos)
+            elif unused is not None:  # not a group of this batch: no group_losses entry
+                unused.append(head(h.detach()[:1, 0]))
         loss = sum(group_losses.values())
         if session.records:  # TA-MoE and MoLE router losses (a dense model adds nothing)
             loss = loss + session.aux_loss().to(loss.device)
+        if unused:  # + 0 (exactly: the placeholders are finite), last, so no sum is reordered
+            loss = loss + sum(u.float().sum() for u in unused) * 0.0
         return UnifiedOutput(loss, group_losses, _task_losses(batch, per_token),
                              session.losses(), session)
 
@@ -314,6 +358,19 @@ def _sentence_encoder(spec: str):
 
     with torch.device("cpu"):  # also when the model is built on the meta device (preflight)
         return SentenceEncoder(spec)
+
+
+@contextlib.contextmanager
+def _unrouted(module: nn.Module):
+    """`module`'s routed parts outside any routing session for the block (they record nothing)."""
+    bound = [(m, m.session) for m in module.modules() if isinstance(m, RoutedModule)]
+    for m, _ in bound:
+        m.session = None
+    try:
+        yield
+    finally:
+        for m, session in bound:
+            m.session = session
 
 
 @functools.cache

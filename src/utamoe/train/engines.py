@@ -21,18 +21,223 @@ engines about its structure, once per stage (surgery changes the modules):
   forward only; the recompute runs in backward, after that session has closed, so the
   checkpoint's `context_fn` puts each layer's session back for the recompute (the
   recompute does not record losses twice: utamoe.moe.context).
+- **CPU-only machines** (`make_accelerator`): Accelerate 1.x picks FSDP and DeepSpeed only
+  for GPU-class devices, yet both run on the CPU with gloo. DeepSpeed: Accelerate is built
+  with `cpu=False` and the gloo backend (DeepSpeed's CPU accelerator talks gloo); FSDP:
+  Accelerate is built as for DDP on the CPU (`cpu=True`: MULTI_CPU, gloo), then its state
+  is switched to FSDP with the plugin from the launch config's environment (Accelerate's
+  own FSDP code then runs unchanged). A machine with a GPU gets Accelerate as before.
+- **Between stages** (`structure_template`, `plain_model`): FSDP2 and ZeRO-3 leave the
+  model's parameters sharded (DTensors / partitioned), and every DeepSpeed engine leaves
+  hooks on them; the next stage's surgery and the final save need a plain module. Before
+  `prepare` the trainer keeps a copy of the structure with its parameters on the meta
+  device (no memory); at the end of the stage every process gathers the whole weights
+  (a collective) into that copy, which becomes the model.
+- **Task groups that only some processes have** (DeepSpeed, several processes): the unified
+  model runs its understanding encoder, code embedding and each head only for batches that
+  need them, and ZeRO fetches (ZeRO-3) and reduces (every stage) per module and parameter in
+  execution order, so processes with different task groups issued mismatched collectives
+  (a gloo size mismatch in ZeRO-3's first forward / ZeRO-2's first backward, or a hang or
+  wrong gradients where sizes happen to fit). `configure_engine` turns on the model's
+  `every_part` there (utamoe.model.unified: every part runs on every forward, zero-weighted
+  when unused, values bit-identical). `check_same_groups` remains as a guard where that does
+  not help: a model without the switch, and `train.split_groups` (one forward per task group,
+  so a process with both groups would run more forwards than one with a single group, under
+  any engine).
+- **Experts without tokens on a process**: DDP finds them (`find_unused_parameters`),
+  FSDP2 reduce-scatters zeros for them (`set_reduce_scatter_unused_params`, set here
+  after `prepare`), ZeRO-3 leaves give them zero gradients. DeepSpeed ZeRO-1/2 reduces
+  gradients in buckets filled in the order autograd produces them, so a parameter that gets
+  a gradient on one process and none on another would mis-reduce; utamoe's expert banks are
+  one parameter for all their experts (an expert without tokens is a zero slice of a gradient
+  that exists anyway), and with `every_part` every process produces the same parameters'
+  gradients in the same order (tests/model/test_every_part.py), so ZeRO-2 follows the
+  1-process run even with one task group per process (docs/scaling.md). A module with one
+  parameter per expert would not.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import os
 
+import torch
 from torch import nn
 
 from utamoe.config import ConfigError
 from utamoe.moe import TaskAwareMoE
 from utamoe.moe.context import RoutedModule
 from utamoe.moe.upcycle import decoder_layers
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() in ("1", "true", "yes")
+
+
+def make_accelerator(**kwargs):
+    """Accelerate's `Accelerator` for this machine (kwargs: Accelerator's own). With a GPU:
+    Accelerate's choice, unchanged. Without one: a multi-process launch runs on the CPU with
+    gloo under the launch config's engine: DDP, FSDP or DeepSpeed (see the module's notes)."""
+    from accelerate import Accelerator
+    from accelerate.state import PartialState
+    from accelerate.utils import (
+        DistributedType,
+        FullyShardedDataParallelPlugin,
+        InitProcessGroupKwargs,
+    )
+
+    if torch.cuda.is_available():
+        return _no_zero3_model_init(Accelerator(**kwargs))
+    launched = int(os.environ.get("LOCAL_RANK", -1)) != -1
+    if launched and _env_flag("ACCELERATE_USE_DEEPSPEED"):
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        handlers = [*kwargs.pop("kwargs_handlers", []), InitProcessGroupKwargs(backend="gloo")]
+        return _no_zero3_model_init(Accelerator(cpu=False, kwargs_handlers=handlers, **kwargs))
+    # cpu=True: a multi-process launch (--multi_gpu / torchrun) uses gloo on the CPU instead
+    # of silently running N copies.
+    acc = Accelerator(cpu=True, **kwargs)
+    if _env_flag("ACCELERATE_USE_FSDP") and acc.distributed_type == DistributedType.MULTI_CPU:
+        # Accelerate offers FSDP for MULTI_GPU-class types only; its FSDP code runs on the CPU.
+        # Both shared states: every later AcceleratorState() copies PartialState's type.
+        acc.state.fsdp_plugin = FullyShardedDataParallelPlugin()  # from the launch's environment
+        acc.state.distributed_type = DistributedType.FSDP
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    return acc
+
+
+def _no_zero3_model_init(accelerator):
+    """Under ZeRO-3 Accelerate registers its DeepSpeed config with transformers whatever
+    `zero3_init_flag` says, and transformers then builds every model partitioned
+    (`deepspeed.zero.Init`): the trainer's meta-device preflight fails on it and surgery
+    would copy partitioned weights. utamoe builds and loads the whole model on every process
+    and lets `prepare` partition it, so with `zero3_init_flag: false` (configs/accelerate)
+    that registration is undone."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return accelerator
+    plugin = accelerator.state.deepspeed_plugin
+    if not plugin.zero3_init_flag:
+        from transformers.integrations import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+        plugin.dschf = None
+    return accelerator
+
+
+def check_same_groups(accelerator, batch, model: nn.Module | None = None,
+                      split_groups: bool = False) -> None:
+    """Several processes: stop, with the reason, a micro-batch whose task groups differ between
+    processes where that would issue mismatched collectives (a gloo error or a hang, or under
+    ZeRO-2 wrong gradients, silently):
+    - DeepSpeed with a model that runs only the parts its batch needs (`every_part` off or
+      absent; `configure_engine` turns it on for the unified model): ZeRO fetches and reduces
+      per module in execution order, so every process must hold the same groups;
+    - `split_groups` (train.split_groups, any engine): one forward (and one finiteness
+      all-reduce) per task group, so every process must hold the same *number* of groups.
+    Otherwise nothing is checked (no collective); else one small all-gather per micro-batch."""
+    from accelerate.utils import DistributedType
+
+    from utamoe.tasks import GROUPS
+
+    if accelerator.num_processes == 1:
+        return
+    partial = (accelerator.distributed_type == DistributedType.DEEPSPEED
+               and not getattr(model, "every_part", False))
+    if not (partial or split_groups):
+        return
+    have = torch.zeros(1, len(GROUPS), device=accelerator.device)
+    have[0, batch.group_ids.unique().to(accelerator.device)] = 1
+    every = accelerator.gather(have)  # (processes, groups)
+    count = every.sum(0)
+    odd = [g for g, c in zip(GROUPS, count.tolist()) if 0 < c < accelerator.num_processes]
+    if partial and odd:
+        raise RuntimeError(
+            f"DeepSpeed ZeRO: task group(s) {odd} are in some processes' micro-batches and not "
+            "in others'; ZeRO cannot reduce gradients of modules that only some processes run "
+            "(docs/scaling.md). Set the model's every_part (utamoe.model.unified), use FSDP "
+            "(configs/accelerate/fsdp.yaml), or a batch size at which every micro-batch holds "
+            "every group")
+    forwards = every.sum(1).tolist()
+    if split_groups and len(set(forwards)) > 1:
+        raise RuntimeError(
+            f"train.split_groups: the processes' micro-batches hold {[int(f) for f in forwards]} "
+            "task groups, so they would run different numbers of forwards (one per group) and "
+            "their collectives would not match; turn train.split_groups off, or use batches at "
+            "which every micro-batch holds every group")
+
+
+def is_sharding(accelerator) -> bool:
+    """Whether the engine changes the model's parameters in place (FSDP, DeepSpeed)."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def structure_template(accelerator, model: nn.Module) -> nn.Module | None:
+    """Under FSDP / DeepSpeed: a copy of `model` whose parameters are on the meta device (no
+    memory; buffers, ties and flags copied), for `plain_model`; None under other engines."""
+    if not is_sharding(accelerator):
+        return None
+    memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+            for p in model.parameters()}
+    return copy.deepcopy(model, memo)
+
+
+def full_state(accelerator, prepared) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of a prepared model, whole, on every process (a collective
+    under FSDP and ZeRO-3: all processes call it)."""
+    from accelerate.utils import DistributedType
+
+    module = accelerator.unwrap_model(prepared)
+    kind = accelerator.distributed_type
+    if kind == DistributedType.FSDP:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(prepared, options=StateDictOptions(full_state_dict=True))
+        state.update((n, b) for n, b in module.named_buffers() if n not in state)
+        return state
+    params = list(module.parameters())
+    gather = contextlib.nullcontext()
+    if kind == DistributedType.DEEPSPEED and any(hasattr(p, "ds_id") for p in params):  # ZeRO-3
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    with gather:
+        state = {n: p.detach().clone() for n, p in module.named_parameters()}
+    state.update((n, b.detach().clone()) for n, b in module.named_buffers())
+    return state
+
+
+def plain_model(accelerator, prepared, template: nn.Module | None) -> nn.Module:
+    """The trained model as a plain module: the unwrapped model, or under FSDP / DeepSpeed
+    the `structure_template` filled with the gathered weights (every process)."""
+    if template is None:
+        return accelerator.unwrap_model(prepared)
+    state = full_state(accelerator, prepared)
+    filled: dict[int, nn.Parameter] = {}  # a tied parameter: one new object for all its holders
+    for prefix, module in template.named_modules(remove_duplicate=False):
+        for name, p in list(module._parameters.items()):
+            if p is None:
+                continue
+            if id(p) not in filled:
+                whole = state[f"{prefix}.{name}" if prefix else name].detach()
+                whole = whole.reshape(p.shape).to(accelerator.device)  # FSDP: 0-d were 1-d
+                filled[id(p)] = nn.Parameter(whole, requires_grad=p.requires_grad)
+            module._parameters[name] = filled[id(p)]
+        for name, b in module._buffers.items():
+            key = f"{prefix}.{name}" if prefix else name
+            if b is not None and key in state:
+                module._buffers[name] = state[key].detach().to(accelerator.device)
+    return template
+
+
+def after_prepare(accelerator, prepared, model: nn.Module) -> None:
+    """What an engine needs once the model is wrapped: FSDP2 reduce-scatters zero gradients
+    for parameters a process did not use (experts that got no tokens there)."""
+    if hasattr(prepared, "set_reduce_scatter_unused_params"):  # FSDP2
+        prepared.set_reduce_scatter_unused_params(True)
 
 
 def shard_unit_classes(model: nn.Module) -> list[str]:
@@ -45,16 +250,24 @@ def shard_unit_classes(model: nn.Module) -> list[str]:
     return sorted(names)
 
 
-def configure_engine(accelerator, model: nn.Module, train) -> dict:
-    """Tell the active engine about `model` before `accelerator.prepare` (every stage);
-    returns what was set, for the log and the tests."""
+def configure_engine(accelerator, model: nn.Module, train, optimizer=None) -> dict:
+    """Tell the active engine about `model` (and its `optimizer`, built on its parameters)
+    before `accelerator.prepare` (every stage); returns what was set, for the log and the tests."""
     from accelerate.utils import DistributedType
 
     kind = accelerator.distributed_type
     if kind == DistributedType.FSDP:
-        return _configure_fsdp(accelerator.state.fsdp_plugin, model)
+        done = _configure_fsdp(accelerator.state.fsdp_plugin, model)
+        scalars_as_vectors(model, optimizer)
+        return done
     if kind == DistributedType.DEEPSPEED:
-        return _configure_deepspeed(accelerator.state.deepspeed_plugin, model, train)
+        done = _configure_deepspeed(accelerator.state.deepspeed_plugin, model, train)
+        if getattr(accelerator, "num_processes", 1) > 1 and hasattr(model, "every_part"):
+            # Every process runs every part in the same order, whatever its task groups
+            # (see the module's notes); an instance attribute: this stage's model only.
+            model.every_part = done["every_part"] = True
+        scalars_as_vectors(model, optimizer)
+        return done
     return {}
 
 
@@ -66,6 +279,24 @@ def _configure_fsdp(plugin, model: nn.Module) -> dict:
     plugin.transformer_cls_names_to_wrap = shard_unit_classes(model)
     plugin.auto_wrap_policy = transformer_auto_wrap_policy
     return {"fsdp_units": plugin.transformer_cls_names_to_wrap}
+
+
+def scalars_as_vectors(model: nn.Module, optimizer=None) -> int:
+    """FSDP2 and ZeRO-3 cannot shard 0-d parameters (the TA-MoE layer's learnable alpha,
+    "cannot be 0 to view Float as Byte" in DeepSpeed): each becomes a
+    1-element vector, in the model and in the optimizer's groups (the layers broadcast it the
+    same way). `plain_model` gives them their own shape back. Returns how many."""
+    swapped: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is not None and p.ndim == 0:
+                if id(p) not in swapped:
+                    swapped[id(p)] = nn.Parameter(p.detach().reshape(1), requires_grad=p.requires_grad)
+                module._parameters[name] = swapped[id(p)]
+    if optimizer is not None and swapped:
+        for group in optimizer.param_groups:
+            group["params"] = [swapped.get(id(p), p) for p in group["params"]]
+    return len(swapped)
 
 
 def _configure_deepspeed(plugin, model: nn.Module, train) -> dict:

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate import DistributedDataParallelKwargs
 from accelerate.utils import set_seed
 
 from utamoe.train.checkpoint import (
@@ -40,7 +40,15 @@ from utamoe.train.checkpoint import (
     save_checkpoint,
 )
 from utamoe.train.config import ExperimentConfig, StageConfig, dump_config
-from utamoe.train.engines import configure_engine, enable_activation_checkpointing
+from utamoe.train.engines import (
+    after_prepare,
+    check_same_groups,
+    configure_engine,
+    enable_activation_checkpointing,
+    make_accelerator,
+    plain_model,
+    structure_template,
+)
 from utamoe.train.logs import CollapseWatch, MetricsLog, plot_losses, step_metrics
 from utamoe.train.run_dir import RunLock, clean_start
 from utamoe.train.setup import prepare_run
@@ -103,15 +111,14 @@ def mixed_precision(choice: str) -> str:
 class Trainer:
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, progress: bool = True):
         self.cfg, self.run_dir, self.show_progress = cfg, Path(run_dir), progress
-        self.accelerator = Accelerator(
-            # cpu=True on a machine without a GPU makes a multi-process launch (accelerate launch
-            # --multi_gpu / torchrun) use gloo on the CPU instead of silently running N copies.
-            cpu=not torch.cuda.is_available(),
+        # GPUs: Accelerate's own choice; CPU-only: gloo under DDP, FSDP or DeepSpeed (engines.py).
+        self.accelerator = make_accelerator(
             mixed_precision=mixed_precision(cfg.train.mixed_precision),
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         self.main = self.accelerator.is_main_process
         self.ckpt_root = self.run_dir / "checkpoints"
         self._stop_signal: int | None = None
+        self._template = None  # the model's structure, under FSDP / DeepSpeed (engines.py)
 
     # ------------------------------------------------------------------ setup
 
@@ -183,10 +190,12 @@ class Trainer:
         return opt, sched
 
     def _end_stage(self, stage: StageConfig) -> None:
-        self.model = self.accelerator.unwrap_model(self.prepared)
+        # FSDP / DeepSpeed: the weights gathered on every process into a plain copy (engines.py)
+        self.model = plain_model(self.accelerator, self.prepared, self._template)
         if stage.lora is not None:
             merge_lora(self.model)
         self.accelerator.free_memory()
+        self.prepared = self.opt = self._template = None
 
     def run(self, resume: bool = False, fresh: bool = False) -> Path:
         """Train (or, with `resume`, continue from the newest usable checkpoint); `fresh`
@@ -244,8 +253,10 @@ class Trainer:
                     continue
                 self._start_stage(stage)
                 opt, sched = self._optimizer(stage)
-                configure_engine(self.accelerator, self.model, self.cfg.train)  # FSDP / ZeRO units
+                self._template = structure_template(self.accelerator, self.model)
+                configure_engine(self.accelerator, self.model, self.cfg.train, opt)  # FSDP / ZeRO units
                 self.prepared, self.opt = self.accelerator.prepare(self.model, opt)
+                after_prepare(self.accelerator, self.prepared, self.model)
                 self.sched = sched
                 if index == resume_stage:
                     try:
@@ -299,6 +310,8 @@ class Trainer:
         for micro in range(t.grad_accum):
             batch = self.data.batch(index, state.step * t.grad_accum + micro, t.batch_size,
                                     stage.mixture, cfg_dropout).to(acc.device)
+            # a clear error, not a hang: split_groups, or DeepSpeed without every_part (engines.py)
+            check_same_groups(acc, batch, self.model, t.split_groups)
             parts = [batch]
             if t.split_groups:  # issue 12: one forward per task group, each without the other's padding
                 from utamoe.train.levers import split_by_group
