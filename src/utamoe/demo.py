@@ -145,14 +145,24 @@ def _report(out: Path, metrics: dict, quick: bool, vqa: dict | None = None) -> s
 
 def numerics_fingerprint() -> str:
     """What decides the floating-point results beside the seed: torch version, intra-op
-    threads, the CPU kernels' instruction set, the OpenMP wait policy (speed only)."""
+    threads, the CPU (its vendor picks MKL's kernels: the same recipe trained on an Intel and
+    an AMD AVX-512 VM diverged), its kernels' instruction set, the OpenMP wait policy (speed only)."""
     import os
+    import platform
 
     import torch
 
-    return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU kernels "
-            f"{torch.backends.cpu.get_cpu_capability()}, OMP_WAIT_POLICY="
+    return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {_cpu_model() or platform.processor()}"
+            f" (kernels {torch.backends.cpu.get_cpu_capability()}), OMP_WAIT_POLICY="
             f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return ""
 
 
 def run_demo(out: str | Path, quick: bool = False, seed: int = 0) -> dict:

@@ -101,9 +101,15 @@ class _FusedExpertFFN(torch.autograd.Function):
         act_fn, act_grad = _ACTS[ctx.act]
         inter = w_down.shape[1]
         dout_TD = dout_TD.to(x_TD.dtype).contiguous()
-        # Experts without rows get exactly zero gradient; the others are written in place.
-        dw_gate_up = torch.zeros_like(w_gate_up) if need_wgu else None
-        dw_down = torch.zeros_like(w_down) if need_wd else None
+        # Each expert with rows writes its whole slice; only the others are zeroed (exactly zero
+        # gradient), sparing a fill of both weight banks.
+        dw_gate_up = torch.empty_like(w_gate_up) if need_wgu else None
+        dw_down = torch.empty_like(w_down) if need_wd else None
+        segments = _segments(ctx.counts_E)
+        unused = sorted(set(range(len(ctx.counts_E))) - {e for e, _ in segments})
+        for dw in (dw_gate_up, dw_down):
+            if dw is not None and unused:
+                dw[unused] = 0
         wide = torch.promote_types(x_TD.dtype, torch.float32)
         d_weight_M = torch.zeros_like(weight_M, dtype=wide) if need_w else None
         w_M = weight_M.to(x_TD.dtype)
@@ -131,7 +137,7 @@ class _FusedExpertFFN(torch.autograd.Function):
             if need_x:
                 dx_TD.index_add_(0, tok, torch.mm(dgu, w_gate_up[e].T).to(dx_TD.dtype))
 
-        dx_TD = over_experts(expert, _segments(ctx.counts_E),
+        dx_TD = over_experts(expert, segments,
                              lambda: _accumulator(x_TD) if need_x else None)
         dx = None if dx_TD is None else dx_TD.to(x_TD.dtype)
         dw = None if d_weight_M is None else d_weight_M.to(weight_M.dtype)
