@@ -288,11 +288,12 @@ def test_configure_engine_turns_on_every_part_under_deepspeed(processes):
 PACKED = {"pack": True, "pack_tokens": 160}
 
 
-@pytest.mark.parametrize("engine", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("engine", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow),
+                                    pytest.param("zero3", marks=pytest.mark.slow)])
 def test_packed_runs_follow_one_packed_process(engine, tiny_assets, tmp_path, monkeypatch):
     """Sequence packing under the engines (issue 17): each process packs its own micro-batch; the
     two-process run follows one packed process with the same global batch."""
-    port = {"ddp": 29551, "fsdp": 29552}[engine]
+    port = {"ddp": 29551, "fsdp": 29552, "zero3": 29553}[engine]
     run = follows_one_process(engine, tiny_assets, tmp_path, monkeypatch, port, sharded=False, **PACKED)
     packed = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(0 < r["pack_efficiency"] <= 1 for r in packed if "loss" in r)
