@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -96,10 +97,7 @@ def main(argv=None) -> int:
     rows = []
     for i, engine in enumerate(args.engines.split(",")):
         for j, ckpt in enumerate((False, True)):
-            if (out / f"{engine}-ckpt{int(ckpt)}").exists():
-                import shutil
-
-                shutil.rmtree(out / f"{engine}-ckpt{int(ckpt)}")
+            shutil.rmtree(out / f"{engine}-ckpt{int(ckpt)}", ignore_errors=True)  # a fresh run
             rows.append(run_one(engine, ckpt, assets, out, args.port + 2 * i + j))
             print(json.dumps(rows[-1]), flush=True)
     print("\n| engine | activation checkpointing | process 0 (MiB) | process 1 (MiB) | wall s |")

@@ -36,7 +36,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from utamoe.data.sequences import IGNORE, Batch, TokenSequence, sample_fields
+from utamoe.data.sequences import Batch, TokenSequence, blank_rows, sample_fields
 
 
 @dataclass
@@ -130,12 +130,7 @@ def pack(seqs: list[TokenSequence], pad_id: int, max_tokens: int) -> PackedBatch
     rows = plan_rows(lengths, max_tokens)
     order = [i for row in rows for i in row]
     B, S = len(rows), max(sum(lengths[i] for i in row) for row in rows)
-    ids = torch.full((B, S), pad_id, dtype=torch.long)
-    codes = torch.full((B, S), -1, dtype=torch.long)
-    mask = torch.zeros(B, S, dtype=torch.long)
-    text_labels = torch.full((B, S), IGNORE, dtype=torch.long)
-    code_labels = torch.full((B, S), IGNORE, dtype=torch.long)
-    prompt_mask = torch.zeros(B, S, dtype=torch.bool)
+    ids, codes, mask, text_labels, code_labels, prompt_mask = blank_rows(B, S, pad_id)
     sample_ids = torch.full((B, S), -1, dtype=torch.long)
     position_ids = torch.zeros(B, S, dtype=torch.long)
     n = 0

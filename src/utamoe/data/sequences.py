@@ -236,16 +236,19 @@ class Batch:
         return [names[i] for i in self.task_ids.tolist()]
 
 
+def blank_rows(B: int, S: int, pad_id: int) -> tuple[torch.Tensor, ...]:
+    """B rows of S padding slots: input ids, code ids (-1), attention mask, text and code labels
+    (IGNORE), prompt mask; what `collate` and the packer (utamoe.data.packing) fill in."""
+    return (torch.full((B, S), pad_id, dtype=torch.long), torch.full((B, S), -1, dtype=torch.long),
+            torch.zeros(B, S, dtype=torch.long), torch.full((B, S), IGNORE, dtype=torch.long),
+            torch.full((B, S), IGNORE, dtype=torch.long), torch.zeros(B, S, dtype=torch.bool))
+
+
 def collate(seqs: list[TokenSequence], pad_id: int, left_pad: bool = False) -> Batch:
     """Pad sequences into a Batch (right padding for training, left padding for generation)."""
     n = max(len(s.input_ids) for s in seqs)
     B = len(seqs)
-    ids = torch.full((B, n), pad_id, dtype=torch.long)
-    codes = torch.full((B, n), -1, dtype=torch.long)
-    mask = torch.zeros(B, n, dtype=torch.long)
-    text_labels = torch.full((B, n), IGNORE, dtype=torch.long)
-    code_labels = torch.full((B, n), IGNORE, dtype=torch.long)
-    prompt_mask = torch.zeros(B, n, dtype=torch.bool)
+    ids, codes, mask, text_labels, code_labels, prompt_mask = blank_rows(B, n, pad_id)
     for b, s in enumerate(seqs):
         m = len(s.input_ids)
         sl = slice(n - m, n) if left_pad else slice(0, m)
