@@ -42,6 +42,11 @@ class HFPart:
     # Backbones only: the name of a GGUF file inside `path` (llama.cpp's format, dequantised to
     # fp32 on load; the optional `gguf` extra; utamoe.model.gguf). `path` may be `pkg:<module>`.
     gguf_file: str | None = None
+    # Backbones only: keep the first N decoder layers of a loaded backbone (a smoke run or a
+    # test on real weights at a fraction of the cost; a GGUF file's other layers are not even
+    # dequantised). None keeps them all. A backbone built from `config` sets
+    # config.num_hidden_layers instead.
+    num_layers: int | None = None
 
 
 @dataclass
@@ -157,6 +162,11 @@ class UnifiedConfig:
         if self.vision.gguf_file is not None:
             raise ConfigError("model.vision.gguf_file: GGUF files hold decoder LLMs; only "
                               "model.backbone takes one")
+        if self.vision.num_layers is not None:
+            raise ConfigError("model.vision.num_layers: only model.backbone takes one")
+        if self.backbone.num_layers is not None and self.backbone.path is None:
+            raise ConfigError("model.backbone.num_layers applies to a loaded backbone (`path`); "
+                              "a backbone built from `config` sets config.num_hidden_layers")
         if self.backbone.gguf_file is not None and self.backbone.path is None:
             raise ConfigError(f"model.backbone.gguf_file {self.backbone.gguf_file!r} needs "
                               "model.backbone.path, the directory holding it")

@@ -69,16 +69,33 @@ def build_backbone(part: HFPart, vocab_size: int) -> tuple[nn.Module, nn.Module]
     if part.gguf_file is not None:
         from utamoe.model.gguf import load_gguf_causal_lm
 
-        causal = load_gguf_causal_lm(part.path, part.gguf_file, "model.backbone", meta=meta)
+        causal = load_gguf_causal_lm(part.path, part.gguf_file, "model.backbone", meta=meta,
+                                     num_layers=part.num_layers)
     elif part.path is not None:
         path = str(_require_dir(part.path, "model.backbone"))
-        causal = (AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path)) if meta
-                  else AutoModelForCausalLM.from_pretrained(path))
+        config = AutoConfig.from_pretrained(path)
+        if part.num_layers is not None:  # the checkpoint's other layers are left unread
+            keep_first_layers(config, part.num_layers, "model.backbone")
+        causal = (AutoModelForCausalLM.from_config(config) if meta
+                  else AutoModelForCausalLM.from_pretrained(path, config=config))
     else:
         cfg = AutoConfig.for_model(**{**part.config, "vocab_size": vocab_size})
         causal = AutoModelForCausalLM.from_config(cfg)
     grow_vocab(causal, vocab_size)
     return causal.get_decoder(), causal.get_output_embeddings()
+
+
+def keep_first_layers(config, n: int, where: str) -> None:
+    """Cut a decoder config to its first `n` layers (and per-layer lists such as Gemma-3's
+    `layer_types` to their first `n` entries)."""
+    total = config.num_hidden_layers
+    if not 1 <= n <= total:
+        raise ConfigError(f"{where}.num_layers is {n} but the backbone has {total} layers; give "
+                          f"1..{total}, or null for all of them")
+    for key, value in list(vars(config).items()):
+        if isinstance(value, list) and len(value) == total:
+            setattr(config, key, value[:n])
+    config.num_hidden_layers = n
 
 
 @torch.no_grad()
