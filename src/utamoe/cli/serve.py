@@ -1,0 +1,48 @@
+"""`utamoe serve`: the HTTP API and web page for a model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    import uvicorn
+
+    from utamoe.predict import InputError, Predictor
+    from utamoe.serve.app import ServeConfig, create_app
+
+    key = args.api_key or os.environ.get("UTAMOE_API_KEY")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not key:
+        print(f"warning: listening on {args.host} without an API key (--api-key or "
+              "UTAMOE_API_KEY); anyone who reaches it can use the model", file=sys.stderr)
+    for name in ("max_batch", "queue_size"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+    predictor = Predictor.load(args.model, args.device)
+    config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                         queue_size=args.queue_size, timeout_s=args.timeout, api_key=key)
+    app = create_app(predictor, config, model_dir=str(args.model))
+    print(f"serving {args.model} on http://{args.host}:{args.port} (page /, API docs /docs)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                timeout_graceful_shutdown=int(args.timeout))
+    return 0
+
+
+def _add_serve_verb(verbs: argparse._SubParsersAction) -> None:
+    s = verbs.add_parser("serve", help="HTTP API and web page for a model, with request batching",
+                         description="Serve a model: JSON API (/docs), Prometheus metrics "
+                                     "(/metrics) and a web page (/). See docs/serve.md.")
+    s.add_argument("--model", required=True, help="model directory (e.g. RUN/model)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    s.add_argument("--api-key", help="require this X-API-Key header (or set UTAMOE_API_KEY)")
+    s.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    s.add_argument("--max-batch", type=int, default=16, help="requests per batch (default 16)")
+    s.add_argument("--max-wait-ms", type=float, default=10.0,
+                   help="how long a batch waits for more requests (default 10 ms)")
+    s.add_argument("--queue-size", type=int, default=64, help="waiting requests before 503 (default 64)")
+    s.add_argument("--timeout", type=float, default=120.0, help="a request's deadline in s (default 120)")
+    s.set_defaults(func=cmd_serve)

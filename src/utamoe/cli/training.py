@@ -1,0 +1,95 @@
+"""`utamoe demo`, `train` and `tokenizer train`: the training verbs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from utamoe.train.config import load_config
+    from utamoe.train.run_dir import ARTEFACTS, resume_overrides
+    from utamoe.train.trainer import Trainer, TrainingStopped
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            print(f"error: {run_dir} is not a run directory (no config.yaml)", file=sys.stderr)
+            return 2
+        if args.force:
+            print("error: --force starts over and --resume continues; give one of them",
+                  file=sys.stderr)
+            return 2
+        cfg = load_config(str(run_dir / "config.yaml"), resume_overrides(args.set, run_dir))
+    else:
+        if not args.config:
+            print("error: give --config FILE (or --resume RUN_DIR)", file=sys.stderr)
+            return 2
+        cfg = load_config(args.config, args.set)
+        run_dir = Path(args.out or cfg.run.out)
+        if any((run_dir / a).exists() for a in ARTEFACTS) and not args.force:
+            print(f"error: {run_dir} already holds a run; continue it with --resume {run_dir} "
+                  f"or pass --force to start over (its checkpoints, tokenizers, log and model "
+                  f"are removed)", file=sys.stderr)
+            return 2
+    try:
+        model_dir = Trainer(cfg, run_dir).run(resume=bool(args.resume), fresh=args.force)
+    except TrainingStopped as stop:
+        print(f"stopped: {stop}", file=sys.stderr)
+        return 3
+    print(f"model written to {model_dir}")
+    return 0
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from utamoe.predict import InputError
+    from utamoe.vision.tokenizer import TokenizerConfig
+    from utamoe.vision.tokenizer_train import format_report, train_tokenizer
+
+    for name in ("steps", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    config = TokenizerConfig.quick() if args.quick else TokenizerConfig()
+    _, report = train_tokenizer(args.data, config, out_dir=args.out, steps=args.steps,
+                                batch_size=args.batch_size, seed=args.seed)
+    print(format_report(report))
+    print(f"tokenizer written to {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from utamoe.demo import run_demo
+
+    run_demo(args.out, quick=args.quick, seed=args.seed)
+    return 0
+
+
+def _add_training_verbs(verbs: argparse._SubParsersAction) -> None:
+    d = verbs.add_parser("demo", help="the whole path on ShapesWorld: data, tokenizers, UTAMoE "
+                                      "recipe, evaluation (about 10 minutes on 2 CPU cores)")
+    d.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    d.add_argument("--quick", action="store_true", help="same path, tiny sizes (~1 minute)")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_demo)
+    t = verbs.add_parser("train", help="train a model from a YAML recipe (or resume a run)")
+    t.add_argument("--config", help="YAML experiment config (see configs/)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value by dotted key, e.g. train.lr=3e-4 (repeatable)")
+    t.add_argument("--out", help="run directory (default: run.out from the config)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
+    t.add_argument("--force", action="store_true", help="start over in a directory that holds a run")
+    t.set_defaults(func=cmd_train)
+    tok = verbs.add_parser("tokenizer", help="image tokenizer tools")
+    sub = tok.add_subparsers(dest="tokenizer_verb", metavar="COMMAND")
+    sub.required = True
+    tr = sub.add_parser("train", help="train the VQ image tokenizer on a dataset directory")
+    tr.add_argument("--data", required=True, help="dataset directory (train split used)")
+    tr.add_argument("--out", required=True, help="output directory for the tokenizer")
+    tr.add_argument("--steps", type=int, help="training steps (default: the config's)")
+    tr.add_argument("--batch-size", type=int, help="batch size (default: the config's)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--quick", action="store_true", help="the ~10 s smoke-test setting")
+    tr.set_defaults(func=cmd_tokenizer_train)
