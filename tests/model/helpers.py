@@ -21,18 +21,20 @@ TEXT = ["what color is the circle ?", "red", "blue", "a red circle at the top le
 DEFAULT = object()
 
 
-def tiny_model(moe: MoEConfig | None = DEFAULT, seed: int = 0, **config):
+def tiny_model(moe: MoEConfig | None = DEFAULT, seed: int = 0, backbone: dict | None = None,
+               **config):
     """(model, text tokenizer, encoder); `moe` defaults to the default TA-MoE, None = dense;
-    `config`: more UnifiedConfig fields (move, mole, sentence_encoder, ...)."""
+    `backbone`: the backbone's HF config (default a 2-layer Llama); `config`: more
+    UnifiedConfig fields (move, mole, sentence_encoder, ...)."""
     moe = MoEConfig() if moe is DEFAULT else moe
     torch.manual_seed(seed)
     tok = train_text_tokenizer(TEXT * 10, vocab_size=300)
     vq = VQTokenizer(TokenizerConfig(base_channels=32, channel_multiplier=(1, 1, 2, 2),
                                      latent_channels=32, codebook_size=32))
     cfg = UnifiedConfig(
-        backbone=HFPart(config=dict(model_type="llama", hidden_size=32, intermediate_size=64,
-                                    num_hidden_layers=2, num_attention_heads=4,
-                                    num_key_value_heads=2, max_position_embeddings=256)),
+        backbone=HFPart(config=backbone or dict(
+            model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)),
         vision=HFPart(config=dict(model_type="siglip_vision_model", image_size=48, patch_size=16,
                                   hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                   num_attention_heads=4)),

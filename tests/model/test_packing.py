@@ -69,6 +69,19 @@ def test_dense_model_packed_equals_padded(mode):
     _assert_same_math(model, enc, mode)
 
 
+@pytest.mark.parametrize("moe", [None, MoEConfig()], ids=["dense", "ta_moe"])
+def test_gemma3_sliding_window_model_packed_equals_padded(moe):
+    """Gemma 3's sliding-window layers (window 8, shorter than every sample) take the
+    "positions" mode: transformers builds the per-sample mask composed with the window."""
+    gemma = dict(model_type="gemma3_text", hidden_size=32, intermediate_size=64,
+                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=8,
+                 sliding_window=8, max_position_embeddings=256)
+    model, _, enc = tiny_model(moe, backbone=gemma)
+    assert attention_mode(model.lm.config) == "positions"
+    assert "sliding_attention" in model.lm.config.layer_types
+    _assert_same_math(model, enc)
+
+
 @pytest.mark.parametrize("routing", ["learned", "oracle"])
 def test_ta_moe_packed_equals_padded_with_per_token_group_labels(routing):
     model, _, enc = tiny_model(MoEConfig(num_experts=4, top_k=2, num_shared_experts=1,
