@@ -162,6 +162,16 @@ def test_without_the_gguf_package_the_error_says_what_to_install(tiny_gguf, monk
         build_backbone(HFPart(path=str(root), gguf_file="tiny.gguf"), VOCAB)
 
 
+def test_a_backbone_path_to_a_gguf_file_names_its_directory_and_file(tiny_gguf):
+    root, _ = tiny_gguf
+    cfg = UnifiedConfig(backbone=HFPart(path=str(root / "tiny.gguf")))
+    assert (cfg.backbone.path, cfg.backbone.gguf_file) == (str(root), "tiny.gguf")
+    pkg = UnifiedConfig(backbone=HFPart(path="pkg:some_pkg/model.gguf")).backbone
+    assert (pkg.path, pkg.gguf_file) == ("pkg:some_pkg", "model.gguf")
+    lm, _ = build_backbone(cfg.backbone, VOCAB)
+    assert len(lm.layers) == 2
+
+
 def test_gguf_file_is_a_backbone_option_that_needs_a_path():
     with pytest.raises(ConfigError, match="gguf_file 'a.gguf' needs model.backbone.path"):
         UnifiedConfig(backbone=HFPart(gguf_file="a.gguf"))

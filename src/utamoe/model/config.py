@@ -159,6 +159,11 @@ class UnifiedConfig:
         if self.move is not None and self.und_pos2d:
             raise ConfigError("model.und_pos2d applies to the single encoder's aligner; it cannot "
                               "be combined with model.move")
+        b = self.backbone
+        if b.path is not None and b.gguf_file is None and b.path.endswith(".gguf"):
+            # `path: DIR/NAME.gguf` (as tokenizers.text takes it) means {path: DIR, gguf_file: NAME}.
+            folder, _, name = b.path.rpartition("/")
+            b.path, b.gguf_file = folder or ".", name
         if self.vision.gguf_file is not None:
             raise ConfigError("model.vision.gguf_file: GGUF files hold decoder LLMs; only "
                               "model.backbone takes one")
