@@ -22,8 +22,6 @@ Content-Length within `max_body_bytes`.
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import json
 import time
 from contextlib import asynccontextmanager
@@ -31,15 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 
-from utamoe.model.generation import SamplingConfig
-from utamoe.model.mixed_generation import Request as GenRequest
-from utamoe.serve.batcher import DeadlinePassed, DynamicBatcher, Job, QueueFull
+from utamoe.serve.batcher import DynamicBatcher
+from utamoe.serve.errors import APIError, error_response
+from utamoe.serve.handlers import Handlers
 from utamoe.serve.metrics import ServeMetrics
 from utamoe.serve.schemas import AnswerRequest, EditRequest, GenerateRequest
 from utamoe.tasks import get_task, is_task
@@ -59,25 +56,6 @@ class ServeConfig:
     api_key: str | None = None
 
 
-class APIError(Exception):
-    def __init__(self, status: int, message: str, fields: list[dict] | None = None,
-                 headers: dict | None = None):
-        self.status, self.message, self.fields, self.headers = status, message, fields or [], headers
-
-
-def _error(status: int, message: str, fields=None, headers=None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "fields": fields or []}}, status_code=status,
-                        headers=headers)
-
-
-def _png(image: np.ndarray) -> str:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
 def create_app(predictor, config: ServeConfig | None = None, model_dir: str = "") -> FastAPI:
     config = config or ServeConfig()
     metrics = ServeMetrics()
@@ -93,28 +71,7 @@ def create_app(predictor, config: ServeConfig | None = None, model_dir: str = ""
     app = FastAPI(title="utamoe", version="1", lifespan=lifespan,
                   description="Unified understanding and generation with task-aware MoE.")
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        start, path = time.perf_counter(), request.url.path
-        endpoint = path if path.startswith(("/v1/", "/health", "/metrics")) else "other"
-        try:
-            _check_request(request, config)
-            response = await call_next(request)
-        except APIError as err:
-            response = _error(err.status, err.message, err.fields, err.headers)
-        metrics.observe(endpoint, response.status_code, time.perf_counter() - start)
-        return response
-
-    @app.exception_handler(APIError)
-    async def api_error(request, err: APIError):
-        return _error(err.status, err.message, err.fields, err.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request, err: RequestValidationError):
-        fields = [{"field": ".".join(str(x) for x in e["loc"] if x != "body"), "message": e["msg"]}
-                  for e in err.errors()]
-        names = ", ".join(f["field"] for f in fields)
-        return _error(422, f"invalid request: {names} (see fields; the schema is at /docs)", fields)
+    _guard_and_report_errors(app, config, metrics)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
@@ -133,111 +90,65 @@ def create_app(predictor, config: ServeConfig | None = None, model_dir: str = ""
         metrics.queue_depth.set(state["batcher"].depth)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    def decode_image(data: bytes | str, field: str) -> np.ndarray:
-        from utamoe.serve.images import decode
-
-        return decode(data, field, config.max_image_pixels, predictor.processor)
-
-    def prompt(text: str, field: str) -> str:
-        if not text.strip():
-            raise APIError(422, f"{field} is empty", [{"field": field, "message": "give some text"}])
-        if len(text) > config.max_prompt_chars:
-            raise APIError(422, f"{field} is {len(text)} characters; the limit is "
-                           f"{config.max_prompt_chars}", [{"field": field, "message": "too long"}])
-        return text.strip()
-
-    async def run(gen: list[GenRequest], body, stream: bool, shape):
-        timeout = min(body.timeout_s or config.timeout_s, config.timeout_s)
-        deadline = time.monotonic() + timeout
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
-        jobs = [Job(r, deadline, trace=getattr(body, "trace", False),
-                    on_step=(lambda e, k=k: loop.call_soon_threadsafe(events.put_nowait, (k, e)))
-                    if stream else None) for k, r in enumerate(gen)]
-        futures = []
-        try:
-            for job in jobs:
-                futures.append(asyncio.wrap_future(state["batcher"].submit(job)))
-        except QueueFull as err:
-            for f in futures:
-                f.cancel()
-            raise APIError(503, f"busy: {err}; retry shortly", headers={"Retry-After": "1"}) from None
-
-        async def results():
-            _, pending = await asyncio.wait(futures, timeout=timeout)
-            if pending:
-                for job in jobs:
-                    job.future.cancel()  # still queued: the batcher skips it and frees the slot
-                raise APIError(504, f"no result within {timeout:g} s (the request's deadline)")
-            try:
-                done = [f.result() for f in futures]
-            except DeadlinePassed:
-                raise APIError(504, "the request waited past its deadline in the queue") from None
-            metrics.count_tokens(done)
-            return shape(done)
-
-        if not stream:
-            return await results()
-        return StreamingResponse(_sse(events, results()), media_type="text/event-stream")
-
-    def sampling(body, text: bool) -> SamplingConfig:
-        return SamplingConfig(temperature=body.temperature, top_k=body.top_k, seed=body.seed,
-                              cfg_scale=1.0 if text else body.cfg_scale,
-                              max_new_tokens=getattr(body, "max_new_tokens", 32))
-
-    async def answer(body: AnswerRequest, image: np.ndarray):
-        if not is_task(body.task) or get_task(body.task).output != "text" \
-                or body.task not in predictor.encoder.special.tasks:
-            raise APIError(422, f"task {body.task!r} is not a text task this model knows",
-                           [{"field": "task", "message": "use one of /health's tasks.text"}])
-        question = prompt(body.question, "question")
-        gen = [GenRequest(body.task, question, image, sampling(body, True))]
-        return await run(gen, body, body.stream, lambda r: {"answer": r[0].text, "task": body.task})
-
-    async def images(body, task: str, text: str, field: str, image: np.ndarray | None):
-        text = prompt(text, field)
-        base = sampling(body, False)
-        gen = [GenRequest(task, text, image, SamplingConfig(**{**base.__dict__, "seed": base.seed + j}))
-               for j in range(body.num_images)]  # image j uses seed + j, as `utamoe generate`
-
-        def shape(res):
-            out = {"images": [_png(r.image) for r in res], "seeds": [base.seed + j for j in range(len(res))]}
-            if body.trace:
-                out["trace"] = [r.trace for r in res]
-                out["groups"] = list(predictor.model.config.moe.group_names) \
-                    if predictor.model.config.moe is not None else []
-            return out
-
-        return await run(gen, body, body.stream, shape)
+    h = Handlers(predictor, config, metrics, state)
 
     @app.post("/v1/answer")
     async def answer_json(body: AnswerRequest):
-        return await answer(body, decode_image(body.image, "image"))
+        return await h.answer(body, h.decode_image(body.image, "image"))
 
     @app.post("/v1/generate")
     async def generate_json(body: GenerateRequest):
-        return await images(body, "t2i", body.prompt, "prompt", None)
+        return await h.images(body, "t2i", body.prompt, "prompt", None)
 
     @app.post("/v1/edit")
     async def edit_json(body: EditRequest):
-        return await images(body, "edit", body.instruction, "instruction",
-                            decode_image(body.image, "image"))
+        return await h.images(body, "edit", body.instruction, "instruction",
+                              h.decode_image(body.image, "image"))
 
     @app.post("/v1/upload/answer")
     async def answer_upload(image: Annotated[UploadFile, File()], question: Annotated[str, Form()],
                             task: Annotated[str, Form()] = "vqa",
                             options: Annotated[str, Form()] = "{}"):
         body = _form_body(AnswerRequest, {"image": "-", "question": question, "task": task}, options)
-        return await answer(body, decode_image(await image.read(), "image"))
+        return await h.answer(body, h.decode_image(await image.read(), "image"))
 
     @app.post("/v1/upload/edit")
     async def edit_upload(image: Annotated[UploadFile, File()], instruction: Annotated[str, Form()],
                           options: Annotated[str, Form()] = "{}"):
         body = _form_body(EditRequest, {"image": "-", "instruction": instruction}, options)
-        return await images(body, "edit", body.instruction, "instruction",
-                            decode_image(await image.read(), "image"))
+        return await h.images(body, "edit", body.instruction, "instruction",
+                              h.decode_image(await image.read(), "image"))
 
     return app
+
+
+def _guard_and_report_errors(app: FastAPI, config: ServeConfig, metrics: ServeMetrics) -> None:
+    """Every request checked (API key, body size) and timed; every error answered as JSON
+    with its status and the fields at fault."""
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        start, path = time.perf_counter(), request.url.path
+        endpoint = path if path.startswith(("/v1/", "/health", "/metrics")) else "other"
+        try:
+            _check_request(request, config)
+            response = await call_next(request)
+        except APIError as err:
+            response = error_response(err.status, err.message, err.fields, err.headers)
+        metrics.observe(endpoint, response.status_code, time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(APIError)
+    async def api_error(request, err: APIError):
+        return error_response(err.status, err.message, err.fields, err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, err: RequestValidationError):
+        fields = [{"field": ".".join(str(x) for x in e["loc"] if x != "body"), "message": e["msg"]}
+                  for e in err.errors()]
+        names = ", ".join(f["field"] for f in fields)
+        return error_response(422, f"invalid request: {names} (see fields; the schema is at /docs)",
+                              fields)
 
 
 def _form_body(model, fields: dict, options: str):
@@ -266,22 +177,3 @@ def _check_request(request: Request, config: ServeConfig) -> None:
             raise APIError(413, f"the body is {length} bytes; the limit is {config.max_body_bytes}")
 
 
-async def _sse(events: asyncio.Queue, result):
-    """Server-sent events: every step event as it comes, then the result (or the error)."""
-    task = asyncio.ensure_future(result)
-    while True:
-        getter = asyncio.ensure_future(events.get())
-        done, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
-        if getter in done:
-            k, (kind, value) = getter.result()
-            yield f"event: {kind}\ndata: {json.dumps({'index': k, kind: value})}\n\n"
-            continue
-        getter.cancel()
-        while not events.empty():
-            k, (kind, value) = events.get_nowait()
-            yield f"event: {kind}\ndata: {json.dumps({'index': k, kind: value})}\n\n"
-        try:
-            yield f"event: result\ndata: {json.dumps(task.result())}\n\n"
-        except APIError as err:
-            yield f"event: error\ndata: {json.dumps({'status': err.status, 'message': err.message})}\n\n"
-        return

@@ -14,7 +14,7 @@ import numpy as np
 def decode(data: bytes | str, field: str, max_pixels: int, processor) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
-    from utamoe.serve.app import APIError
+    from utamoe.serve.errors import APIError
 
     def bad(message: str) -> APIError:
         return APIError(422, f"{field}: {message}", [{"field": field, "message": message}])
