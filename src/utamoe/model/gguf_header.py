@@ -33,6 +33,10 @@ _DEFAULT_ALIGNMENT = 32
 # GGUF metadata value types (gguf.GGUFValueType) -> struct format of one element.
 _SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
+# ggml tensor types stored as plain values (gguf.GGMLQuantizationType F32, F16, I8, I16, I32,
+# I64, F64); every other type is stored as blocks of bytes.
+_TYPED = {0: np.float32, 1: np.float16, 24: np.int8, 25: np.int16, 26: np.int32, 27: np.int64,
+          28: np.float64}
 
 
 class UnsupportedGGUF(ValueError):
@@ -79,14 +83,10 @@ class GGUFHeader:
         info = self.tensors[name]
         qtype = GGMLQuantizationType(info.qtype)
         n = int(np.prod(info.dims))
-        typed = {GGMLQuantizationType.F16: np.float16, GGMLQuantizationType.F32: np.float32,
-                 GGMLQuantizationType.F64: np.float64, GGMLQuantizationType.I8: np.int8,
-                 GGMLQuantizationType.I16: np.int16, GGMLQuantizationType.I32: np.int32,
-                 GGMLQuantizationType.I64: np.int64}
         if self._map is None:
             self._map = np.memmap(self.path, mode="r")
-        if qtype in typed:
-            dtype = np.dtype(typed[qtype])
+        if info.qtype in _TYPED:
+            dtype = np.dtype(_TYPED[info.qtype])
             raw = self._map[info.offset:info.offset + n * dtype.itemsize]
             return raw.view(dtype).reshape(info.shape)
         block, type_size = GGML_QUANT_SIZES[qtype]
