@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from utamoe.model.gguf import (
+    from utamoe.hf.gguf import (
         _fast_header,
         config_from_header,
         gguf_path,

@@ -31,7 +31,7 @@ from train_throughput import step  # noqa: E402 (one optimiser step, the same in
 
 from utamoe.data.sequences import collate, training_sequences  # noqa: E402
 from utamoe.data.shapes import ShapesWorldConfig, generate_dataset  # noqa: E402
-from utamoe.model.config import HFPart  # noqa: E402
+from utamoe.hf.parts import HFPart  # noqa: E402
 from utamoe.model.unified import UnifiedModel  # noqa: E402
 from utamoe.text_tokenizer import SpecialIds, train_text_tokenizer  # noqa: E402
 from utamoe.train.config import load_config  # noqa: E402

@@ -27,7 +27,8 @@ def demo_sized_predictor():
     """The demo's architecture (configs/base.yaml), random weights: what serving costs."""
     import torch
 
-    from utamoe.model.config import HFPart, UnifiedConfig
+    from utamoe.hf.parts import HFPart
+    from utamoe.model.config import UnifiedConfig
     from utamoe.model.unified import UnifiedModel
     from utamoe.predict import Predictor
     from utamoe.text_tokenizer import SpecialIds, train_text_tokenizer

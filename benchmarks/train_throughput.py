@@ -31,7 +31,8 @@ import torch  # noqa: E402
 
 from utamoe.data.sequences import collate, training_sequences  # noqa: E402
 from utamoe.data.shapes import ShapesWorldConfig, generate_dataset  # noqa: E402
-from utamoe.model.config import HFPart, UnifiedConfig  # noqa: E402
+from utamoe.hf.parts import HFPart  # noqa: E402
+from utamoe.model.config import UnifiedConfig
 from utamoe.model.unified import UnifiedModel  # noqa: E402
 from utamoe.moe import MoEConfig  # noqa: E402
 from utamoe.text_tokenizer import SpecialIds, train_text_tokenizer  # noqa: E402

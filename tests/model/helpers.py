@@ -7,7 +7,8 @@ import torch
 
 from utamoe.data.formats import Sample
 from utamoe.data.sequences import collate
-from utamoe.model.config import HFPart, UnifiedConfig
+from utamoe.hf.parts import HFPart
+from utamoe.model.config import UnifiedConfig
 from utamoe.model.unified import UnifiedModel
 from utamoe.moe import MoEConfig
 from utamoe.text_tokenizer import SpecialIds, train_text_tokenizer

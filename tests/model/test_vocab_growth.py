@@ -7,8 +7,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from utamoe.model.config import HFPart
-from utamoe.model.parts import build_backbone
+from utamoe.hf.parts import HFPart, build_backbone
 
 
 def test_new_rows_are_the_mean_of_the_old_ones(tmp_path):

@@ -57,7 +57,7 @@ def test_moe_group_names_must_be_the_registry_groups():
 
 
 def test_vision_image_size_conflicting_with_the_model_is_an_error():
-    from utamoe.model.parts import build_vision
+    from utamoe.hf.parts import build_vision
 
     with pytest.raises(ConfigError, match="model.vision.config.image_size is 32 but model.image_size is 48"):
         build_vision(load_config("utamoe", ["model.vision.config.image_size=32"]).model.vision, 48)

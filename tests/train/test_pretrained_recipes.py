@@ -92,7 +92,7 @@ def test_gemma_recipe_preflights_on_the_meta_device_from_the_gguf_metadata():
                                     und_slot_id=7)
     preflight(model_cfg, cfg.stages)
     with torch.device("meta"):
-        from utamoe.model.parts import build_backbone
+        from utamoe.hf.parts import build_backbone
 
         lm, _ = build_backbone(cfg.model.backbone, 262_200)
     assert type(lm).__name__ == "Gemma3TextModel" and len(lm.layers) == 18

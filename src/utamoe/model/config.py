@@ -1,7 +1,7 @@
 """UnifiedConfig: what a unified model is made of, as data (saved next to its weights).
 
 Each Hugging Face part (the decoder backbone, the understanding encoder) is a
-`HFPart`: either a local directory to load (`path`) or a config dict to build a
+`HFPart` (utamoe.hf.parts): either a local directory to load (`path`) or a config dict to build a
 fresh model from (`config`, with its `model_type`). The defaults are a small
 Llama backbone and a small SigLIP vision tower sized for ShapesWorld's 48x48
 images on a CPU; users point `path` at Janus-Pro / Qwen / SigLIP checkpoints.
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from utamoe.config import ConfigError
+from utamoe.hf.parts import HFPart
 from utamoe.moe import MoEConfig
 from utamoe.moe.mole import MoLEConfig
 
@@ -31,22 +32,6 @@ def _tiny_llama() -> dict[str, Any]:
 def _tiny_siglip() -> dict[str, Any]:
     return dict(model_type="siglip_vision_model", patch_size=8, hidden_size=128,
                 intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
-
-
-@dataclass
-class HFPart:
-    """A Hugging Face model: loaded from a local directory, or built from a config dict."""
-
-    path: str | None = None
-    config: dict[str, Any] = field(default_factory=dict)
-    # Backbones only: the name of a GGUF file inside `path` (llama.cpp's format, dequantised to
-    # fp32 on load; the optional `gguf` extra; utamoe.model.gguf). `path` may be `pkg:<module>`.
-    gguf_file: str | None = None
-    # Backbones only: keep the first N decoder layers of a loaded backbone (a smoke run or a
-    # test on real weights at a fraction of the cost; a GGUF file's other layers are not even
-    # dequantised). None keeps them all. A backbone built from `config` sets
-    # config.num_hidden_layers instead.
-    num_layers: int | None = None
 
 
 @dataclass

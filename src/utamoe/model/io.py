@@ -27,7 +27,8 @@ from safetensors.torch import load_file, load_model, save_model
 
 from utamoe.config import from_dict, to_dict
 from utamoe.fsutil import atomic_directory
-from utamoe.model.config import HFPart, UnifiedConfig
+from utamoe.hf.parts import HFPart
+from utamoe.model.config import UnifiedConfig
 from utamoe.model.unified import UnifiedModel
 from utamoe.text_tokenizer import load_text_tokenizer
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from utamoe.model.config import HFPart, UnifiedConfig
+from utamoe.hf.parts import HFPart
+from utamoe.model.config import UnifiedConfig
 from utamoe.model.unified import UnifiedModel
 from utamoe.vision.encoders import TowerEncoder
 from utamoe.vision.tokenizer import VQTokenizer
@@ -72,7 +73,7 @@ def load_janus(path: str | Path, dtype: torch.dtype = torch.float32,
     utamoe.model.parts.grow_vocab) for the tokens utamoe's text tokenizer adds."""
     from transformers import JanusForConditionalGeneration
 
-    from utamoe.model.parts import grow_vocab
+    from utamoe.hf.decoders import grow_vocab
 
     janus = JanusForConditionalGeneration.from_pretrained(str(_janus_dir(path)), dtype=dtype)
     if vocab_size is not None:

@@ -40,14 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from utamoe.data.sequences import IGNORE, Batch, Encoder
+from utamoe.hf.parts import build_backbone, build_vision, hidden_size_of
 from utamoe.model.config import UnifiedConfig
-from utamoe.model.parts import (
-    GenHead,
-    MLPAligner,
-    build_backbone,
-    build_vision,
-    hidden_size_of,
-)
+from utamoe.model.parts import GenHead, MLPAligner
 from utamoe.moe import MoEConfig, RoutingSession, moe_layers, route, upcycle
 from utamoe.moe.context import RoutedModule
 from utamoe.tasks import GROUPS, group_index, task_names

@@ -166,8 +166,8 @@ def frozen_parameters(model: nn.Module) -> set[int]:
 def build_mixture(move, image_size: int, d_model: int, aligner_depth: int,
                   instance_dim: int, image_tokenizer: nn.Module | None) -> MixtureOfVisionExperts:
     """A MixtureOfVisionExperts from a MoVEConfig (utamoe.model.config)."""
-    from utamoe.model.config import HFPart
-    from utamoe.model.parts import MLPAligner, build_vision
+    from utamoe.hf.parts import HFPart, build_vision
+    from utamoe.model.parts import MLPAligner
 
     experts = []
     for i, spec in enumerate(move.encoders):

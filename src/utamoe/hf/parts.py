@@ -1,0 +1,114 @@
+"""Hugging Face parts: a decoder backbone or a vision tower, loaded from a local directory (or a
+GGUF file) or built fresh from a config dict.
+
+`HFPart` says which (as data, saved in a model's config); `build_backbone` and `build_vision`
+make the modules. Any causal decoder works as a backbone; any SigLIP/CLIP-style tower whose
+forward(pixel_values=...) gives `last_hidden_state` works as a vision tower. Weights come
+from local directories only (no hub download).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from utamoe.config import ConfigError
+from utamoe.hf.decoders import grow_vocab, keep_first_layers
+from utamoe.hf.gguf import load_gguf_causal_lm
+
+
+@dataclass
+class HFPart:
+    """A Hugging Face model: loaded from a local directory, or built from a config dict."""
+
+    path: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    # Backbones only: the name of a GGUF file inside `path` (llama.cpp's format, dequantised to
+    # fp32 on load; the optional `gguf` extra; utamoe.hf.gguf). `path` may be `pkg:<module>`.
+    gguf_file: str | None = None
+    # Backbones only: keep the first N decoder layers of a loaded backbone (a smoke run or a
+    # test on real weights at a fraction of the cost; a GGUF file's other layers are not even
+    # dequantised). None keeps them all. A backbone built from `config` sets
+    # config.num_hidden_layers instead.
+    num_layers: int | None = None
+
+
+def _require_dir(path: str, what: str) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(
+            f"{what}: directory {p} does not exist (utamoe loads weights from local directories only; "
+            f"download the checkpoint first, or give a `config` to build a fresh model)"
+        )
+    return p
+
+
+def build_backbone(part: HFPart, vocab_size: int) -> tuple[nn.Module, nn.Module]:
+    """(decoder base model, lm_head) from a local ...ForCausalLM directory, a GGUF file in a
+    local directory (`part.gguf_file`; utamoe.hf.gguf) or a config dict.
+
+    The embedding table grows to `vocab_size` when the text tokenizer added tokens (utamoe's
+    special tokens, task and grounding tokens): see `grow_vocab`.
+    """
+    meta = torch.get_default_device().type == "meta"  # preflight: structure, no weights
+    if part.gguf_file is not None:
+        causal = load_gguf_causal_lm(part.path, part.gguf_file, "model.backbone", meta=meta,
+                                     num_layers=part.num_layers)
+    elif part.path is not None:
+        path = str(_require_dir(part.path, "model.backbone"))
+        config = AutoConfig.from_pretrained(path)
+        if part.num_layers is not None:  # the checkpoint's other layers are left unread
+            keep_first_layers(config, part.num_layers, "model.backbone")
+        causal = (AutoModelForCausalLM.from_config(config) if meta
+                  else AutoModelForCausalLM.from_pretrained(path, config=config))
+    else:
+        cfg = AutoConfig.for_model(**{**part.config, "vocab_size": vocab_size})
+        causal = AutoModelForCausalLM.from_config(cfg)
+    grow_vocab(causal, vocab_size)
+    return causal.get_decoder(), causal.get_output_embeddings()
+
+
+def _janus_vision(config: dict) -> nn.Module:
+    # Janus's SigLIP tower is not registered with AutoModel.
+    from transformers.models.janus.configuration_janus import JanusVisionConfig
+    from transformers.models.janus.modeling_janus import JanusVisionModel
+
+    cfg = {k: v for k, v in config.items() if k != "model_type"}
+    return JanusVisionModel(JanusVisionConfig(**cfg))
+
+
+def build_vision(part: HFPart, image_size: int) -> nn.Module:
+    """A vision tower whose forward(pixel_values=...) gives `last_hidden_state` (B, P, Dv).
+
+    `image_size` is the model's (UnifiedConfig.image_size, the one source of the image size):
+    a tower built from a config gets it; a loaded tower must have been trained at it."""
+    if part.path is not None:
+        model = AutoModel.from_pretrained(str(_require_dir(part.path, "model.vision")))
+    else:
+        given = part.config.get("image_size")
+        if given is not None and given != image_size:
+            raise ConfigError(f"model.vision.config.image_size is {given} but model.image_size "
+                              f"is {image_size}; drop the vision one (the model's is used)")
+        config = {**part.config, "image_size": image_size}
+        if config.get("model_type") == "janus_vision_model":
+            model = _janus_vision(config)
+        else:
+            model = AutoModel.from_config(AutoConfig.for_model(**config))
+    # A full CLIP/SigLIP (text + vision) directory: keep the vision tower only.
+    model = getattr(model, "vision_model", model) if hasattr(model, "text_model") else model
+    tower_size = getattr(model.config, "image_size", image_size)
+    if part.path is not None and tower_size != image_size:
+        raise ConfigError(f"the vision tower in {part.path} takes {tower_size}x{tower_size} "
+                          f"images but model.image_size is {image_size}; set "
+                          f"model.image_size={tower_size}")
+    return model
+
+
+def hidden_size_of(module: nn.Module) -> int:
+    cfg = module.config
+    return getattr(cfg, "hidden_size", None) or cfg.get_text_config().hidden_size
