@@ -25,7 +25,7 @@ from utamoe.model.config import UnifiedConfig  # noqa: E402
 from utamoe.model.generation import SamplingConfig, generate_codes  # noqa: E402
 from utamoe.model.unified import UnifiedModel  # noqa: E402
 from utamoe.moe import MoEConfig  # noqa: E402
-from utamoe.text_tokenizer import SpecialIds, train_text_tokenizer  # noqa: E402
+from utamoe.text.tokenizer import SpecialIds, train_text_tokenizer  # noqa: E402
 
 
 def build(grid: int, moe: bool):

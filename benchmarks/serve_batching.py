@@ -31,7 +31,7 @@ def demo_sized_predictor():
     from utamoe.model.config import UnifiedConfig
     from utamoe.model.unified import UnifiedModel
     from utamoe.predict import Predictor
-    from utamoe.text_tokenizer import SpecialIds, train_text_tokenizer
+    from utamoe.text.tokenizer import SpecialIds, train_text_tokenizer
     from utamoe.train.config import load_config
     from utamoe.vision.tokenizer import TokenizerConfig, VQTokenizer
 

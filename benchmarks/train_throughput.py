@@ -35,7 +35,7 @@ from utamoe.hf.parts import HFPart  # noqa: E402
 from utamoe.model.config import UnifiedConfig
 from utamoe.model.unified import UnifiedModel  # noqa: E402
 from utamoe.moe import MoEConfig  # noqa: E402
-from utamoe.text_tokenizer import SpecialIds, train_text_tokenizer  # noqa: E402
+from utamoe.text.tokenizer import SpecialIds, train_text_tokenizer  # noqa: E402
 from utamoe.train.config import load_config  # noqa: E402
 
 

@@ -13,7 +13,7 @@ from utamoe.data.formats import Sample
 from utamoe.data.packing import PackedBatch, first_fit_decreasing, pack, plan_rows
 from utamoe.data.sequences import Encoder, collate
 from utamoe.tasks import task_names
-from utamoe.text_tokenizer import SpecialIds, train_text_tokenizer
+from utamoe.text.tokenizer import SpecialIds, train_text_tokenizer
 from utamoe.vision.processor import ImageProcessor
 
 TEXT = ["what color is it ?", "red", "a red circle", "make it blue", "a scene", "describe it ."]

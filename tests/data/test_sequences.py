@@ -10,7 +10,7 @@ import pytest
 from utamoe.data.formats import Sample
 from utamoe.data.sequences import IGNORE, Encoder, collate
 from utamoe.tasks import Task, register_task, unregister_task
-from utamoe.text_tokenizer import SpecialIds, train_text_tokenizer
+from utamoe.text.tokenizer import SpecialIds, train_text_tokenizer
 from utamoe.vision.processor import ImageProcessor
 
 TEXT = ["what color is it ?", "red", "a red circle", "make it blue", "a scene"]

@@ -13,7 +13,6 @@ from utamoe.data.shapes import (
     generate_dataset,
     make_sample,
     object_box,
-    parse_box,
     parse_description,
     parse_edit,
     parse_image,
@@ -23,6 +22,7 @@ from utamoe.data.shapes.text import apply_edit, describe
 from utamoe.data.shapes.world import COLS, ROWS, SHAPES_TASKS
 from utamoe.eval.metrics import box_iou
 from utamoe.tasks import group_of
+from utamoe.text.boxes import parse_box
 
 SIZES = {"train": 60, "val": 10, "test": 10, "heldout": 30}
 CFG = ShapesWorldConfig(seed=7, sizes=SIZES)

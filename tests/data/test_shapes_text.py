@@ -11,8 +11,6 @@ from utamoe.data.shapes import (
     ShapesWorldConfig,
     apply_edit,
     describe,
-    format_box,
-    parse_box,
     parse_description,
     parse_edit,
     refer,
@@ -98,10 +96,3 @@ def test_edits_round_trip_and_apply():
         parse_edit("paint everything", scene)
 
 
-def test_box_text_format_and_parse():
-    assert format_box((1 / 3, 0.0, 2 / 3, 1 / 3)) == "[0.33,0.00,0.67,0.33]"
-    assert parse_box("[0.33,0.00,0.67,0.33]") == (0.33, 0.0, 0.67, 0.33)
-    assert parse_box("it is at ( 0.1, 0.2 ,0.3,0.4 ) I think") == (0.1, 0.2, 0.3, 0.4)
-    for bad in ("", "[0.1,0.2,0.3]", "[0.5,0.5,0.1,0.9]", "[0.1,0.2,1.3,0.4]", "0.1,0.2,0.3,0.4",
-                "[a,b,c,d]", None):
-        assert parse_box(bad) is None

@@ -12,8 +12,8 @@ from utamoe.data.shapes import ShapesWorldConfig, apply_edit, make_sample, parse
 from utamoe.data.shapes.unified import holds, span_box
 from utamoe.data.shapes.world import ALL_TASKS, SHAPES_TASKS, Scene, SceneObject, object_box
 from utamoe.eval.metrics import box_iou
-from utamoe.tasks_exec import parse_response
 from utamoe.tasks_exec.builtin import box_mask
+from utamoe.text.spans import parse_response
 
 CFG = ShapesWorldConfig(seed=5, tasks=ALL_TASKS)
 N = 40
@@ -100,7 +100,7 @@ def test_layout_prompts_give_every_objects_box():
         phrases = s.prompt.split(" and ")
         assert len(phrases) == len(scene)
         for phrase, obj in zip(phrases, scene):
-            from utamoe.data.shapes import parse_box
+            from utamoe.text.boxes import parse_box
 
             assert phrase.startswith(f"a {obj.color} {obj.shape} [")
             assert box_iou(parse_box(phrase), object_box(obj, CFG)) > 0.9

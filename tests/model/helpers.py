@@ -11,7 +11,7 @@ from utamoe.hf.parts import HFPart
 from utamoe.model.config import UnifiedConfig
 from utamoe.model.unified import UnifiedModel
 from utamoe.moe import MoEConfig
-from utamoe.text_tokenizer import SpecialIds, train_text_tokenizer
+from utamoe.text.tokenizer import SpecialIds, train_text_tokenizer
 from utamoe.vision.tokenizer import TokenizerConfig, VQTokenizer
 
 TEXT = ["what color is the circle ?", "red", "blue", "a red circle at the top left",

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from utamoe.tasks_exec import ExecRequest, ExecResult, TaskRouter, parse_response
+from utamoe.tasks_exec import ExecRequest, ExecResult, TaskRouter
 from utamoe.tasks_exec.builtin import BoxSegmenter
+from utamoe.text.spans import parse_response
 
 
 class Fn:

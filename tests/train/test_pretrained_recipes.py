@@ -20,7 +20,7 @@ from utamoe.train.stages import preflight
 @pytest.fixture(scope="module")
 def janus_dir(tmp_path_factory):
     """A tiny random Janus (32 px images, 4x4 features and codes) with a text tokenizer."""
-    from utamoe.text_tokenizer import train_text_tokenizer
+    from utamoe.text.tokenizer import train_text_tokenizer
 
     cfg = JanusConfig(
         text_config=dict(model_type="llama", hidden_size=32, intermediate_size=64,

@@ -12,7 +12,7 @@ A conversation record holds, instead of `prompt` / `image` / `target`, a list of
 Turns alternate user / assistant, starting with a user turn and ending with an assistant
 turn. Every turn has a non-empty `text`; a user turn may carry an `image` (a PNG path
 relative to the dataset directory, like every image of the format). Assistant turns hold
-text and task spans (utamoe.tasks_exec.spans) and no image: what an executor produces is
+text and task spans (utamoe.text.spans) and no image: what an executor produces is
 the result of a span, not an input of the conversation. Only answer-layout tasks (text
 out) take conversations. docs/data_format.md documents the fields; utamoe.data.sequences
 turns a conversation into one training sequence whose loss is on the assistant turns only.

@@ -35,7 +35,7 @@ import torch
 
 from utamoe.data.formats import Sample
 from utamoe.tasks import GROUPS, get_task, task_names
-from utamoe.text_tokenizer import SpecialIds
+from utamoe.text.tokenizer import SpecialIds
 from utamoe.vision.processor import pixel_values
 
 IGNORE = -100

@@ -14,8 +14,9 @@ import string
 from collections import Counter
 from collections.abc import Sequence
 
-from utamoe.data.shapes.text import parse_box, parse_located, split_description
+from utamoe.data.shapes.text import parse_located, split_description
 from utamoe.data.shapes.world import ShapesWorldConfig
+from utamoe.text.boxes import parse_box
 
 ARTICLES = frozenset({"a", "an", "the"})
 NUMBER_WORDS = {w: str(i) for i, w in enumerate(

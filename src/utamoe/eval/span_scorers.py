@@ -45,7 +45,7 @@ def _known_tasks(ctx: ScoreContext) -> tuple[str, ...]:
 
 def span_verdict(pred: str | None, gold: str, tasks: Sequence[str]) -> dict[str, float]:
     """task_ok, box IoU (mean over the gold boxes), all_boxes_50 and text_ok of one answer."""
-    from utamoe.tasks_exec import parse_response
+    from utamoe.text.spans import parse_response
 
     g, p = parse_response(gold, tasks), parse_response(pred or "", tasks)
     task_ok = p.ok and [s.task for s in p.spans] == [s.task for s in g.spans] and bool(g.spans)
@@ -132,8 +132,8 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 def _predicted_mask(ctx: ScoreContext, answer: str | None, image) -> np.ndarray | None:
     if ctx.router is not None and "seg" in ctx.router.tasks:
         return _executed(ctx, answer, image, "masks")
-    from utamoe.tasks_exec import parse_response
     from utamoe.tasks_exec.builtin import box_mask
+    from utamoe.text.spans import parse_response
 
     spans = [s for s in parse_response(answer or "", ["seg"]).spans if s.boxes]
     return box_mask(image, spans[0].boxes) if spans else None
@@ -166,8 +166,8 @@ def layout_shapes(samples, preds, ctx: ScoreContext) -> TaskScore:
 
 def turn_correct(pred: str | None, gold: str, tasks: Sequence[str]) -> tuple[str, bool]:
     """(kind of gold answer: "task" / "box" / "text", whether `pred` gets it right)."""
-    from utamoe.data.shapes.text import parse_box
-    from utamoe.tasks_exec import parse_response
+    from utamoe.text.boxes import parse_box
+    from utamoe.text.spans import parse_response
 
     if parse_response(gold, tasks).spans:
         v = span_verdict(pred, gold, tasks)

@@ -96,8 +96,8 @@ def complete_text(model, encoder: Encoder, seqs: list, cfg: SamplingConfig | Non
                   use_cache: bool = True) -> list[str]:
     """The text that follows each prefix (TokenSequences ending where an answer starts, e.g.
     a conversation's history up to a user turn), until <eos>. Answers keep their task spans
-    when the tokenizer has span tokens (utamoe.tasks_exec.tokens.decode_answer)."""
-    from utamoe.tasks_exec.tokens import decode_answer
+    when the tokenizer has span tokens (utamoe.text.span_tokens.decode_answer)."""
+    from utamoe.text.span_tokens import decode_answer
 
     cfg = cfg or SamplingConfig()
     sp = encoder.special

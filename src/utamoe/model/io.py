@@ -30,7 +30,7 @@ from utamoe.fsutil import atomic_directory
 from utamoe.hf.parts import HFPart
 from utamoe.model.config import UnifiedConfig
 from utamoe.model.unified import UnifiedModel
-from utamoe.text_tokenizer import load_text_tokenizer
+from utamoe.text.tokenizer import load_text_tokenizer
 
 FORMAT, VERSION = "utamoe-model", 2
 

@@ -152,7 +152,7 @@ def _next_embeddings(model, feed: torch.Tensor, text_rows: torch.Tensor) -> torc
 
 def _decode(encoder, tokens: list[int], eos: int) -> str:
     row = tokens[: tokens.index(eos)] if eos in tokens else tokens
-    from utamoe.tasks_exec.tokens import decode_answer
+    from utamoe.text.span_tokens import decode_answer
 
     return decode_answer(encoder.tokenizer, row)
 

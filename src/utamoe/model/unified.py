@@ -173,7 +173,7 @@ class UnifiedModel(nn.Module):
         its image processor."""
         import dataclasses
 
-        from utamoe.text_tokenizer import SpecialIds
+        from utamoe.text.tokenizer import SpecialIds
 
         special = dataclasses.replace(SpecialIds.of(text_tokenizer), und_slot=self.config.und_slot_id)
         process = self.processor

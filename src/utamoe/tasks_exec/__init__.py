@@ -30,26 +30,12 @@ from utamoe.tasks_exec.executors import (
     unregister_executor,
 )
 from utamoe.tasks_exec.router import SpanOutcome, TaskRouter
-from utamoe.tasks_exec.spans import (
-    BOX_CLOSE,
-    BOX_OPEN,
-    ERROR_KINDS,
-    TASK_SPAN_TOKENS,
-    Box,
-    ParsedResponse,
-    SpanError,
-    TaskSpan,
-    box_token,
-    format_box,
-    format_span,
-    parse_response,
-)
 
 __all__ = [
-    "BOX_CLOSE", "BOX_OPEN", "BUILTIN_EXECUTORS", "ENTRY_POINT_GROUP", "ERROR_KINDS",
-    "TASK_SPAN_TOKENS", "Box", "ExecContext", "ExecInputError", "ExecRequest", "ExecResult",
-    "Executor", "ExecutorError", "ParsedResponse", "SpanError", "SpanOutcome", "TaskRouter",
-    "TaskSpan", "available_executors", "box_token", "build_executor", "executors_from_config",
-    "format_box", "format_span", "parse_response", "plugin_entry_points", "register_executor",
+    "BUILTIN_EXECUTORS", "ENTRY_POINT_GROUP",
+    "ExecContext", "ExecInputError", "ExecRequest", "ExecResult",
+    "Executor", "ExecutorError", "SpanOutcome", "TaskRouter",
+    "available_executors", "build_executor", "executors_from_config",
+    "plugin_entry_points", "register_executor",
     "registered_tasks", "resolve_factory", "unregister_executor",
 ]

@@ -34,7 +34,7 @@ from utamoe.tasks_exec.executors import (
     need_predictor,
 )
 from utamoe.tasks_exec.grounded import box_pixels
-from utamoe.tasks_exec.spans import Box, format_box
+from utamoe.text.boxes import Box, format_box
 
 
 def sampling_config(options: dict | None, where: str) -> SamplingConfig:

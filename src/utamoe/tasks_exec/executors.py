@@ -34,7 +34,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from utamoe.config import ConfigError
-from utamoe.tasks_exec.spans import Box, TaskSpan, _check_task_name
+from utamoe.text.boxes import Box
+from utamoe.text.spans import TaskSpan, _check_task_name
 
 ENTRY_POINT_GROUP = "utamoe.executors"
 

@@ -27,7 +27,7 @@ import torch
 from utamoe.model import generation
 from utamoe.model.generation import SamplingConfig, pick
 from utamoe.tasks_exec.executors import ExecContext, ExecRequest, ExecResult, need_predictor
-from utamoe.tasks_exec.spans import Box
+from utamoe.text.boxes import Box
 from utamoe.vision.processor import to_rgb
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from utamoe.tasks_exec.executors import ExecInputError, ExecRequest, ExecResult, Executor
-from utamoe.tasks_exec.spans import ParsedResponse, SpanError, TaskSpan, parse_response
+from utamoe.text.spans import ParsedResponse, SpanError, TaskSpan, parse_response
 
 
 @dataclass

@@ -19,7 +19,7 @@ from utamoe.config import ConfigError
 from utamoe.data.formats import load_split
 from utamoe.model.unified import UnifiedModel
 from utamoe.tasks import get_task, task_names
-from utamoe.text_tokenizer import SpecialIds, load_text_tokenizer, train_text_tokenizer
+from utamoe.text.tokenizer import SpecialIds, load_text_tokenizer, train_text_tokenizer
 from utamoe.train.config import ExperimentConfig
 from utamoe.train.data import TrainData
 from utamoe.train.stages import preflight
@@ -98,9 +98,9 @@ def sample_texts(samples) -> list[str]:
 
 def text_tokenizer_for(cfg: ExperimentConfig, samples, run_dir: Path, acc):
     """The run's text tokenizer. Data whose answers hold task spans (UnifiedMLLM) adds the task
-    and grounding tokens as never-split tokens (utamoe.tasks_exec.tokens)."""
+    and grounding tokens as never-split tokens (utamoe.text.span_tokens)."""
     from utamoe.tasks_exec import registered_tasks
-    from utamoe.tasks_exec.tokens import add_span_tokens, has_span_tokens, strip_span_tokens
+    from utamoe.text.span_tokens import add_span_tokens, has_span_tokens, strip_span_tokens
 
     tasks, span_tasks = marker_tasks(samples), registered_tasks()
     texts = sample_texts(samples)

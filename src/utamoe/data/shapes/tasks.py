@@ -27,7 +27,6 @@ from utamoe.data.shapes.text import (
     apply_edit,
     describe,
     edit_instruction,
-    format_box,
     refer,
     t2i_prompt,
 )
@@ -41,6 +40,7 @@ from utamoe.data.shapes.world import (
     object_box,
     sample_scene,
 )
+from utamoe.text.boxes import format_box
 
 CAPTION_PROMPT = "describe the image"
 VQA_TYPES = ("color", "shape", "size", "count", "position", "relation")

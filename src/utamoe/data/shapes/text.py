@@ -9,7 +9,7 @@ back into the exact scene it asks for, an edit instruction into an `EditOp`.
     located     := "a" object "at" ROW COL               "a small red circle at top left"
     description := located (" and " located)*            objects in reading order
     reference   := "the" [SIZE] [COLOR] (SHAPE|"object") ["at" ROW COL]
-    box         := "[x0,y0,x1,y1]"  normalised to [0, 1], 2 decimals, no spaces
+    box         := "[x0,y0,x1,y1]"  utamoe.text.boxes (the one box grammar)
 
 docs/shapesworld.md lists every prompt template.
 """
@@ -30,7 +30,6 @@ from utamoe.data.shapes.world import (
 )
 
 T2I_PREFIX = "draw "
-BOX_DECIMALS = 2
 EDIT_KINDS = ("recolor", "remove", "move", "add")
 
 
@@ -187,30 +186,6 @@ def resolve(reference: str, scene: Scene, config: ShapesWorldConfig | None = Non
     if len(found) != 1:
         raise PromptError(f"'{reference}' names {len(found)} objects in the scene, not one")
     return found[0]
-
-
-# ---------------------------------------------------------------- boxes
-
-
-def format_box(box: Sequence[float]) -> str:
-    """(x0, y0, x1, y1) normalised -> '[0.35,0.02,0.65,0.31]'."""
-    return "[" + ",".join(f"{v:.{BOX_DECIMALS}f}" for v in box) + "]"
-
-
-_NUM = r"\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*"
-_BOX_RE = re.compile(rf"[\[(]{_NUM},{_NUM},{_NUM},{_NUM}[\])]")
-
-
-def parse_box(text: str) -> tuple[float, float, float, float] | None:
-    """The first '[x0,y0,x1,y1]' (spaces or parentheses tolerated) in `text`, or None when
-    there is none or it is not a box (coordinates outside [0, 1], x1 < x0 or y1 < y0)."""
-    m = _BOX_RE.search(text or "")
-    if not m:
-        return None
-    x0, y0, x1, y1 = (float(g) for g in m.groups())
-    if not all(0.0 <= v <= 1.0 for v in (x0, y0, x1, y1)) or x1 < x0 or y1 < y0:
-        return None
-    return (x0, y0, x1, y1)
 
 
 # ---------------------------------------------------------------- edits

@@ -37,15 +37,7 @@ from utamoe.data.shapes.tasks import (
     _relation_qa,
     _vqa_qa,
 )
-from utamoe.data.shapes.text import (
-    EditOp,
-    apply_edit,
-    describe,
-    edit_instruction,
-    edit_text,
-    format_box,
-    refer,
-)
+from utamoe.data.shapes.text import EditOp, apply_edit, describe, edit_instruction, edit_text, refer
 from utamoe.data.shapes.world import (
     Scene,
     SceneObject,
@@ -54,7 +46,8 @@ from utamoe.data.shapes.world import (
     object_box,
     object_side,
 )
-from utamoe.tasks_exec.spans import format_span
+from utamoe.text.boxes import format_box
+from utamoe.text.spans import format_span
 
 REASON_EDIT_KINDS = ("remove", "recolor", "move")
 

@@ -4,7 +4,7 @@ a model's own tokenizer loads as saved (no marker added that the model has no ro
 from __future__ import annotations
 
 from utamoe.tasks import Task, register_task, task_names, unregister_task
-from utamoe.text_tokenizer import (
+from utamoe.text.tokenizer import (
     BASE_SPECIAL_TOKENS,
     SpecialIds,
     load_text_tokenizer,

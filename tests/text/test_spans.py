@@ -6,13 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from utamoe.data.shapes.text import format_box as shapes_format_box
-from utamoe.tasks_exec.spans import (
+from utamoe.text.boxes import box_token, format_box
+from utamoe.text.spans import (
     ERROR_KINDS,
     TASK_SPAN_TOKENS,
     ParsedResponse,
-    box_token,
-    format_box,
     format_span,
     parse_response,
 )
@@ -128,9 +126,9 @@ def test_format_and_parse_are_inverses(task, text, boxes):
     assert format_span(s.task, s.text, s.boxes) == written
 
 
-def test_boxes_are_written_as_the_shapes_text_writes_them():
+def test_a_grounding_token_is_the_box_grammar_in_box_tokens():
     for box in [(0.35, 0.02, 0.65, 0.31), (0, 0, 1, 1), (0.125, 0.5, 0.875, 0.999)]:
-        assert format_box(box) == shapes_format_box(box)
+        assert box_token(box) == f"<box>{format_box(box)}</box>"
     assert box_token((0.1, 0.2, 0.3, 0.4)) == "<box>[0.10,0.20,0.30,0.40]</box>"
 
 

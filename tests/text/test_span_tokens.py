@@ -3,9 +3,9 @@ their spans intact (a plain skip-special decode loses the opener of <t2i> and <e
 
 from __future__ import annotations
 
-from utamoe.tasks_exec.spans import TASK_SPAN_TOKENS, parse_response
-from utamoe.tasks_exec.tokens import add_span_tokens, decode_response
-from utamoe.text_tokenizer import train_text_tokenizer
+from utamoe.text.span_tokens import add_span_tokens, decode_response
+from utamoe.text.spans import TASK_SPAN_TOKENS, parse_response
+from utamoe.text.tokenizer import train_text_tokenizer
 
 TASKS = ["t2i", "edit", "seg", "layout"]
 
@@ -30,7 +30,7 @@ def test_span_tokens_are_single_tokens_and_answers_round_trip():
 
 
 def test_canonical_answers_decode_to_themselves_and_old_tokenizers_decode_as_before():
-    from utamoe.tasks_exec.tokens import decode_answer, span_tasks_of
+    from utamoe.text.span_tokens import decode_answer, span_tasks_of
 
     tok = train_text_tokenizer(["remove the red circle", "[0.35,0.02,0.65,0.31]"] * 10, 300)
     plain = tok.encode("red circle", add_special_tokens=False) + [tok.convert_tokens_to_ids("<edit>")]

@@ -22,6 +22,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from utamoe.hf.gguf import gguf_path, load_gguf_tokenizer
 from utamoe.tasks import task_names
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -110,8 +111,6 @@ def load_text_tokenizer(path: str | Path, add_tasks: bool = True,
     `add_tasks=False` adds no task markers: a trained model's own tokenizer is loaded as it was
     saved, since a marker added later would have no row in the model's embedding table."""
     if str(path).endswith(".gguf"):  # the tokenizer inside a GGUF checkpoint (utamoe.hf.gguf)
-        from utamoe.hf.gguf import gguf_path, load_gguf_tokenizer
-
         folder, _, name = str(path).rpartition("/")
         tok = load_gguf_tokenizer(gguf_path(folder or ".", name, "tokenizers.text"))
     else:

@@ -6,9 +6,9 @@ an instruction, with *grounding tokens* around normalised boxes:
     I'll remove it. <edit>remove the object<box>[0.35,0.02,0.65,0.31]</box></edit>
 
 A span `<T>...</T>` asks the executor of task T (utamoe.tasks_exec.executors) to do what its
-text and boxes say. A box is `<box>[x0,y0,x1,y1]</box>`, coordinates in [0, 1] of the image's
-width and height, written with `format_box` (two decimals, as the ShapesWorld text does); a
-box outside a span is a grounding answer in plain text ("it is at <box>[...]</box>").
+text and boxes say. A box is `<box>[x0,y0,x1,y1]</box>` in the one box grammar of
+utamoe.text.boxes (`format_box`, two decimals); a box outside a span is a grounding answer in
+plain text ("it is at <box>[...]</box>").
 
 The parser never raises on model output: an unclosed, unknown, nested or mismatched task
 token, a stray closer, a box that does not parse, lies outside [0, 1] or is empty becomes a
@@ -24,11 +24,9 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-Box = tuple[float, float, float, float]  # (x0, y0, x1, y1), normalised
+from utamoe.text.boxes import BOX_CLOSE, BOX_OPEN, Box, box_token, format_box, is_box, read_box
 
 BOX = "box"
-BOX_OPEN, BOX_CLOSE = "<box>", "</box>"
-BOX_DECIMALS = 2  # as utamoe.data.shapes.text.format_box writes them (a test keeps them equal)
 
 # kind -> what it means (docs/executors.md shows this table)
 ERROR_KINDS = {
@@ -50,8 +48,6 @@ ERROR_KINDS = {
 }
 
 _TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9_]*)>")
-_NUM = r"\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*"
-_BOX_BODY = re.compile(rf"\s*[\[(]{_NUM},{_NUM},{_NUM},{_NUM}[\])]\s*")
 
 
 @dataclass(frozen=True)
@@ -113,23 +109,6 @@ def TASK_SPAN_TOKENS(tasks: Iterable[str]) -> list[str]:
     return out + [BOX_OPEN, BOX_CLOSE]
 
 
-def format_box(box: Sequence[float]) -> str:
-    """(x0, y0, x1, y1) normalised -> '[0.35,0.02,0.65,0.31]'."""
-    return "[" + ",".join(f"{v:.{BOX_DECIMALS}f}" for v in box) + "]"
-
-
-def box_token(box: Sequence[float]) -> str:
-    """A grounding token: '<box>[x0,y0,x1,y1]</box>'; a box that is not valid (once written
-    at BOX_DECIMALS) is a ValueError."""
-    if len(box) != 4:
-        raise ValueError(f"a box has four coordinates (x0, y0, x1, y1), got {tuple(box)}")
-    text = format_box(box)
-    written = _parse_box(text)
-    if _is_error(written):
-        raise ValueError(f"box {tuple(box)} written as {text}: {written[1]}")
-    return BOX_OPEN + text + BOX_CLOSE
-
-
 def format_span(task: str, text: str, boxes: Sequence[Sequence[float]] = ()) -> str:
     """The inverse of parsing: '<task>text<box>[..]</box>...</task>' (boxes after the text;
     to interleave phrases and boxes, write `box_token(b)` into the text yourself)."""
@@ -146,23 +125,6 @@ def _check_task_name(task: str) -> None:
     if not isinstance(task, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", task) or task == BOX:
         raise ValueError(f"task name {task!r} cannot be a task token: use letters, digits and "
                          f"'_', starting with a letter, and not {BOX!r}")
-
-
-def _parse_box(content: str) -> Box | tuple[str, str]:
-    """A box, or (error kind, why) for the text between <box> and </box>."""
-    m = _BOX_BODY.fullmatch(content)
-    if not m:
-        return "bad_box", f"{content!r} is not [x0,y0,x1,y1] (four numbers)"
-    x0, y0, x1, y1 = (float(g) for g in m.groups())
-    if not all(0.0 <= v <= 1.0 for v in (x0, y0, x1, y1)):
-        return "box_out_of_range", f"{content.strip()} has a coordinate outside [0, 1]"
-    if x0 >= x1 or y0 >= y1:
-        return "empty_box", f"{content.strip()} is empty (it needs x0 < x1 and y0 < y1)"
-    return (x0, y0, x1, y1)
-
-
-def _is_error(parsed) -> bool:
-    return isinstance(parsed[0], str)
 
 
 def parse_response(text: str, known_tasks: Iterable[str]) -> ParsedResponse:
@@ -292,9 +254,9 @@ class _Parser:
             self.pos = upto
             return i + 1
         content = self.text[m.end():nxt.start()]
-        box = _parse_box(content)
+        box = read_box(content)
         self.pos = nxt.end()
-        if _is_error(box):
+        if not is_box(box):
             self._error(box[0], f"the box at {m.start()}: {box[1]}", m.start(), nxt.end())
         elif self.span is not None:
             self.span.parts.append(box)

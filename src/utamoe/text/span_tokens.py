@@ -6,7 +6,7 @@ model cannot emit them reliably. `add_span_tokens` adds the ones a tokenizer lac
 skip_special_tokens=True)` keeps them. Two caveats the caller must know:
 
 - a task token that is also a task marker of the sequence layout (`<t2i>`, `<edit>`: see
-  utamoe.text_tokenizer) is already a *special* token, so a plain
+  utamoe.text.tokenizer) is already a *special* token, so a plain
   `decode(ids, skip_special_tokens=True)` drops it and the span loses its opener;
   `decode_response` drops only the structural specials (<eos>, <pad>, ...) and keeps every
   task-span token;
@@ -26,7 +26,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from utamoe.tasks_exec.spans import BOX_OPEN, TASK_SPAN_TOKENS
+from utamoe.text.boxes import BOX_OPEN
+from utamoe.text.spans import TASK_SPAN_TOKENS
 
 
 def add_span_tokens(tokenizer, tasks: Iterable[str]) -> list[str]:
