@@ -13,11 +13,12 @@ MoME's MoLE (routed bottleneck adapters beside each FFN, routed on the instructi
 Model code here is plain single-device PyTorch; distribution lives in utamoe.train.
 """
 
+from utamoe.moe.blocks import UnsupportedArchitectureError
 from utamoe.moe.config import MoEConfig
 from utamoe.moe.context import RoutedModule, RoutingSession, route
 from utamoe.moe.layer import TaskAwareMoE
 from utamoe.moe.mole import AdapterExperts, MoLEConfig, MoLELayer, add_mole, mole_layers
-from utamoe.moe.upcycle import UnsupportedArchitectureError, moe_layers, upcycle
+from utamoe.moe.upcycle import moe_layers, upcycle
 
 __all__ = [
     "AdapterExperts",

@@ -47,12 +47,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from utamoe.config import ConfigError
+from utamoe.moe.blocks import UnsupportedArchitectureError, WrapsFFN, decoder_layers
 from utamoe.moe.context import RoutedModule
 from utamoe.moe.experts import ACTIVATIONS, ExpertBank, activation
 from utamoe.moe.grouped import grouped_matmul
 from utamoe.moe.layer import dispatch
 from utamoe.moe.routers import Routing
-from utamoe.moe.upcycle import UnsupportedArchitectureError, decoder_layers
 
 ROUTINGS = ("instance", "token", "instance_token")
 
@@ -143,7 +143,7 @@ class AdapterExperts(ExpertBank):
         return h_Nr @ self.w_up[e] + self.b_up[e]
 
 
-class MoLELayer(RoutedModule):
+class MoLELayer(RoutedModule, WrapsFFN):
     """`ffn(x)` plus the top-1 routed adapter (see the module docstring)."""
 
     def __init__(self, ffn: nn.Module, config: MoLEConfig, hidden_size: int,
@@ -269,20 +269,6 @@ class MoLELayer(RoutedModule):
 def _token_counts(ids_T: torch.Tensor, m_T: torch.Tensor, num_experts: int) -> dict:
     counts = torch.zeros(num_experts, dtype=torch.long, device=ids_T.device)
     return {"mole_tokens": counts.index_add_(0, ids_T, m_T.long())}
-
-
-def inner_mlp(block: nn.Module) -> nn.Module:
-    """The block's FFN, seen through a MoLE wrapper (what upcycling turns into TA-MoE)."""
-    mlp = block.mlp
-    return mlp.ffn if isinstance(mlp, MoLELayer) else mlp
-
-
-def set_inner_mlp(block: nn.Module, new: nn.Module) -> None:
-    """Replace the block's FFN, keeping a MoLE wrapper (and its adapters) around it."""
-    if isinstance(block.mlp, MoLELayer):
-        block.mlp.ffn = new
-    else:
-        block.mlp = new
 
 
 def _hidden_size(lm: nn.Module, mlp: nn.Module, where: str) -> int:

@@ -18,30 +18,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from utamoe.moe.blocks import (
+    SUPPORTED,
+    UnsupportedArchitectureError,
+    decoder_layers,
+    inner_mlp,
+    set_inner_mlp,
+)
 from utamoe.moe.config import MoEConfig
 from utamoe.moe.experts import ACTIVATIONS
 from utamoe.moe.layer import TaskAwareMoE
-
-SUPPORTED = "Llama, Mistral, Qwen2, Qwen3, Gemma3 (and Janus's Llama language model)"
-
-
-class UnsupportedArchitectureError(ValueError):
-    """The model has no dense gated MLPs that utamoe can upcycle."""
-
-
-def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The (name, ModuleList) of decoder blocks in a ...ForCausalLM or a base decoder model."""
-    for name, module in model.named_modules():
-        if (
-            isinstance(module, nn.ModuleList)
-            and len(module) > 0
-            and all(hasattr(block, "mlp") for block in module)
-        ):
-            return name, module
-    raise UnsupportedArchitectureError(
-        f"{type(model).__name__}: found no decoder blocks (a ModuleList whose blocks have an "
-        f"'mlp'); upcycle supports {SUPPORTED}"
-    )
 
 
 def detect_activation(mlp: nn.Module) -> str:
@@ -83,9 +69,6 @@ def upcycle(
     `group_mlps` maps a layer index to one MLP per task group (the stage-1 task FFNs) that
     initialise that layer's routed experts. Returns `model` for chaining.
     """
-    # mole.py builds on this module (decoder_layers), so its helpers are imported here.
-    from utamoe.moe.mole import inner_mlp, set_inner_mlp
-
     config = config or MoEConfig()
     prefix, layers = decoder_layers(model)
     chosen = range(len(layers)) if config.layers is None else config.layers

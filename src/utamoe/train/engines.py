@@ -67,8 +67,8 @@ from torch import nn
 
 from utamoe.config import ConfigError
 from utamoe.moe import TaskAwareMoE
+from utamoe.moe.blocks import decoder_layers
 from utamoe.moe.context import RoutedModule
-from utamoe.moe.upcycle import decoder_layers
 
 
 def _env_flag(name: str) -> bool:

@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from utamoe.moe import MoEConfig, TaskAwareMoE
+from utamoe.moe.blocks import decoder_layers, inner_mlp, set_inner_mlp
 from utamoe.moe.experts import GatedFFN, dense_weights
-from utamoe.moe.mole import inner_mlp, set_inner_mlp
-from utamoe.moe.upcycle import check_dense_mlp, decoder_layers, detect_activation
+from utamoe.moe.upcycle import check_dense_mlp, detect_activation
 from utamoe.tasks import GROUPS, group_index
 
 SPLIT_CONFIG = dict(routing="task_aware", group_names=GROUPS, num_experts=len(GROUPS),
