@@ -76,8 +76,8 @@ DINO = dict(model_type="dinov2", patch_size=8, hidden_size=24, intermediate_size
 def tiny_mome_model(seed: int = 0, mole: bool = True):
     """The three systems in one tiny model: MoVE (SigLIP, frozen DINOv2, the codec; ADT; router),
     TA-MoE FFNs, MoLE adapters (3, instance-routed) beside them."""
-    from utamoe.model.config import MoVEConfig, VisionExpertConfig
     from utamoe.moe.mole import MoLEConfig
+    from utamoe.vision.mixture import MoVEConfig, VisionExpertConfig
 
     move = MoVEConfig(encoders=[VisionExpertConfig("vit", config=SIGLIP),
                                 VisionExpertConfig("dino", config=DINO, frozen=True),

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from utamoe.config import ConfigError
-from utamoe.model.config import MoVEConfig, VisionExpertConfig
 from utamoe.model.instructions import SentenceEncoder, resolve_encoder_dir
+from utamoe.vision.mixture import MoVEConfig, VisionExpertConfig
 
 from .helpers import mixed_batch, tiny_model
 

@@ -9,11 +9,11 @@ import torch
 
 from utamoe.config import ConfigError
 from utamoe.data.sequences import IGNORE
-from utamoe.model.grid_pos import GridPosAligner
 from utamoe.model.io import load_model_dir
 from utamoe.train.config import build_config
 from utamoe.train.levers import add_prompt_loss, attention_projections, scale_attention_init
 from utamoe.train.trainer import Trainer
+from utamoe.vision.aligners import GridPosAligner
 
 from .conftest import tiny_recipe
 

@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from utamoe.config import ConfigError
-from utamoe.model.config import MoVEConfig, VisionExpertConfig
 from utamoe.moe import route
-from utamoe.vision.mixture import MixtureOfVisionExperts
+from utamoe.vision.mixture import MixtureOfVisionExperts, MoVEConfig, VisionExpertConfig
 
 from ..model.helpers import mixed_batch, tiny_model
 

@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+from utamoe.data.formats import MAX_IMAGE_PIXELS
+from utamoe.predict import InputError
+from utamoe.vision.images import ImageTooLarge, ImageUnreadable
+from utamoe.vision.images import read_image as read_image_file
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, temperature: float, cfg_scale: float | None) -> None:
@@ -27,31 +33,16 @@ def _sampling(args: argparse.Namespace):
 
 def read_image(path: str):
     """An image file as an HxWx3 uint8 array (any size and mode: the model's processor resizes)."""
-    import warnings
-    from pathlib import Path
-
-    from PIL import Image, UnidentifiedImageError
-
-    from utamoe.data.formats import MAX_IMAGE_PIXELS
-    from utamoe.predict import InputError
-    from utamoe.vision.processor import to_rgb
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"image {path} does not exist")
-    too_big = f"image {path} has more than {MAX_IMAGE_PIXELS:,} pixels; shrink it first"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
-                    raise InputError(f"{too_big} ({im.size[0]}x{im.size[1]})")
-                return to_rgb(im)
-    except Image.DecompressionBombError as err:
-        raise InputError(too_big) from err
-    except InputError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+        return read_image_file(path, MAX_IMAGE_PIXELS)
+    except ImageTooLarge as err:
+        got = f" ({err.size[0]}x{err.size[1]})" if err.size else ""
+        raise InputError(f"image {path} has more than {MAX_IMAGE_PIXELS:,} pixels; shrink it "
+                         f"first{got}") from err
+    except ImageUnreadable as err:
         raise InputError(f"cannot read image {path}: {err}") from err
 
 

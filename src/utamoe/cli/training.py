@@ -45,8 +45,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from utamoe.predict import InputError
+    from utamoe.train.codec import format_report, train_tokenizer
     from utamoe.vision.tokenizer import TokenizerConfig
-    from utamoe.vision.tokenizer_train import format_report, train_tokenizer
 
     for name in ("steps", "batch_size"):
         value = getattr(args, name)

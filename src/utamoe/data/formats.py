@@ -33,6 +33,7 @@ import numpy as np
 
 from utamoe.data.conversations import Turn, check_turns, load_turns
 from utamoe.tasks import get_task, is_task, task_names
+from utamoe.vision.images import ImageTooLarge, ImageUnreadable, read_image
 
 FORMAT_NAME = "utamoe-dataset"
 FORMAT_VERSION = 1
@@ -203,27 +204,15 @@ def _image_path(root: Path, rel: str, key: str, path: Path, line: int) -> Path:
 
 def _read_image(root: Path, rel: str, key: str, path: Path, line: int,
                 max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
-
-    from utamoe.vision.processor import to_rgb
-
     full = _image_path(root, rel, key, path, line)
-    too_big = (f"'{key}' image '{rel}' has more than {max_pixels:,} pixels (data.max_image_pixels);"
-               " shrink it, or raise the limit if the image is meant to be this large")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below
-            with Image.open(full) as im:
-                if im.size[0] * im.size[1] > max_pixels:  # read from the header, not decoded
-                    raise _fail(path, line, f"{too_big} ({im.size[0]}x{im.size[1]})")
-                return to_rgb(im)
-    except DataFormatError:
-        raise
-    except Image.DecompressionBombError as e:
-        raise _fail(path, line, too_big) from e
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+        return read_image(full, max_pixels)
+    except ImageTooLarge as e:
+        got = f" ({e.size[0]}x{e.size[1]})" if e.size else ""
+        raise _fail(path, line, f"'{key}' image '{rel}' has more than {max_pixels:,} pixels "
+                    "(data.max_image_pixels); shrink it, or raise the limit if the image is "
+                    f"meant to be this large{got}") from e
+    except ImageUnreadable as e:
         raise _fail(path, line, f"'{key}' image '{rel}' is unreadable ({e}); re-save it "
                     "as PNG") from e
 

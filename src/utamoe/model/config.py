@@ -15,12 +15,13 @@ an instruction router in the understanding slot; utamoe.vision.mixture), `mole`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from utamoe.config import ConfigError
 from utamoe.hf.parts import HFPart
 from utamoe.moe import MoEConfig
 from utamoe.moe.mole import MoLEConfig
+from utamoe.vision.mixture import MoVEConfig
 
 
 def _tiny_llama() -> dict[str, Any]:
@@ -32,61 +33,6 @@ def _tiny_llama() -> dict[str, Any]:
 def _tiny_siglip() -> dict[str, Any]:
     return dict(model_type="siglip_vision_model", patch_size=8, hidden_size=128,
                 intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
-
-
-@dataclass
-class VisionExpertConfig:
-    """One encoder of a MoVE mixture (MoME's vision experts)."""
-
-    # A label for reports and routing maps (unique in the mixture).
-    name: str = "encoder"
-    # "hf": a Hugging Face vision model (`path` to a local directory or `config` with a
-    # model_type: siglip_vision_model, clip_vision_model, dinov2, resnet, pix2struct_vision_model,
-    # ...); "codec": the encoder of the model's own VQ image tokenizer (always frozen).
-    kind: Literal["hf", "codec"] = "hf"
-    path: str | None = None
-    config: dict[str, Any] = field(default_factory=dict)
-    # Frozen encoders run without gradients (the usual case for pretrained ones).
-    frozen: bool = False
-
-
-@dataclass
-class MoVEConfig:
-    """MoME's mixture of vision experts: each encoder's feature map -> its own MLP aligner (to the
-    backbone width) -> a transform to `query_grid`**2 tokens -> aggregated over encoders.
-    Defaults are ours (the paper does not publish them); docs/mome.md says why."""
-
-    encoders: list[VisionExpertConfig] = field(default_factory=list)
-    # "avgpool": adaptive average pooling to the query grid; "adt": pooling, then `adt_layers`
-    # adaptive deformable layers (self-attention, deformable cross-attention, FFN).
-    transform: Literal["avgpool", "adt"] = "adt"
-    # "add": sum of the encoders' outputs; "router": instance-level soft router (instruction
-    # embedding -> MLP -> softmax over encoders -> weighted sum). Table 1 of the paper.
-    aggregate: Literal["add", "router"] = "router"
-    query_grid: int = 6
-    adt_layers: int = 1
-    adt_heads: int = 4
-    adt_points: int = 4
-    adt_ffn_mult: int = 2
-    # "vectorised" (grid_sample) or "reference" (loops over heads and points; tests, debugging).
-    adt_impl: Literal["vectorised", "reference"] = "vectorised"
-    router_hidden: int = 128
-
-    def __post_init__(self) -> None:
-        if not self.encoders:
-            raise ConfigError("model.move.encoders: give at least one encoder")
-        names = [e.name for e in self.encoders]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"model.move.encoders: names must be unique, got {names}")
-        for i, e in enumerate(self.encoders):
-            if e.kind == "hf" and e.path is None and "model_type" not in e.config:
-                raise ConfigError(f"model.move.encoders.{i} ({e.name}): give a local `path` or a "
-                                  "`config` with a `model_type` (e.g. 'siglip_vision_model')")
-        for key in ("query_grid", "adt_heads", "adt_points", "adt_ffn_mult", "router_hidden"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"model.move.{key} must be >= 1, got {getattr(self, key)}")
-        if self.adt_layers < 0:
-            raise ConfigError(f"model.move.adt_layers must be >= 0, got {self.adt_layers}")
 
 
 @dataclass
@@ -109,7 +55,7 @@ class UnifiedConfig:
     # so the same model also predicts unconditionally (classifier-free guidance).
     cfg_dropout: float = 0.1
     # Add a learned row + column embedding to each understanding feature after the aligner
-    # (utamoe.model.grid_pos; issue 12), so a token's grid cell is in its value.
+    # (utamoe.vision.aligners; issue 12), so a token's grid cell is in its value.
     und_pos2d: bool = False
     # MoME (all optional): a mixture of vision experts in the understanding slot (replaces
     # `vision`, which is then unused), routed adapters beside the backbone FFNs, and the local

@@ -31,6 +31,7 @@ from utamoe.hf.parts import HFPart
 from utamoe.model.config import UnifiedConfig
 from utamoe.model.unified import UnifiedModel
 from utamoe.text.tokenizer import load_text_tokenizer
+from utamoe.vision.encoders import get_encoder_kind
 
 FORMAT, VERSION = "utamoe-model", 2
 
@@ -65,10 +66,9 @@ def _frozen_parts(model: UnifiedModel) -> UnifiedConfig:
     cfg.janus = None  # a saved model is its own checkpoint
     tied = model.lm_head.weight is model.lm.get_input_embeddings().weight
     cfg.backbone = HFPart(config={**model.lm.config.to_dict(), "tie_word_embeddings": tied})
-    if cfg.move is not None:  # MoVE: each HF encoder's config inlined the same way
+    if cfg.move is not None:  # MoVE: each encoder as its kind saves it (HF: config inlined)
         for spec, expert in zip(cfg.move.encoders, model.und_encoder.experts):
-            if expert.tower is not None:
-                spec.path, spec.config = None, expert.tower.config.to_dict()
+            get_encoder_kind(spec.kind).saved(spec, expert)
     else:
         cfg.vision = HFPart(config=model.und_encoder.tower.config.to_dict())
     return cfg

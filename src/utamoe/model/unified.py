@@ -40,13 +40,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from utamoe.data.sequences import IGNORE, Batch, Encoder
-from utamoe.hf.parts import build_backbone, build_vision, hidden_size_of
+from utamoe.hf.parts import build_backbone, hidden_size_of
 from utamoe.model.config import UnifiedConfig
-from utamoe.model.parts import GenHead, MLPAligner
+from utamoe.model.parts import GenHead
 from utamoe.moe import MoEConfig, RoutingSession, moe_layers, route, upcycle
 from utamoe.moe.context import RoutedModule
 from utamoe.tasks import GROUPS, group_index, task_names
-from utamoe.vision.encoders import TowerEncoder
+from utamoe.vision.aligners import MLPAligner
+from utamoe.vision.encoders import tower_encoder
+from utamoe.vision.mixture import build_mixture
 from utamoe.vision.processor import ImageProcessor, pixel_values
 
 
@@ -90,12 +92,11 @@ class UnifiedModel(nn.Module):
             sentence = _sentence_encoder(config.sentence_encoder)
         instance_dim = sentence.dim if sentence is not None else d
         if config.move is not None:
-            from utamoe.vision.mixture import build_mixture
-
             und_encoder = build_mixture(config.move, config.image_size, d, config.aligner_depth,
                                         instance_dim, image_tokenizer)
         else:
-            und_encoder = _tower_encoder(config, d)
+            und_encoder = tower_encoder(config.vision, config.image_size, d, config.aligner_depth,
+                                        config.und_pos2d)
         model = cls(
             config, lm, lm_head, und_encoder,
             nn.Embedding(config.num_codes, config.code_embed_dim),
@@ -330,19 +331,6 @@ class UnifiedModel(nn.Module):
             group_index(moe.group_names, "moe.group_names")
         upcycle(self.lm, moe, group_mlps=group_mlps)
         self.config.moe = moe
-
-
-def _tower_encoder(config: UnifiedConfig, d: int) -> TowerEncoder:
-    """The single understanding encoder: the `vision` tower + its aligner."""
-    vision = build_vision(config.vision, config.image_size)
-    if config.und_pos2d:  # issue 12: the grid cell in each feature's value
-        from utamoe.model.grid_pos import GridPosAligner, patch_grid
-
-        aligner = GridPosAligner(hidden_size_of(vision), d, config.aligner_depth,
-                                 patch_grid(vision, config.image_size))
-    else:
-        aligner = MLPAligner(hidden_size_of(vision), d, config.aligner_depth)
-    return TowerEncoder(vision, aligner)
 
 
 @functools.lru_cache(maxsize=4)

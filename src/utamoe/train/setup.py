@@ -128,8 +128,8 @@ def text_tokenizer_for(cfg: ExperimentConfig, samples, run_dir: Path, acc):
 
 def image_tokenizer_for(cfg: ExperimentConfig, run_dir: Path, acc, progress: bool, log=print):
     from utamoe.data.shapes.benchmark import parse_agreement, renders, world_config_of
+    from utamoe.train.codec import split_images, train_tokenizer
     from utamoe.vision.tokenizer import TokenizerConfig, VQTokenizer
-    from utamoe.vision.tokenizer_train import split_images, train_tokenizer
 
     size = cfg.model.image_size
     if cfg.tokenizers.image:

@@ -1,6 +1,9 @@
-"""Vision parts: the VQ image tokenizer (pixels <-> discrete codes) and its training.
+"""Vision: the image processor and image-file reader, understanding encoders (and the registry of
+encoder kinds), aligners, MoVE's mixture with its deformable transform, and the VQ image
+tokenizer (pixels <-> discrete codes). Training the tokenizer is utamoe.train.codec.
 
-    from utamoe.vision import TokenizerConfig, VQTokenizer, train_tokenizer
+    from utamoe.vision import TokenizerConfig, VQTokenizer
+    from utamoe.vision.encoders import register_encoder_kind, EncoderKind
 """
 
 from utamoe.vision.tokenizer import (
@@ -9,20 +12,5 @@ from utamoe.vision.tokenizer import (
     TokenizerLoadError,
     VQTokenizer,
 )
-from utamoe.vision.tokenizer_train import (
-    codebook_usage,
-    evaluate_tokenizer,
-    format_report,
-    train_tokenizer,
-)
 
-__all__ = [
-    "L2VectorQuantizer",
-    "TokenizerConfig",
-    "TokenizerLoadError",
-    "VQTokenizer",
-    "codebook_usage",
-    "evaluate_tokenizer",
-    "format_report",
-    "train_tokenizer",
-]
+__all__ = ["L2VectorQuantizer", "TokenizerConfig", "TokenizerLoadError", "VQTokenizer"]

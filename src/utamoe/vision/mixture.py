@@ -26,67 +26,102 @@ routing session it reports the encoder weights it used (statistics only).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from utamoe.config import ConfigError
 from utamoe.moe.context import RoutedModule
+from utamoe.vision.aligners import MLPAligner
 from utamoe.vision.deformable import AdaptiveDeformableTransform
+from utamoe.vision.encoders import get_encoder_kind
 
 
-def patch_grid_of(tower: nn.Module, image_size: int) -> int | None:
-    """The side of a ViT-style tower's patch grid at `image_size` (None if it has no patch size)."""
-    patch = getattr(tower.config, "patch_size", None)
-    if isinstance(patch, (list, tuple)):
-        patch = patch[0]
-    return None if patch is None else image_size // int(patch)
+@dataclass
+class VisionExpertConfig:
+    """One encoder of a MoVE mixture (MoME's vision experts)."""
+
+    # A label for reports and routing maps (unique in the mixture).
+    name: str = "encoder"
+    # A registered encoder kind (utamoe.vision.encoders): "hf", a Hugging Face vision model
+    # (`path` to a local directory or `config` with a model_type: siglip_vision_model,
+    # clip_vision_model, dinov2, resnet, pix2struct_vision_model, ...); "codec", the encoder of
+    # the model's own VQ image tokenizer (always frozen); or a plug-in's.
+    kind: str = "hf"
+    path: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    # Frozen encoders run without gradients (the usual case for pretrained ones).
+    frozen: bool = False
 
 
-def feature_map(hidden: torch.Tensor, side: int | None, where: str) -> torch.Tensor:
-    """(B, h, w, C) from a tower's last_hidden_state: a conv map (B, C, h, w) as it is, patch
-    tokens (B, L, C) with any leading CLS/register tokens dropped."""
-    if hidden.dim() == 4:
-        return hidden.permute(0, 2, 3, 1)
-    B, L, C = hidden.shape
-    if side is None:
-        side = int(round(L**0.5))
-    extra = L - side * side
-    if extra < 0:
-        raise ConfigError(f"{where}: the encoder gives {L} tokens, fewer than its {side}x{side} "
-                          "patch grid; is model.image_size the size it was built for?")
-    return hidden[:, extra:].reshape(B, side, side, C)
+@dataclass
+class MoVEConfig:
+    """MoME's mixture of vision experts: each encoder's feature map -> its own MLP aligner (to the
+    backbone width) -> a transform to `query_grid`**2 tokens -> aggregated over encoders.
+    Defaults are ours (the paper does not publish them); docs/mome.md says why."""
+
+    encoders: list[VisionExpertConfig] = field(default_factory=list)
+    # "avgpool": adaptive average pooling to the query grid; "adt": pooling, then `adt_layers`
+    # adaptive deformable layers (self-attention, deformable cross-attention, FFN).
+    transform: Literal["avgpool", "adt"] = "adt"
+    # "add": sum of the encoders' outputs; "router": instance-level soft router (instruction
+    # embedding -> MLP -> softmax over encoders -> weighted sum). Table 1 of the paper.
+    aggregate: Literal["add", "router"] = "router"
+    query_grid: int = 6
+    adt_layers: int = 1
+    adt_heads: int = 4
+    adt_points: int = 4
+    adt_ffn_mult: int = 2
+    # "vectorised" (grid_sample) or "reference" (loops over heads and points; tests, debugging).
+    adt_impl: Literal["vectorised", "reference"] = "vectorised"
+    router_hidden: int = 128
+
+    def __post_init__(self) -> None:
+        if not self.encoders:
+            raise ConfigError("model.move.encoders: give at least one encoder")
+        names = [e.name for e in self.encoders]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"model.move.encoders: names must be unique, got {names}")
+        for i, e in enumerate(self.encoders):
+            where = f"model.move.encoders.{i} ({e.name})"
+            get_encoder_kind(e.kind, f"{where}.kind").check(e, where)
+        for key in ("query_grid", "adt_heads", "adt_points", "adt_ffn_mult", "router_hidden"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"model.move.{key} must be >= 1, got {getattr(self, key)}")
+        if self.adt_layers < 0:
+            raise ConfigError(f"model.move.adt_layers must be >= 0, got {self.adt_layers}")
 
 
 class VisionExpert(nn.Module):
-    """One encoder of the mixture: its tower (or the codec's encoder), aligner and transform."""
+    """One encoder of the mixture: its tower (by its kind; None for the codec), aligner and
+    transform."""
 
     def __init__(self, name: str, tower: nn.Module | None, aligner: nn.Module, transform: nn.Module,
-                 query_grid: int, frozen: bool, side: int | None):
+                 query_grid: int, frozen: bool, side: int | None, kind: str = "hf"):
         super().__init__()
         self.name, self.frozen, self.side, self.query_grid = name, frozen, side, query_grid
+        self.kind = kind
         self.tower = tower  # None for the codec: the model's image tokenizer is bound instead
         self.aligner, self.transform = aligner, transform
         if frozen and tower is not None:
             tower.requires_grad_(False)
+        self.bind_codec(None)
 
     def bind_codec(self, image_tokenizer: nn.Module | None) -> None:
         # A reference, not a submodule: the codec's weights are saved once, with the tokenizer.
         object.__setattr__(self, "_codec", image_tokenizer)
 
+    @property
+    def codec(self) -> nn.Module | None:
+        """The model's image tokenizer (for kinds that read it)."""
+        return self.__dict__.get("_codec")
+
     def raw_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, h, w, C): the encoder's original feature map."""
-        if self.tower is None:
-            codec = self.__dict__.get("_codec")
-            if codec is None:
-                raise RuntimeError(f"vision expert {self.name!r} reads the VQ codec's encoder, but "
-                                   "the model has no image tokenizer")
-            with torch.no_grad():  # the encoder's output before the codebook projection
-                return codec.encoder(pixel_values.to(codec.quant_conv.weight)).permute(0, 2, 3, 1)
-        dtype = next(self.tower.parameters()).dtype
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            hidden = self.tower(pixel_values=pixel_values.to(dtype)).last_hidden_state
-        return feature_map(hidden, self.side, f"model.move encoder {self.name!r}")
+        """(B, h, w, C): the encoder's original feature map (its kind's)."""
+        return get_encoder_kind(self.kind).features(self, pixel_values)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, Q, D) queries in the backbone width."""
@@ -163,32 +198,14 @@ def frozen_parameters(model: nn.Module) -> set[int]:
             and m.tower is not None for p in m.tower.parameters()}
 
 
-def build_mixture(move, image_size: int, d_model: int, aligner_depth: int,
+def build_mixture(move: MoVEConfig, image_size: int, d_model: int, aligner_depth: int,
                   instance_dim: int, image_tokenizer: nn.Module | None) -> MixtureOfVisionExperts:
-    """A MixtureOfVisionExperts from a MoVEConfig (utamoe.model.config)."""
-    from utamoe.hf.parts import HFPart, build_vision
-    from utamoe.model.parts import MLPAligner
-
+    """A MixtureOfVisionExperts from a MoVEConfig: each encoder built by its kind."""
     experts = []
     for i, spec in enumerate(move.encoders):
         where = f"model.move.encoders.{i} ({spec.name})"
-        if spec.kind == "codec":
-            tower, side = None, None
-            width = _codec_width(image_tokenizer)
-        else:
-            try:
-                tower = build_vision(HFPart(spec.path, spec.config), image_size)
-            except ConfigError as err:
-                raise ConfigError(f"{where}: {err}") from None
-            side = patch_grid_of(tower, image_size)
-            try:
-                with torch.no_grad():
-                    probe = tower(pixel_values=torch.zeros(1, 3, image_size, image_size))
-                hidden = probe.last_hidden_state
-            except (TypeError, AttributeError, RuntimeError, ValueError) as err:
-                raise ConfigError(f"{where}: {type(tower).__name__} is not a vision model that "
-                                  f"takes pixel_values and returns last_hidden_state ({err})") from None
-            width = feature_map(hidden, side, where).shape[-1]
+        kind = get_encoder_kind(spec.kind, f"{where}.kind")
+        tower, width, side = kind.build(spec, image_size, image_tokenizer, where)
         if move.transform == "adt":
             try:
                 transform = AdaptiveDeformableTransform(d_model, move.query_grid, move.adt_layers,
@@ -200,18 +217,9 @@ def build_mixture(move, image_size: int, d_model: int, aligner_depth: int,
         else:
             transform = nn.Identity()
         expert = VisionExpert(spec.name, tower, MLPAligner(width, d_model, aligner_depth), transform,
-                              move.query_grid, spec.frozen or spec.kind == "codec", side)
-        if spec.kind == "codec":
-            expert.bind_codec(image_tokenizer)
+                              move.query_grid, spec.frozen or kind.always_frozen, side, spec.kind)
+        expert.bind_codec(image_tokenizer)
         experts.append(expert)
     router = (InstructionRouter(instance_dim, move.router_hidden, len(experts))
               if move.aggregate == "router" else None)
     return MixtureOfVisionExperts(experts, move.aggregate, router)
-
-
-def _codec_width(image_tokenizer) -> int:
-    if image_tokenizer is not None:
-        return int(image_tokenizer.config.latent_channels)
-    from utamoe.vision.tokenizer import TokenizerConfig  # the model is built before its codec
-
-    return TokenizerConfig().latent_channels

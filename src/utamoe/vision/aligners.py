@@ -1,4 +1,8 @@
-"""Understanding features that carry their grid position in their value (issue 12).
+"""Aligners: features of a vision encoder (or image-code embeddings) into the backbone's width.
+
+`MLPAligner` is Janus's (`fc1`, `hidden_layers`, GELU), so Janus checkpoints map onto it one to
+one. `GridPosAligner` (issue 12; `model.und_pos2d: true`) also puts each understanding token's
+grid position in its value:
 
 The backbone's rotary positions reach attention scores, never values, and a 1-D
 sequence index is a poor handle on a 2-D row and column: a probe recovers an object
@@ -8,7 +12,6 @@ aligner weights keep their names) plus a learned row embedding and a learned col
 embedding, added to the feature of every token of the image's `grid x grid` patch
 grid. With a patch as large as a ShapesWorld cell (16 px on 48 px: 3 x 3 tokens) each
 understanding token is one cell, and "top left" is a direction in its value.
-Enabled by `model.und_pos2d: true`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,21 @@ import math
 import torch
 from torch import nn
 
-from utamoe.model.parts import MLPAligner
+
+class MLPAligner(nn.Module):
+    """Linear -> (GELU -> Linear) x (depth - 1): features from one space into another."""
+
+    def __init__(self, in_dim: int, out_dim: int, depth: int = 2):
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, out_dim)
+        self.hidden_layers = nn.ModuleList(nn.Linear(out_dim, out_dim) for _ in range(depth - 1))
+        self.activation_fn = nn.GELU()
+
+    def forward(self, x):
+        x = self.fc1(x)
+        for layer in self.hidden_layers:
+            x = layer(self.activation_fn(x))
+        return x
 
 
 class GridPosAligner(MLPAligner):

@@ -4,7 +4,7 @@
 (every input and target image of the train split, deduplicated) or on a list of
 uint8 images, then evaluates it on held-out images: reconstruction PSNR and SSIM
 (scikit-image), an optional agreement rate given by the caller (for ShapesWorld: does
-the decoded image parse back to the same scene? see utamoe.data.shapes.benchmark)
+the decoded image parse back to the same scene? see the benchmark registry, utamoe.benchmarks)
 and codebook usage (codes used, perplexity, dead codes). Nothing here knows a
 benchmark; images of another size than the config's are resized to it.
 
@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from utamoe.data.formats import load_split
+from utamoe.vision.processor import to_rgb
 from utamoe.vision.tokenizer import TokenizerConfig, VQTokenizer
 
 REPORT_FILE = "train_report.json"
@@ -54,8 +56,6 @@ def dedupe(images: Sequence[np.ndarray]) -> list[np.ndarray]:
 
 def split_images(data_dir: str | os.PathLike, split: str) -> list[np.ndarray]:
     """Every input and target image of one split of a dataset directory, deduplicated."""
-    from utamoe.data.formats import load_split
-
     samples, _ = load_split(Path(data_dir) / f"{split}.jsonl")
     images = [img for s in samples for img in (s.image, s.target_image) if img is not None]
     return dedupe(images)
@@ -63,8 +63,6 @@ def split_images(data_dir: str | os.PathLike, split: str) -> list[np.ndarray]:
 
 def _resolve_data(data, eval_images, eval_max: int, seed: int, size: int):
     """(train uint8 (N, size, size, 3), eval uint8 (M, size, size, 3))."""
-    from utamoe.vision.processor import to_rgb
-
     if isinstance(data, (str, os.PathLike)):
         root = Path(data)
         train = split_images(root, "train")
