@@ -28,9 +28,9 @@ def demo_sized_predictor():
     import torch
 
     from utamoe.hf.parts import HFPart
+    from utamoe.infer.predictor import Predictor
     from utamoe.model.config import UnifiedConfig
     from utamoe.model.unified import UnifiedModel
-    from utamoe.predict import Predictor
     from utamoe.text.tokenizer import SpecialIds, train_text_tokenizer
     from utamoe.train.config import load_config
     from utamoe.vision.tokenizer import TokenizerConfig, VQTokenizer
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     import numpy as np
 
     from tests.serve.conftest import png_b64
-    from utamoe.predict import Predictor
+    from utamoe.infer.predictor import Predictor
 
     predictor = Predictor.load(args.model) if args.model else demo_sized_predictor()
     image = png_b64(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8))

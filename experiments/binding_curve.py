@@ -37,7 +37,7 @@ def main(argv=None) -> None:
     from utamoe.data.formats import load_split
     from utamoe.data.shapes.benchmark import world_config_of
     from utamoe.eval.run import EvalSampling, evaluate_model
-    from utamoe.predict import Predictor
+    from utamoe.infer.predictor import Predictor
     from utamoe.train.config import load_config
     from utamoe.train.trainer import Trainer
 

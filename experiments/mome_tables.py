@@ -127,7 +127,7 @@ def evaluate(lay: Layout, arm: str, seed: int, args, overrides: list[str]) -> No
     from utamoe.data.formats import load_split
     from utamoe.data.shapes.benchmark import world_config_of
     from utamoe.eval.run import evaluate_model
-    from utamoe.predict import Predictor
+    from utamoe.infer.predictor import Predictor
 
     run_dir, data = lay.run(arm, seed), lay.data(seed)
     predictor = Predictor.load(run_dir / "model")

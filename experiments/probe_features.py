@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from utamoe.data.formats import load_split
-from utamoe.predict import Predictor
+from utamoe.infer.predictor import Predictor
 from utamoe.vision.processor import pixel_values
 
 

@@ -159,7 +159,7 @@ def eval_run(lay: Layout, arm: str, seed: int, scale: str, progress: bool) -> No
     from utamoe.demo import demo_sampling
     from utamoe.eval.report import write_eval_outputs
     from utamoe.eval.run import evaluate_model
-    from utamoe.predict import Predictor
+    from utamoe.infer.predictor import Predictor
 
     run_dir, data = lay.run(arm, seed), lay.data(seed)
     todo = [s for s in SPLITS if not (run_dir / f"metrics-{s}.json").is_file()]

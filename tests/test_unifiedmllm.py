@@ -60,8 +60,8 @@ def _span_accuracy(predictor, samples) -> float:
 
 
 def test_the_three_stage_recipe_learns_task_tokens(run):
+    from utamoe.infer.predictor import Predictor
     from utamoe.model.unified import UnifiedModel
-    from utamoe.predict import Predictor
 
     recs = [json.loads(x) for x in (run / "run" / "metrics.jsonl").read_text().splitlines()]
     stages = [r["stage"] for r in recs if "loss" in r]

@@ -117,7 +117,7 @@ def run_chat(session: ChatSession, lines: Iterable[str], write: Callable[[str], 
 
 def model_reply(predictor, task: str = "dialog", sampling=None) -> Reply:
     """A Reply from a Predictor: its `converse` on `task` (a model trained on conversations)."""
-    from utamoe.predict import InputError
+    from utamoe.infer.checks import InputError
 
     known = predictor.encoder.special.tasks
     if task not in known:

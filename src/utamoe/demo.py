@@ -78,7 +78,7 @@ def _evaluate(model_dir: Path, data_dir: Path, world, out: Path, seed: int):
     from utamoe.data.formats import load_split
     from utamoe.eval.report import print_summary, write_eval_outputs
     from utamoe.eval.run import evaluate_model
-    from utamoe.predict import Predictor
+    from utamoe.infer.predictor import Predictor
 
     predictor = Predictor.load(model_dir)
     samples, _ = load_split(data_dir / "test.jsonl")

@@ -71,7 +71,7 @@ def test_reasoning_edits_box_the_reasoned_target_and_render_the_edit():
         assert np.array_equal(s.target_image, render(edited, CFG))
         # Outward rounding: the box covers every pixel the target object changes.
         changed = np.any(render(scene, CFG) != s.target_image, axis=2)
-        from utamoe.tasks_exec.grounded import box_pixels
+        from utamoe.tasks_exec.regions import box_pixels
 
         assert not (changed & ~box_pixels(span.boxes, CFG.image_size, CFG.image_size)).any()
 

@@ -13,9 +13,9 @@ from utamoe.data.sequences import collate
 from utamoe.data.shapes import ShapesWorldConfig, write_dataset
 from utamoe.eval.analyze import build_batches
 from utamoe.eval.conflict import gradient_conflict, unified_conflict
+from utamoe.infer.checks import InputError
 from utamoe.model.io import save_model_dir
 from utamoe.moe import MoEConfig
-from utamoe.predict import InputError
 
 
 class Toy(nn.Module):

@@ -14,8 +14,8 @@ from utamoe.eval.geneval import FACETS, PSNR_CAP
 from utamoe.eval.report import write_eval_outputs
 from utamoe.eval.run import EvalSampling, evaluate_model
 from utamoe.eval.scoring import evaluate
+from utamoe.infer.predictor import Predictor
 from utamoe.model.io import save_model_dir
-from utamoe.predict import Predictor
 
 WORLD = ShapesWorldConfig(sizes={"test": 3})
 HEADLINE = ["vqa_accuracy", "pope_accuracy", "pope_f1", "caption_f1", "caption_exact", "grounding_acc50",

@@ -8,42 +8,10 @@ import torch
 from PIL import Image
 
 from utamoe.cli import main
-from utamoe.model.generation import SamplingConfig, generate_codes, generate_images, generate_text
+from utamoe.infer.predictor import Predictor
 from utamoe.model.io import load_model_dir, save_model_dir
-from utamoe.moe import MoEConfig
-from utamoe.predict import Predictor
 
 from .helpers import images, mixed_batch, tiny_model
-
-
-@pytest.mark.parametrize("moe", [None, MoEConfig()], ids=["dense", "ta_moe"])
-def test_cached_generation_equals_uncached(moe):
-    model, tok, enc = tiny_model(moe=moe)
-    model.eval()
-    imgs = images(3)
-    tasks, prompts = ["vqa", "caption", "grounding"], ["what color is the circle ?", "describe", "where ?"]
-    greedy = SamplingConfig(max_new_tokens=6)
-    assert generate_text(model, enc, tasks, prompts, imgs, greedy, use_cache=True) == \
-        generate_text(model, enc, tasks, prompts, imgs, greedy, use_cache=False)
-    for cfg in (SamplingConfig(), SamplingConfig(cfg_scale=3.0),
-                SamplingConfig(temperature=1.0, top_k=5, cfg_scale=2.0, seed=3)):
-        prompts = ["a red circle at the top left", "a blue square"]
-        a = generate_codes(model, enc, prompts, cfg, use_cache=True)
-        b = generate_codes(model, enc, prompts, cfg, use_cache=False)
-        assert a.shape == (2, model.config.code_grid**2) and torch.equal(a, b)
-    edited = generate_codes(model, enc, ["make the circle blue"], SamplingConfig(cfg_scale=2.0),
-                            edit_images=imgs[:1])
-    assert edited.shape == (1, model.config.code_grid**2)
-    out = generate_images(model, enc, ["a red circle"], SamplingConfig())
-    assert out[0].shape == (48, 48, 3) and out[0].dtype == np.uint8
-
-
-def test_sampling_is_reproducible_by_seed():
-    model, tok, enc = tiny_model(moe=None)
-    model.eval()
-    cfg = SamplingConfig(temperature=1.0, seed=7)
-    a = generate_codes(model, enc, ["a red circle"], cfg)
-    assert torch.equal(a, generate_codes(model, enc, ["a red circle"], cfg))
 
 
 def test_save_load_round_trip_gives_identical_outputs(tmp_path):
@@ -114,22 +82,3 @@ def test_predictor_load_needs_tokenizers(tmp_path):
     save_model_dir(model, tmp_path / "m")  # no text tokenizer
     with pytest.raises(ValueError, match="no text_tokenizer"):
         Predictor.load(tmp_path / "m")
-
-
-def test_generation_raises_no_deprecation_warning_of_ours(capfd, caplog):
-    """The decoder's cache argument is passed (and read back) under the name this transformers
-    version takes: no FutureWarning, no deprecation line from transformers' logger."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.enable_default_handler()
-    hf_logging.enable_propagation()
-    model, tok, enc = tiny_model()
-    with warnings.catch_warnings(), caplog.at_level("WARNING"):
-        warnings.simplefilter("error", FutureWarning)
-        generate_text(model, enc, ["vqa"], ["what color is the circle ?"], images(1))
-        generate_codes(model, enc, ["a red circle at the top left"], SamplingConfig(cfg_scale=2.0))
-        model(mixed_batch(enc)[0])  # the training forward (no cache) too
-    hf_logging.disable_propagation()
-    assert "deprecated" not in capfd.readouterr().err + caplog.text

@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from utamoe.config import ConfigError
-from utamoe.model.generation import SamplingConfig, generate_images, generate_text
+from utamoe.infer.engine import Engine, Request
+from utamoe.infer.sampling import SamplingConfig
 from utamoe.model.io import load_model_dir, save_model_dir
-from utamoe.model.mixed_generation import Request, generate_mixed
 from utamoe.moe import TaskAwareMoE, moe_layers
 from utamoe.moe.mole import MoLELayer, mole_layers
 
+from ..infer.batch import answers, pictures
 from .helpers import images, mixed_batch, perturb_mome, tiny_mome_model
 
 
@@ -57,10 +58,10 @@ def test_save_load_and_generate_round_trip(trained, tmp_path):
     img = images(2)
     cfg = SamplingConfig(max_new_tokens=5)
     tasks, prompts = ["vqa", "caption"], ["what color is the circle ?", "describe the image ."]
-    assert generate_text(model, enc, tasks, prompts, img, cfg) == \
-        generate_text(loaded, enc2, tasks, prompts, img, cfg)
-    pics = generate_images(model, enc, ["a red circle at the top left"], SamplingConfig(cfg_scale=2.0))
-    assert np.array_equal(pics[0], generate_images(loaded, enc2, ["a red circle at the top left"],
+    assert answers(model, enc, tasks, prompts, img, cfg) == \
+        answers(loaded, enc2, tasks, prompts, img, cfg)
+    pics = pictures(model, enc, ["a red circle at the top left"], SamplingConfig(cfg_scale=2.0))
+    assert np.array_equal(pics[0], pictures(loaded, enc2, ["a red circle at the top left"],
                                                    SamplingConfig(cfg_scale=2.0))[0])
 
 
@@ -70,12 +71,12 @@ def test_mixed_decoding_equals_each_request_alone(trained):
     reqs = [Request("vqa", "what color is the circle ?", img, SamplingConfig(max_new_tokens=5)),
             Request("t2i", "a red circle", None, SamplingConfig(temperature=1.0, seed=3, cfg_scale=2.0)),
             Request("grounding", "where is the red circle ?", img, SamplingConfig(max_new_tokens=5))]
-    got = generate_mixed(model, enc, reqs)
+    got = Engine(model, enc).generate(reqs)
     for r, g in zip(reqs, got):
         if r.task == "t2i":
-            assert np.array_equal(g.image, generate_images(model, enc, [r.prompt], r.sampling)[0])
+            assert np.array_equal(g.image, pictures(model, enc, [r.prompt], r.sampling)[0])
         else:
-            assert g.text == generate_text(model, enc, [r.task], [r.prompt], [img], r.sampling)[0]
+            assert g.text == answers(model, enc, [r.task], [r.prompt], [img], r.sampling)[0]
 
 
 def test_the_instruction_changes_the_answer_path(trained):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utamoe.predict import Predictor
+from utamoe.infer.predictor import Predictor
 
 from ..model.helpers import images, tiny_model
 

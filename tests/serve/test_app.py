@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from utamoe.model.generation import SamplingConfig
+from utamoe.infer.sampling import SamplingConfig
 from utamoe.serve.app import ServeConfig, create_app
 
 from .conftest import png_b64
@@ -103,20 +103,18 @@ def test_answers_stream_as_server_sent_events(client, image):
     assert data[-1]["answer"] == data[-2]["token"]  # the last token event is the whole answer
 
 
-def _slow(monkeypatch, seconds):
-    import utamoe.serve.batcher as batcher
-
-    real = batcher.generate_mixed
+def _slow(monkeypatch, predictor, seconds):
+    real = predictor.run
 
     def slow(*a, **k):
         time.sleep(seconds)
         return real(*a, **k)
 
-    monkeypatch.setattr(batcher, "generate_mixed", slow)
+    monkeypatch.setattr(predictor, "run", slow)
 
 
 def test_full_queue_is_503_and_a_late_request_504(predictor, monkeypatch):
-    _slow(monkeypatch, 0.6)
+    _slow(monkeypatch, predictor, 0.6)
     cfg = ServeConfig(max_batch=1, queue_size=1, max_wait_ms=0)
     with TestClient(create_app(predictor, cfg)) as c:
         codes = []

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from utamoe.model.generation import SamplingConfig
+from utamoe.infer.sampling import SamplingConfig
 
 from .conftest import free_port, png_b64
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from utamoe.predict import Predictor
+from utamoe.infer.predictor import Predictor
 
 from ..model.helpers import tiny_model
 

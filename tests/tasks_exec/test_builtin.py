@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from utamoe.model.generation import SamplingConfig
+from utamoe.infer.sampling import SamplingConfig
 from utamoe.tasks_exec import ExecRequest, ExecutorError, TaskRouter
 from utamoe.tasks_exec.builtin import (
     BoxSegmenter,
@@ -16,9 +16,9 @@ from utamoe.tasks_exec.builtin import (
     ModelT2I,
     background_colour,
     box_mask,
-    sampling_config,
     write_mask_png,
 )
+from utamoe.tasks_exec.executors import sampling_config
 
 
 def scene() -> tuple[np.ndarray, np.ndarray, np.ndarray]:

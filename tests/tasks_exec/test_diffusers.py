@@ -20,7 +20,7 @@ from utamoe.tasks_exec import (
     executors_from_config,
 )
 from utamoe.tasks_exec.diffusers_exec import DiffusersEdit, DiffusersT2I
-from utamoe.tasks_exec.grounded import box_pixels
+from utamoe.tasks_exec.regions import box_pixels
 
 BOX = (0.25, 0.25, 0.75, 0.75)
 

@@ -1,23 +1,15 @@
-"""The box-grounded editor: codes outside the box are the input's, codes inside come from the
-model (the same draws as generate_codes when nothing is forced), and every pixel outside the
-box is the input's own, bit for bit, at the input's size."""
+"""The box-grounded editor: the cells and pixels a box covers, codes outside the box are the
+input's (its constraint; the engine's own tests hold the constrained edit equal to the
+unconstrained one where every cell is free), and every pixel outside the box is the input's
+own, bit for bit, at the input's size."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
-import torch
-from torch import nn
 
-from utamoe.model.generation import SamplingConfig, generate_codes
 from utamoe.tasks_exec import ExecContext, ExecRequest, TaskRouter, executors_from_config
-from utamoe.tasks_exec.grounded import (
-    BoxEditor,
-    box_cells,
-    box_pixels,
-    composite,
-    constrained_codes,
-)
+from utamoe.tasks_exec.grounded import BoxEditor
+from utamoe.tasks_exec.regions import box_cells, box_pixels, composite
 
 BOX = (0.25, 0.30, 0.60, 0.75)
 
@@ -31,47 +23,6 @@ def test_cells_and_pixels_of_a_box():
     assert px.sum() == 14 * 9 and px[6, 10] and px[14, 23] and not px[15, 10] and not px[6, 24]
     a, b = np.zeros((20, 40, 3), np.uint8), np.full((10, 20, 3), 9, np.uint8)
     assert (composite(a, b, [BOX])[px] == 9).all() and (composite(a, b, [BOX])[~px] == 0).all()
-
-
-@pytest.mark.parametrize("cfg", [SamplingConfig(temperature=1.0, seed=3),
-                                 SamplingConfig(temperature=1.0, top_k=5, cfg_scale=2.0, seed=4)])
-def test_with_every_cell_free_it_is_the_models_own_edit(predictor, cfg):
-    model, enc = predictor.model, predictor.encoder
-    image = predictor.processor(np.random.default_rng(1).integers(0, 255, (48, 48, 3), np.uint8))
-    want = generate_codes(model, enc, ["make the circle blue"], cfg, [image], task="edit")[0]
-    codes_in = enc.image_codes(image)
-    free = torch.ones(model.config.code_grid ** 2, dtype=torch.bool)
-    got = constrained_codes(model, enc, "make the circle blue", codes_in, free, cfg)
-    assert torch.equal(got, want)
-    uncached = constrained_codes(model, enc, "make the circle blue", codes_in, free, cfg,
-                                 use_cache=False)
-    assert torch.equal(uncached, want)
-
-
-class _Always(nn.Module):
-    """A generation head that always prefers one code."""
-
-    def __init__(self, n_codes: int, code: int):
-        super().__init__()
-        self.n_codes, self.code = n_codes, code
-
-    def forward(self, h):
-        logits = torch.zeros(*h.shape[:-1], self.n_codes)
-        logits[..., self.code] = 10.0
-        return logits
-
-
-def test_only_the_cells_inside_the_box_are_regenerated(predictor, monkeypatch):
-    model, enc = predictor.model, predictor.encoder
-    image = predictor.processor(np.random.default_rng(2).integers(0, 255, (48, 48, 3), np.uint8))
-    codes_in = torch.tensor(enc.image_codes(image))
-    target = int((codes_in.max() + 1) % model.config.num_codes)  # a code the input may lack
-    monkeypatch.setattr(model, "gen_head", _Always(model.config.num_codes, target))
-    free = box_cells([BOX], model.config.code_grid)
-    got = constrained_codes(model, enc, "make the circle blue", codes_in.tolist(), free)
-    assert (got[free] == target).all()
-    assert torch.equal(got[~free], codes_in[~free])
-    assert 0 < int(free.sum()) < free.numel()
 
 
 def test_pixels_outside_the_box_are_unchanged_bit_for_bit(predictor):

@@ -60,7 +60,7 @@ def test_janus_recipe_preflights_on_the_meta_device(janus_dir):
 
 def test_janus_recipe_trains_both_stages_saves_reloads_answers_and_generates(
         janus_dir, tiny_assets, tmp_path):
-    from utamoe.predict import Predictor
+    from utamoe.infer.predictor import Predictor
     from utamoe.train.trainer import Trainer
 
     raw = read_yaml(recipe_path("janus_pro_utamoe"))

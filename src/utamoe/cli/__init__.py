@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from utamoe.config import ConfigError
     from utamoe.data.formats import DataFormatError
-    from utamoe.predict import InputError
+    from utamoe.infer.checks import InputError
 
     try:
         return int(args.func(args) or 0)

@@ -8,7 +8,7 @@ import sys
 
 def _parse_sizes(items: list[str] | None) -> dict[str, int]:
     """['train=100', 'heldout=0'] -> {'train': 100, 'heldout': 0}."""
-    from utamoe.predict import InputError
+    from utamoe.infer.checks import InputError
 
     sizes = {}
     for item in items or []:

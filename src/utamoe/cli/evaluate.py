@@ -40,7 +40,8 @@ def _model_and_split(args: argparse.Namespace, out_name: str, **counts):
     from pathlib import Path
 
     from utamoe.data.formats import DataFormatError, list_splits, load_split
-    from utamoe.predict import InputError, Predictor
+    from utamoe.infer.checks import InputError
+    from utamoe.infer.predictor import Predictor
 
     for name, value in counts.items():
         if value is not None and value < 1:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from utamoe.data.formats import MAX_IMAGE_PIXELS
-from utamoe.predict import InputError
+from utamoe.infer.checks import InputError
 from utamoe.vision.images import ImageTooLarge, ImageUnreadable
 from utamoe.vision.images import read_image as read_image_file
 
@@ -25,7 +25,7 @@ def _add_sampling_args(p: argparse.ArgumentParser, temperature: float, cfg_scale
 
 
 def _sampling(args: argparse.Namespace):
-    from utamoe.model.generation import SamplingConfig
+    from utamoe.infer.sampling import SamplingConfig
 
     return SamplingConfig(temperature=args.temperature, top_k=args.top_k,
                           cfg_scale=getattr(args, "cfg_scale", 1.0), seed=args.seed)
@@ -50,7 +50,7 @@ def output_paths(out: str, n_prompts: int, n_images: int):
     """OUT itself for one image; OUT_<prompt>_<image>.png for several."""
     from pathlib import Path
 
-    from utamoe.predict import InputError
+    from utamoe.infer.checks import InputError
 
     out = Path(out)
     if out.suffix.lower() != ".png":
@@ -66,7 +66,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from PIL import Image
 
-    from utamoe.predict import InputError, Predictor
+    from utamoe.infer.checks import InputError
+    from utamoe.infer.predictor import Predictor
 
     if args.num_images < 1:
         raise InputError(f"--num-images must be at least 1, got {args.num_images}")
@@ -85,7 +86,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_answer(args: argparse.Namespace) -> int:
-    from utamoe.predict import Predictor
+    from utamoe.infer.predictor import Predictor
 
     predictor = Predictor.load(args.model, args.device)
     image = read_image(args.image)
@@ -131,7 +132,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from utamoe.chat import ChatSession, model_reply, run_chat
-    from utamoe.predict import Predictor
+    from utamoe.infer.predictor import Predictor
     from utamoe.tasks_exec import ExecContext, TaskRouter, executors_from_config
 
     predictor = Predictor.load(args.model, args.device)

@@ -11,7 +11,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from utamoe.predict import InputError, Predictor
+    from utamoe.infer.checks import InputError
+    from utamoe.infer.predictor import Predictor
     from utamoe.serve.app import ServeConfig, create_app
 
     key = args.api_key or os.environ.get("UTAMOE_API_KEY")

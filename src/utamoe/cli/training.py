@@ -44,7 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
-    from utamoe.predict import InputError
+    from utamoe.infer.checks import InputError
     from utamoe.train.codec import format_report, train_tokenizer
     from utamoe.vision.tokenizer import TokenizerConfig
 

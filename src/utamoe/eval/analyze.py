@@ -49,7 +49,7 @@ def build_batches(model, encoder, samples: list[Sample], batches: int, batch_siz
                   seed: int) -> tuple[list, list, dict[str, list], dict[str, int]]:
     """(und batches, gen batches, {task: batches}, {task: samples used}); see the docstring."""
     from utamoe.data.sequences import collate, precompute_codes, training_sequences
-    from utamoe.predict import InputError
+    from utamoe.infer.checks import InputError
 
     if batches < 1 or batch_size < 1:
         raise InputError(f"--batches and --batch-size must be at least 1 (got {batches}, "

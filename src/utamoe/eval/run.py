@@ -59,13 +59,13 @@ class EvalSampling:
     batch_size: int = 32
 
     def text_config(self, offset: int = 0):
-        from utamoe.model.generation import SamplingConfig
+        from utamoe.infer.sampling import SamplingConfig
 
         return SamplingConfig(temperature=self.text_temperature, top_k=self.text_top_k,
                               seed=self.seed + offset, max_new_tokens=self.max_new_tokens)
 
     def image_config(self, offset: int = 0):
-        from utamoe.model.generation import SamplingConfig
+        from utamoe.infer.sampling import SamplingConfig
 
         return SamplingConfig(temperature=self.temperature, top_k=self.top_k,
                               cfg_scale=self.cfg_scale, seed=self.seed + offset)
@@ -103,7 +103,7 @@ class EvalResult:
 
 
 def model_predictor(predictor, sampling: EvalSampling) -> PredictFn:
-    """The default predict_fn: batched generation with a `utamoe.predict.Predictor`."""
+    """The default predict_fn: batched generation with a `utamoe.infer.Predictor`."""
 
     def predict(task: str, batch: list[Sample], offset: int) -> list[Prediction]:
         images = [s.image for s in batch]
@@ -195,7 +195,7 @@ def evaluate_model(predictor, samples: Sequence[Sample], sampling: EvalSampling 
                    predict_fn: PredictFn | None = None, router=None) -> EvalResult:
     """Generate and score every task in `samples`; see the module docstring.
 
-    `predictor` is a `utamoe.predict.Predictor`; `batch_size` overrides
+    `predictor` is a `utamoe.infer.Predictor`; `batch_size` overrides
     `sampling.batch_size` (and is recorded there); `max_per_task` keeps the first N
     samples of each task; `predict_fn` replaces generation with the predictor (then
     `predictor` may be None); `router` runs predicted task spans for the scorers that execute

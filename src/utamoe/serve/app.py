@@ -39,7 +39,6 @@ from utamoe.serve.errors import APIError, error_response
 from utamoe.serve.handlers import Handlers
 from utamoe.serve.metrics import ServeMetrics
 from utamoe.serve.schemas import AnswerRequest, EditRequest, GenerateRequest
-from utamoe.tasks import get_task, is_task
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -79,11 +78,10 @@ def create_app(predictor, config: ServeConfig | None = None, model_dir: str = ""
 
     @app.get("/health")
     async def health():
+        tasks = predictor.tasks
         return {"status": "ok", "model": model_dir, "queue": state["batcher"].depth,
-                "tasks": {"text": [t for t in predictor.encoder.special.tasks
-                                   if is_task(t) and get_task(t).output == "text"],
-                          "image": [t for t in predictor.encoder.special.tasks
-                                    if is_task(t) and get_task(t).output == "image"]}}
+                "tasks": {"text": [t for t, out in tasks.items() if out == "text"],
+                          "image": [t for t, out in tasks.items() if out == "image"]}}
 
     @app.get("/metrics")
     async def prometheus():

@@ -3,8 +3,9 @@
 Requests wait in a bounded queue; one worker thread takes the first, keeps
 collecting until `max_batch` requests or `max_wait_ms` have passed, drops those
 whose deadline already passed (their slot is freed and their caller told), and runs
-the rest as one `generate_mixed` call: understanding and generation requests in the
-same forward passes, the TA-MoE layers routing each row to its group. A full queue
+the rest as one `Predictor.run` call (the predictor's own door, with its lock): understanding
+and generation requests in the same forward passes, the TA-MoE layers routing each row to
+its group, each request drawing from its own generator (utamoe.infer.engine). A full queue
 refuses at once (`QueueFull`, the server's 503). `close()` stops taking requests and
 finishes the ones already queued.
 """
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from utamoe.model.mixed_generation import Request, generate_mixed
+from utamoe.infer.engine import Request
 
 
 class QueueFull(RuntimeError):
@@ -106,17 +107,13 @@ class DynamicBatcher:
     def _run(self, jobs: list[Job]) -> None:
         if self.on_batch is not None:
             self.on_batch(len(jobs))
-        p = self.predictor
-
         def on_step(i, event):
             if jobs[i].on_step is not None:
                 jobs[i].on_step(event)
 
         try:
-            with p._lock:
-                # Always traced: the routing of each token feeds the per-group token metrics.
-                results = generate_mixed(p.model, p.encoder, [j.request for j in jobs],
-                                         trace=True, on_step=on_step)
+            # Always traced: the routing of each token feeds the per-group token metrics.
+            results = self.predictor.run([j.request for j in jobs], trace=True, on_step=on_step)
         except Exception as err:  # one bad batch must not kill the worker; callers get the error
             for job in jobs:
                 job.future.set_exception(err)

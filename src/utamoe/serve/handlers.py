@@ -1,5 +1,6 @@
 """What the API's routes do once a request is parsed: check its prompt and image, turn it into
-generation requests for the dynamic batcher, wait for the results within the request's
+checked generation requests (the predictor's `request`, the same checks as every other caller's)
+for the dynamic batcher, wait for the results within the request's
 deadline (or stream their progress as server-sent events), and shape the response.
 serve/app.py holds the routes, the middleware and the error handlers; one `Handlers` per app."""
 
@@ -14,12 +15,11 @@ import time
 import numpy as np
 from fastapi.responses import StreamingResponse
 
-from utamoe.model.generation import SamplingConfig
-from utamoe.model.mixed_generation import Request as GenRequest
+from utamoe.infer import InputError, Request, SamplingConfig
 from utamoe.serve.batcher import DeadlinePassed, Job, QueueFull
 from utamoe.serve.errors import APIError
+from utamoe.serve.images import decode
 from utamoe.serve.schemas import AnswerRequest
-from utamoe.tasks import get_task, is_task
 
 
 class Handlers:
@@ -30,8 +30,6 @@ class Handlers:
         self.predictor, self.config, self.metrics, self.state = predictor, config, metrics, state
 
     def decode_image(self, data: bytes | str, field: str) -> np.ndarray:
-        from utamoe.serve.images import decode
-
         return decode(data, field, self.config.max_image_pixels, self.predictor.processor)
 
     def prompt(self, text: str, field: str) -> str:
@@ -42,7 +40,15 @@ class Handlers:
                            f"{self.config.max_prompt_chars}", [{"field": field, "message": "too long"}])
         return text.strip()
 
-    async def run(self, gen: list[GenRequest], body, stream: bool, shape):
+    def request(self, task: str, text: str, field: str, image, sampling) -> Request:
+        """A generation request, checked by the predictor as any other caller's (its task, its
+        length against the model's positions, its sampling); a failure is a 422 on `field`."""
+        try:
+            return self.predictor.request(task, text, image, sampling)
+        except InputError as err:
+            raise APIError(422, f"{field}: {err}", [{"field": field, "message": str(err)}]) from None
+
+    async def run(self, gen: list[Request], body, stream: bool, shape):
         timeout = min(body.timeout_s or self.config.timeout_s, self.config.timeout_s)
         deadline = time.monotonic() + timeout
         loop = asyncio.get_running_loop()
@@ -82,26 +88,25 @@ class Handlers:
                               max_new_tokens=getattr(body, "max_new_tokens", 32))
 
     async def answer(self, body: AnswerRequest, image: np.ndarray):
-        if not is_task(body.task) or get_task(body.task).output != "text" \
-                or body.task not in self.predictor.encoder.special.tasks:
+        if self.predictor.tasks.get(body.task) != "text":
             raise APIError(422, f"task {body.task!r} is not a text task this model knows",
                            [{"field": "task", "message": "use one of /health's tasks.text"}])
         question = self.prompt(body.question, "question")
-        gen = [GenRequest(body.task, question, image, self.sampling(body, True))]
+        gen = [self.request(body.task, question, "question", image, self.sampling(body, True))]
         return await self.run(gen, body, body.stream, lambda r: {"answer": r[0].text, "task": body.task})
 
     async def images(self, body, task: str, text: str, field: str, image: np.ndarray | None):
         text = self.prompt(text, field)
         base = self.sampling(body, False)
-        gen = [GenRequest(task, text, image, SamplingConfig(**{**base.__dict__, "seed": base.seed + j}))
+        gen = [self.request(task, text, field, image,
+                            SamplingConfig(**{**base.__dict__, "seed": base.seed + j}))
                for j in range(body.num_images)]  # image j uses seed + j, as `utamoe generate`
 
         def shape(res):
             out = {"images": [_png(r.image) for r in res], "seeds": [base.seed + j for j in range(len(res))]}
             if body.trace:
                 out["trace"] = [r.trace for r in res]
-                out["groups"] = list(self.predictor.model.config.moe.group_names) \
-                    if self.predictor.model.config.moe is not None else []
+                out["groups"] = self.predictor.group_names
             return out
 
         return await self.run(gen, body, body.stream, shape)

@@ -1,12 +1,12 @@
-"""UnifiedMLLM's task spans, task router and executors (docs/executors.md).
+"""UnifiedMLLM's task router and executors (docs/executors.md).
 
-A model answers with text and task spans (`<edit>make it blue<box>[0.1,0.2,0.5,0.6]</box></edit>`);
-`spans` parses them (never raising on model output), `executors` holds the executor contract
-and the registry (config, built-ins, entry-point plugins), `router` runs each span through its
-executor and reports every failure as a structured error. Built-in executors: `builtin`
-(the unified model's t2i / layout / edit, box segmentation), `grounded` (the box-grounded
-editor), `diffusers_exec` (diffusers pipelines, an optional extra). `tokens` adds the span
-tokens to a text tokenizer and decodes answers that keep them.
+A model answers with text and task spans (`<edit>make it blue<box>[0.1,0.2,0.5,0.6]</box></edit>`,
+parsed by utamoe.text.spans); `executors` holds the executor contract and the registry (config,
+built-ins, entry-point plugins), `router` runs each span through its executor and reports
+every failure as a structured error. Built-in executors: `builtin` (the unified model's t2i /
+layout / edit through its predictor, box segmentation), `grounded` (the box-grounded editor: the
+model's edit with a per-cell constraint), `diffusers_exec` (diffusers pipelines, an optional
+extra); `regions` says which cells and pixels a box covers.
 
 Importing this package imports no model code: the built-in executors load on use.
 """

@@ -19,33 +19,22 @@ Masks are uint8 0 / 255 (a PNG viewers show as black and white; `write_mask_png`
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from utamoe.model.generation import SamplingConfig
+from utamoe.infer.sampling import SamplingConfig
 from utamoe.tasks_exec.executors import (
     ExecContext,
     ExecRequest,
     ExecResult,
     ExecutorError,
     need_predictor,
+    sampling_config,
 )
-from utamoe.tasks_exec.grounded import box_pixels
+from utamoe.tasks_exec.regions import box_pixels
 from utamoe.text.boxes import Box, format_box
-
-
-def sampling_config(options: dict | None, where: str) -> SamplingConfig:
-    """SamplingConfig from a config mapping; an unknown key is an error that lists the fields."""
-    options = dict(options or {})
-    names = [f.name for f in dataclasses.fields(SamplingConfig)]
-    unknown = sorted(set(options) - set(names))
-    if unknown:
-        raise ExecutorError(f"{where}.sampling: unknown keys {unknown}; the fields are "
-                            f"{', '.join(names)}")
-    return SamplingConfig(**options)
 
 
 class ModelT2I:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from utamoe.tasks_exec.executors import ExecContext, ExecRequest, ExecResult, ExecutorError
-from utamoe.tasks_exec.grounded import composite
+from utamoe.tasks_exec.regions import composite
 
 INSTALL_HINT = "pip install 'utamoe[diffusers]' (or: pip install diffusers)"
 

@@ -24,6 +24,7 @@ overrides a default, or removes it with None. The full contract is in docs/execu
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import importlib.metadata
@@ -34,6 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from utamoe.config import ConfigError
+from utamoe.infer.sampling import SamplingConfig
 from utamoe.text.boxes import Box
 from utamoe.text.spans import TaskSpan, _check_task_name
 
@@ -285,3 +287,14 @@ def need_predictor(context: ExecContext, name: str):
                             "given: pass ExecContext(predictor=Predictor.load(DIR)), or configure "
                             "another executor for the task (or None to drop it)")
     return context.predictor
+
+
+def sampling_config(options: dict | None, where: str) -> SamplingConfig:
+    """SamplingConfig from a config mapping; an unknown key is an error that lists the fields."""
+    options = dict(options or {})
+    names = [f.name for f in dataclasses.fields(SamplingConfig)]
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise ExecutorError(f"{where}.sampling: unknown keys {unknown}; the fields are "
+                            f"{', '.join(names)}")
+    return SamplingConfig(**options)

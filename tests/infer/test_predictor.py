@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utamoe.model.generation import SamplingConfig, generate_images, generate_text
-from utamoe.predict import InputError, Predictor
+from utamoe.infer.checks import InputError
+from utamoe.infer.predictor import Predictor
+from utamoe.infer.sampling import SamplingConfig
 
-from .model.helpers import images, tiny_model
+from ..model.helpers import images, tiny_model
+from .batch import answers, pictures
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +25,7 @@ def predictor():
 
 def test_answers_equal_generation_and_take_any_image(predictor):
     img = images(1)[0]
-    want = generate_text(predictor.model, predictor.encoder, ["vqa", "vqa"], ["a", "b"], [img, img])
+    want = answers(predictor.model, predictor.encoder, ["vqa", "vqa"], ["a", "b"], [img, img])
     assert predictor.answer(img, ["a", "b"]) == want
     assert predictor.answer(Image.fromarray(img), ["a", "b"]) == want  # PIL works too
     assert predictor.answer([img, img], ["a", "b"]) == want  # one image per question
@@ -35,7 +37,7 @@ def test_generate_and_edit_return_uint8_arrays(predictor):
     cfg = SamplingConfig(temperature=1.0, seed=3)
     out = predictor.generate(["a red circle at the top left", "blue"], cfg)
     assert all(x.shape == (48, 48, 3) and x.dtype == np.uint8 for x in out)
-    want = generate_images(predictor.model, predictor.encoder, ["a red circle at the top left", "blue"], cfg)
+    want = pictures(predictor.model, predictor.encoder, ["a red circle at the top left", "blue"], cfg)
     assert all(np.array_equal(a, b) for a, b in zip(out, want))
     edited = predictor.edit(images(1)[0], ["make the circle blue"], cfg)
     assert edited[0].shape == (48, 48, 3)
