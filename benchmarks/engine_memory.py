@@ -37,7 +37,7 @@ STAGES = [
 
 
 def make_assets(root: Path) -> Path:
-    from utamoe.data.shapes import ShapesWorldConfig, write_dataset
+    from utamoe.shapes import ShapesWorldConfig, write_dataset
     from utamoe.vision.tokenizer import TokenizerConfig, VQTokenizer
 
     if not (root / "vq").is_dir():

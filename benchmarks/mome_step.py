@@ -30,9 +30,9 @@ import torch  # noqa: E402
 from train_throughput import step  # noqa: E402 (one optimiser step, the same in both benchmarks)
 
 from utamoe.data.sequences import collate, training_sequences  # noqa: E402
-from utamoe.data.shapes import ShapesWorldConfig, generate_dataset  # noqa: E402
 from utamoe.hf.parts import HFPart  # noqa: E402
 from utamoe.model.unified import UnifiedModel  # noqa: E402
+from utamoe.shapes import ShapesWorldConfig, generate_dataset  # noqa: E402
 from utamoe.text.tokenizer import SpecialIds, train_text_tokenizer  # noqa: E402
 from utamoe.train.config import load_config  # noqa: E402
 from utamoe.vision.tokenizer import TokenizerConfig, VQTokenizer  # noqa: E402

@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from train_throughput import build  # noqa: E402
 
-from utamoe.data.shapes import ShapesWorldConfig, generate_dataset  # noqa: E402
 from utamoe.moe import MoEConfig  # noqa: E402
+from utamoe.shapes import ShapesWorldConfig, generate_dataset  # noqa: E402
 from utamoe.text.tokenizer import train_text_tokenizer  # noqa: E402
 from utamoe.train.config import StageConfig, load_config  # noqa: E402
 from utamoe.train.data import TrainData  # noqa: E402

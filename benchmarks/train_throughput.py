@@ -30,11 +30,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from utamoe.data.sequences import collate, training_sequences  # noqa: E402
-from utamoe.data.shapes import ShapesWorldConfig, generate_dataset  # noqa: E402
 from utamoe.hf.parts import HFPart  # noqa: E402
 from utamoe.model.config import UnifiedConfig
 from utamoe.model.unified import UnifiedModel  # noqa: E402
 from utamoe.moe import MoEConfig  # noqa: E402
+from utamoe.shapes import ShapesWorldConfig, generate_dataset  # noqa: E402
 from utamoe.text.tokenizer import SpecialIds, train_text_tokenizer  # noqa: E402
 from utamoe.train.config import load_config  # noqa: E402
 

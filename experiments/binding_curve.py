@@ -34,8 +34,7 @@ def main(argv=None) -> None:
     ap.add_argument("--split", default="test")
     args = ap.parse_args(argv)
 
-    from utamoe.data.formats import load_split
-    from utamoe.data.shapes.benchmark import world_config_of
+    from utamoe.data.formats import find_benchmark, load_split
     from utamoe.eval.run import EvalSampling, evaluate_model
     from utamoe.infer.predictor import Predictor
     from utamoe.train.config import load_config
@@ -59,7 +58,7 @@ def main(argv=None) -> None:
             model = self.accelerator.unwrap_model(self.prepared)
             res = evaluate_model(Predictor(model, self.text_tokenizer), test,
                                  EvalSampling(temperature=0.0), max_per_task=args.max_per_task,
-                                 progress=False, world_config=world_config_of(args.data))
+                                 progress=False, benchmark=find_benchmark(args.data))
             model.train()
             t = self.cfg.train
             rec = {"global_step": state.global_step, "stage": self.cfg.stages[state.stage].name,

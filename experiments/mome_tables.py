@@ -124,8 +124,7 @@ def do_run(lay: Layout, arm: str, seed: int, args) -> None:
 def evaluate(lay: Layout, arm: str, seed: int, args, overrides: list[str]) -> None:
     import shlex
 
-    from utamoe.data.formats import load_split
-    from utamoe.data.shapes.benchmark import world_config_of
+    from utamoe.data.formats import find_benchmark, load_split
     from utamoe.eval.run import evaluate_model
     from utamoe.infer.predictor import Predictor
 
@@ -134,7 +133,7 @@ def evaluate(lay: Layout, arm: str, seed: int, args, overrides: list[str]) -> No
     samples = [s for s in load_split(data / "test.jsonl")[0] if s.task in UND]
     t0 = time.perf_counter()
     result = evaluate_model(predictor, samples, batch_size=64, max_per_task=args.per_task,
-                            progress=not args.quiet, world_config=world_config_of(data))
+                            progress=not args.quiet, benchmark=find_benchmark(data))
     metrics = {**result.headline, **paper_groups(result.headline)}
     _routing(predictor, samples, run_dir)
     command = ("utamoe train --config mome " + " ".join(f"--set {shlex.quote(o)}" for o in overrides)

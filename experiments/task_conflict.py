@@ -74,7 +74,7 @@ def _timed(fn, *args, **kwargs) -> float:
 
 
 def _write_data(data: Path, world, seed: int) -> None:
-    from utamoe.data.shapes import write_dataset
+    from utamoe.shapes import write_dataset
 
     print(f"[prep] seed {seed}: writing ShapesWorld {world.sizes} -> {data}", flush=True)
     write_dataset(data, world)
@@ -101,7 +101,7 @@ def _train_tokenizers(lay: Layout, seed: int, scale: str, progress: bool) -> Non
 def prepare_seed(lay: Layout, seed: int, scale: str, progress: bool) -> dict:
     """The seed's dataset and its image + text tokenizers (skipped when already there)."""
     from utamoe.data.formats import read_manifest
-    from utamoe.data.shapes import ShapesWorldConfig
+    from utamoe.shapes import ShapesWorldConfig
 
     times = {}
     data = lay.data(seed)
@@ -154,8 +154,7 @@ def model_info(model) -> dict:
 
 
 def eval_run(lay: Layout, arm: str, seed: int, scale: str, progress: bool) -> None:
-    from utamoe.data.formats import load_split
-    from utamoe.data.shapes.benchmark import world_config_of
+    from utamoe.data.formats import find_benchmark, load_split
     from utamoe.demo import demo_sampling
     from utamoe.eval.report import write_eval_outputs
     from utamoe.eval.run import evaluate_model
@@ -172,7 +171,7 @@ def eval_run(lay: Layout, arm: str, seed: int, scale: str, progress: bool) -> No
     for split in todo:
         samples = [x for x in load_split(data / f"{split}.jsonl")[0] if x.task in tasks]
         result = evaluate_model(predictor, samples, sampling, batch_size=bs,
-                                progress=progress, world_config=world_config_of(data))
+                                progress=progress, benchmark=find_benchmark(data))
         result.split, result.model, result.data = split, str(run_dir / "model"), str(data)
         command = shlex.join(["utamoe", "eval", "--model", str(run_dir / "model"), "--data",
                               str(data), "--split", split, *sampling.cli_args(),

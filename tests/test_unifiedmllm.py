@@ -14,8 +14,8 @@ import torch
 
 from utamoe.cli import main
 from utamoe.data.formats import load_split
-from utamoe.data.shapes import ShapesWorldConfig, write_dataset
-from utamoe.data.shapes.world import ALL_TASKS
+from utamoe.shapes import ShapesWorldConfig, write_dataset
+from utamoe.shapes.world import ALL_TASKS
 from utamoe.train.config import build_config, read_yaml, recipe_path
 from utamoe.train.trainer import Trainer
 from utamoe.vision.tokenizer import TokenizerConfig, VQTokenizer

@@ -48,7 +48,7 @@ QUICK_OVERRIDES = [
 
 def _dataset(out: Path, seed: int, quick: bool, console: Console):
     from utamoe.data.formats import read_manifest
-    from utamoe.data.shapes import ShapesWorldConfig, total_samples, write_dataset
+    from utamoe.shapes import ShapesWorldConfig, total_samples, write_dataset
     from utamoe.train.progress import bar
 
     world = ShapesWorldConfig(seed=seed, sizes=QUICK_SIZES if quick else FULL_SIZES)
@@ -79,11 +79,12 @@ def _evaluate(model_dir: Path, data_dir: Path, world, out: Path, seed: int):
     from utamoe.eval.report import print_summary, write_eval_outputs
     from utamoe.eval.run import evaluate_model
     from utamoe.infer.predictor import Predictor
+    from utamoe.shapes.benchmark import SHAPESWORLD
 
     predictor = Predictor.load(model_dir)
     samples, _ = load_split(data_dir / "test.jsonl")
     sampling = demo_sampling(seed)
-    result = evaluate_model(predictor, samples, sampling, world_config=world)
+    result = evaluate_model(predictor, samples, sampling, benchmark=SHAPESWORLD.on(world))
     result.split, result.model, result.data = "test", str(model_dir), str(data_dir)
     command = shlex.join(["utamoe", "eval", "--model", str(model_dir), "--data", str(data_dir),
                           "--split", "test", *sampling.cli_args()])

@@ -13,9 +13,10 @@ A `Task` says what the rest of the code needs to know about it:
                 task may be text-only, e.g. questions about a written scene description)
     scorer      the generic scorer: (samples, predictions, ScoreContext) -> TaskScore
     benchmark_scorers
-                scorers that apply only to data of one benchmark, keyed by its name (e.g.
-                "shapesworld", whose scene parser can read ShapesWorld images and captions
-                exactly); eval uses one only when the data's manifest names that benchmark
+                scorers that apply only to data of one benchmark, keyed by its name; eval uses
+                one only when the data's manifest names that benchmark. A benchmark also brings
+                its own scorers for the tasks it generates (utamoe.benchmarks: ShapesWorld's
+                scene parser reads its images and captions exactly); the task's own come first
     headline    metric key -> the flat name in metrics.json / the docs (e.g. "accuracy" ->
                 "vqa_accuracy"); keys a scorer does not return are left out
     opt_in      an opt-in task (UnifiedMLLM's) is not in a stage's default data mixture,
@@ -32,6 +33,11 @@ own code, before loading data or training:
     register_task(Task("ocr", group="und", layout="answer", scorer=my_ocr_scorer,
                        headline={"accuracy": "ocr_accuracy"}))
 
+A package adds tasks without being imported first with an entry point of the group
+`utamoe.tasks` (utamoe.plugins): name -> a Task, or a callable returning one or several;
+the registry loads them the first time it is consulted, so a fresh `utamoe` process and a
+saved model's loader find them.
+
 The group names here are the one source of truth for task groups; MoE configs are
 checked against them (`group_index`).
 """
@@ -43,8 +49,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from utamoe import plugins
+from utamoe.benchmarks import get_benchmark
 from utamoe.config import ConfigError
 
+ENTRY_POINT_GROUP = "utamoe.tasks"
 GROUPS: tuple[str, ...] = ("und", "gen")
 LAYOUTS = ("answer", "generate", "edit")
 
@@ -62,8 +71,8 @@ class TaskScore:
 class ScoreContext:
     """What a scorer may know about the data beyond its samples."""
 
-    benchmark: str | None = None  # e.g. "shapesworld" (from the dataset manifest), else None
-    world: Any = None  # the benchmark's generator config (a ShapesWorldConfig), if any
+    benchmark: str | None = None  # the data's benchmark (utamoe.benchmarks, from its manifest)
+    benchmark_config: Any = None  # the config its generator wrote, if any
     # A utamoe.tasks_exec.TaskRouter that scorers of task-span answers may run the predicted
     # spans through (the executed edit, the mask); None: they score the spans alone.
     router: Any = None
@@ -111,8 +120,13 @@ class Task:
         return "text" if self.layout == "answer" else "image"
 
     def scorer_for(self, ctx: ScoreContext) -> tuple[str, Scorer]:
-        """(scorer name, callable): the benchmark's own scorer when the data is from it."""
-        chosen = self.benchmark_scorers.get(ctx.benchmark) if ctx.benchmark else None
+        """(scorer name, callable): the benchmark's own scorer when the data is from it (the
+        task's for that benchmark, else the benchmark's for this task), else the generic one."""
+        chosen = None
+        if ctx.benchmark:
+            chosen = self.benchmark_scorers.get(ctx.benchmark)
+            if chosen is None:
+                chosen = get_benchmark(ctx.benchmark).scorers.get(self.name)
         spec = chosen if chosen is not None else self.scorer
         return _scorer_name(spec), _resolve(spec)
 
@@ -152,26 +166,41 @@ def unregister_task(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
+def _register_plugin(name: str, obj) -> None:
+    tasks = obj if isinstance(obj, Task) else obj()
+    for task in [tasks] if isinstance(tasks, Task) else list(tasks):
+        if not isinstance(task, Task):
+            raise ConfigError(f"entry point {name!r} of {ENTRY_POINT_GROUP}: {type(task).__name__} "
+                              "is not a utamoe.tasks.Task")
+        register_task(task)
+
+
+def _registry() -> dict[str, Task]:
+    """The registry, with the installed plug-ins' tasks loaded (once per process)."""
+    plugins.discover(ENTRY_POINT_GROUP, _register_plugin, _REGISTRY)
+    return _REGISTRY
+
+
 def get_task(name: str) -> Task:
     try:
-        return _REGISTRY[name]
+        return _REGISTRY[name] if name in _REGISTRY else _registry()[name]
     except KeyError:
         raise ConfigError(f"unknown task {name!r}; registered tasks: {', '.join(_REGISTRY)} "
                           "(register your own with utamoe.tasks.register_task)") from None
 
 
 def is_task(name: str) -> bool:
-    return name in _REGISTRY
+    return name in _REGISTRY or name in _registry()
 
 
 def task_names(group: str | None = None) -> list[str]:
     """Registered task names in registration order (the built-ins first), optionally one group's."""
-    return [n for n, t in _REGISTRY.items() if group is None or t.group == group]
+    return [n for n, t in _registry().items() if group is None or t.group == group]
 
 
 def default_tasks() -> list[str]:
     """The tasks a stage trains on when its mixture is not given: every task but the opt-in ones."""
-    return [n for n, t in _REGISTRY.items() if not t.opt_in]
+    return [n for n, t in _registry().items() if not t.opt_in]
 
 
 def group_of(name: str) -> str:
@@ -198,8 +227,7 @@ _U = "utamoe.eval.span_scorers"
 for _task in (
     Task("caption", "und", "answer", f"{_S}:caption_generic", title="Caption",
          headline={"f1": "caption_f1", "token_f1": "caption_token_f1", "cider": "caption_cider",
-                   "bleu4": "caption_bleu4", "exact": "caption_exact"},
-         benchmark_scorers={"shapesworld": f"{_S}:caption_shapes"}),
+                   "bleu4": "caption_bleu4", "exact": "caption_exact"}),
     Task("vqa", "und", "answer", f"{_S}:answer_match", title="VQA",
          headline={"accuracy": "vqa_accuracy"}),
     Task("pope", "und", "answer", f"{_S}:yes_no", title="POPE",
@@ -209,25 +237,21 @@ for _task in (
     Task("t2i", "gen", "generate", f"{_S}:image_similarity", title="Text-to-image",
          headline={"correct_all": "t2i_correct_all", "object": "t2i_object", "count": "t2i_count",
                    "color": "t2i_color", "size": "t2i_size", "position": "t2i_position",
-                   "psnr": "t2i_psnr", "ssim": "t2i_ssim"},
-         benchmark_scorers={"shapesworld": f"{_S}:t2i_shapes"}),
+                   "psnr": "t2i_psnr", "ssim": "t2i_ssim"}),
     Task("edit", "gen", "edit", f"{_S}:image_similarity", title="Edit",
-         headline={"correct_all": "edit_correct_all", "psnr": "edit_psnr", "ssim": "edit_ssim"},
-         benchmark_scorers={"shapesworld": f"{_S}:edit_shapes"}),
+         headline={"correct_all": "edit_correct_all", "psnr": "edit_psnr", "ssim": "edit_ssim"}),
     # UnifiedMLLM (docs/unifiedmllm.md): answers that are task spans for executors, layout
     # prompts with boxes, multi-turn conversations (records with `turns`).
     Task("reason_edit", "und", "answer", f"{_U}:reason_edit_generic", title="Reasoning edit",
          headline={"task_accuracy": "reason_edit_task_acc", "box_acc50": "reason_edit_box_acc50",
                    "exec_correct": "reason_edit_exec_correct", "exec_psnr": "reason_edit_psnr",
-                   "exec_ssim": "reason_edit_ssim"},
-         benchmark_scorers={"shapesworld": f"{_U}:reason_edit_shapes"}, opt_in=True),
+                   "exec_ssim": "reason_edit_ssim"}, opt_in=True),
     Task("seg", "und", "answer", f"{_U}:seg_generic", title="Referring segmentation",
          headline={"task_accuracy": "seg_task_acc", "box_acc50": "seg_box_acc50",
                    "mask_iou": "seg_mask_iou"}, opt_in=True),
     Task("layout", "gen", "generate", f"{_S}:image_similarity", title="Layout generation",
          headline={"correct_all": "layout_correct_all", "position": "layout_position",
-                   "psnr": "layout_psnr", "ssim": "layout_ssim"},
-         benchmark_scorers={"shapesworld": f"{_U}:layout_shapes"}, opt_in=True),
+                   "psnr": "layout_psnr", "ssim": "layout_ssim"}, opt_in=True),
     Task("dialog", "und", "answer", f"{_U}:dialog_turns", title="Multi-turn dialogue",
          headline={"turn_accuracy": "dialog_turn_acc", "dialog_accuracy": "dialog_acc",
                    "task_turn_accuracy": "dialog_task_turn_acc"}, opt_in=True),

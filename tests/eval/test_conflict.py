@@ -10,12 +10,12 @@ from torch import nn
 from tests.model.helpers import mixed_samples, tiny_model
 from utamoe.cli import main
 from utamoe.data.sequences import collate
-from utamoe.data.shapes import ShapesWorldConfig, write_dataset
 from utamoe.eval.analyze import build_batches
 from utamoe.eval.conflict import gradient_conflict, unified_conflict
 from utamoe.infer.checks import InputError
 from utamoe.model.io import save_model_dir
 from utamoe.moe import MoEConfig
+from utamoe.shapes import ShapesWorldConfig, write_dataset
 
 
 class Toy(nn.Module):

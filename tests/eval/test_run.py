@@ -7,15 +7,16 @@ import pytest
 
 from tests.model.helpers import tiny_model
 from utamoe.cli import main
-from utamoe.data.formats import load_split
-from utamoe.data.shapes import ShapesWorldConfig, generate_dataset, write_dataset
-from utamoe.data.shapes.benchmark import world_config_of
-from utamoe.eval.geneval import FACETS, PSNR_CAP
+from utamoe.data.formats import find_benchmark, load_split
 from utamoe.eval.report import write_eval_outputs
 from utamoe.eval.run import EvalSampling, evaluate_model
+from utamoe.eval.scorers import PSNR_CAP
 from utamoe.eval.scoring import evaluate
 from utamoe.infer.predictor import Predictor
 from utamoe.model.io import save_model_dir
+from utamoe.shapes import ShapesWorldConfig, generate_dataset, write_dataset
+from utamoe.shapes.benchmark import SHAPESWORLD
+from utamoe.shapes.geneval import FACETS
 
 WORLD = ShapesWorldConfig(sizes={"test": 3})
 HEADLINE = ["vqa_accuracy", "pope_accuracy", "pope_f1", "caption_f1", "caption_exact", "grounding_acc50",
@@ -51,23 +52,23 @@ def wrong(task, batch, start):
 
 
 def test_ground_truth_scores_one(samples):
-    result = evaluate_model(None, samples, predict_fn=oracle, world_config=WORLD,
+    result = evaluate_model(None, samples, predict_fn=oracle, benchmark=SHAPESWORLD.on(WORLD),
                             progress=False)
     assert set(result.headline) == set(HEADLINE)
     assert all(result.headline[k] == 1.0 for k in RATES), result.headline
     assert result.headline["edit_psnr"] == PSNR_CAP
     assert result.counts == {t: 3 for t in WORLD.tasks}
     # The same numbers as the shared scorer gives for the same predictions.
-    assert result.per_task == evaluate(result.samples, result.predictions, WORLD)
+    assert result.per_task == evaluate(result.samples, result.predictions, SHAPESWORLD.on(WORLD))
     assert all(v.correct_all for v in result.verdicts.values()) and len(result.verdicts) == 6
 
 
 def test_wrong_answers_score_zero(samples, tmp_path):
-    result = evaluate_model(None, samples, predict_fn=wrong, world_config=WORLD,
+    result = evaluate_model(None, samples, predict_fn=wrong, benchmark=SHAPESWORLD.on(WORLD),
                             progress=False)
     assert all(result.headline[k] == 0.0 for k in RATES if k != "edit_ssim"), result.headline
     assert result.headline["edit_psnr"] < 40 and result.headline["edit_ssim"] < 0.95
-    assert result.per_task == evaluate(result.samples, result.predictions, WORLD)
+    assert result.per_task == evaluate(result.samples, result.predictions, SHAPESWORLD.on(WORLD))
     paths = write_eval_outputs(result, tmp_path)
     assert set(paths) == {"metrics", "report", "predictions", "samples"}
     lines = [json.loads(x) for x in paths["predictions"].read_text().splitlines()]
@@ -83,11 +84,11 @@ def test_batches_offsets_and_max_per_task(samples):
         return oracle(task, batch, start)
 
     result = evaluate_model(None, samples, EvalSampling(seed=5), batch_size=2,
-                            max_per_task=3, predict_fn=spy, world_config=WORLD, progress=False)
+                            max_per_task=3, predict_fn=spy, benchmark=SHAPESWORLD.on(WORLD), progress=False)
     assert calls[:2] == [("caption", 2, 0), ("caption", 1, 2)] and len(calls) == 12
     assert result.sampling.batch_size == 2 and result.sampling.seed == 5
     one = evaluate_model(None, samples, max_per_task=1, predict_fn=oracle,
-                         world_config=WORLD, progress=False)
+                         benchmark=SHAPESWORLD.on(WORLD), progress=False)
     assert sum(one.counts.values()) == 6
     with pytest.raises(ValueError, match="predictions for"):
         evaluate_model(None, samples, predict_fn=lambda t, b, s: [], progress=False)
@@ -110,7 +111,7 @@ def test_real_model_is_reproducible(samples, saved):
     model = predictor.model
     model.train()
     t2i = [s for s in samples if s.task == "t2i"][:2]
-    runs = [evaluate_model(predictor, t2i, EvalSampling(seed=3), world_config=WORLD,
+    runs = [evaluate_model(predictor, t2i, EvalSampling(seed=3), benchmark=SHAPESWORLD.on(WORLD),
                            progress=False) for _ in range(2)]
     assert all(np.array_equal(a, b) for a, b in zip(runs[0].predictions, runs[1].predictions))
     assert runs[0].predictions[0].shape == (48, 48, 3)
@@ -152,6 +153,6 @@ def test_cli_eval_errors_are_clear(saved, tmp_path, capsys):
 
 
 def test_world_config_of(saved, tmp_path):
-    assert world_config_of(saved / "data").sizes == {"test": 2, "val": 1}
-    assert world_config_of(tmp_path) is None
+    assert find_benchmark(saved / "data").config.sizes == {"test": 2, "val": 1}
+    assert find_benchmark(tmp_path) is None
     assert len(load_split(saved / "data" / "test.jsonl")[0]) == 12

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from utamoe.data.formats import Sample
-from utamoe.data.shapes import ShapesWorldConfig
 from utamoe.eval import scorers
 from utamoe.eval.scoring import context_for, evaluate, score_by_task
+from utamoe.shapes import ShapesWorldConfig
+from utamoe.shapes.benchmark import SHAPESWORLD
 from utamoe.tasks import ScoreContext
 
 
@@ -39,7 +40,7 @@ def test_digit_captions_are_not_scored_by_the_scene_parser():
     generic = score_by_task({"caption": samples}, preds, context_for(None))
     assert generic.scorers == {"caption": "caption_generic"}
     assert generic.per_task["caption"]["exact"] == 1.0 and "f1" not in generic.per_task["caption"]
-    shapes = score_by_task({"caption": samples}, preds, context_for(ShapesWorldConfig()))
+    shapes = score_by_task({"caption": samples}, preds, context_for(SHAPESWORLD.on(ShapesWorldConfig())))
     assert shapes.scorers == {"caption": "caption_shapes"}
 
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from utamoe.data.shapes import ShapesWorldConfig, make_sample
-from utamoe.data.shapes.world import ALL_TASKS
-from utamoe.eval.geneval import PSNR_CAP
-from utamoe.eval.span_scorers import dialog_turns, reason_edit_shapes, seg_generic, span_verdict
+from utamoe.eval.scorers import PSNR_CAP
+from utamoe.eval.span_scorers import dialog_turns, seg_generic, span_verdict
+from utamoe.shapes import ShapesWorldConfig, make_sample
+from utamoe.shapes.scorers import reason_edit_shapes
+from utamoe.shapes.world import ALL_TASKS
 from utamoe.tasks import ScoreContext
 from utamoe.tasks_exec import ExecResult, TaskRouter
 
 WORLD = ShapesWorldConfig(seed=2, tasks=ALL_TASKS)
-CTX = ScoreContext(benchmark="shapesworld", world=WORLD)
+CTX = ScoreContext(benchmark="shapesworld", benchmark_config=WORLD)
 KNOWN = ["t2i", "edit", "seg", "layout"]
 
 

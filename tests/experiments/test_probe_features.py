@@ -6,7 +6,7 @@ import numpy as np
 import probe_features as pf
 
 from tests.model.helpers import tiny_model
-from utamoe.data.shapes import ShapesWorldConfig, generate_dataset
+from utamoe.shapes import ShapesWorldConfig, generate_dataset
 
 
 def test_linear_probe_finds_a_linear_label_and_not_a_random_one():

@@ -15,7 +15,7 @@ import pytest
 import summary
 import task_conflict as tc
 
-from utamoe.data.shapes.world import SHAPES_TASKS
+from utamoe.shapes.world import SHAPES_TASKS
 from utamoe.tasks import group_of
 from utamoe.train.config import load_config
 

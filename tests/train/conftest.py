@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from utamoe.data.shapes import ShapesWorldConfig, write_dataset
+from utamoe.shapes import ShapesWorldConfig, write_dataset
 from utamoe.vision.tokenizer import TokenizerConfig, VQTokenizer
 
 

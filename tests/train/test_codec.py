@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from utamoe.data.shapes import ShapesWorldConfig, render, sample_scene
-from utamoe.data.shapes.benchmark import parse_agreement
-from utamoe.data.shapes.benchmark import renders as shapes_images
+from utamoe.shapes import ShapesWorldConfig, render, sample_scene
+from utamoe.shapes.benchmark import parse_agreement
+from utamoe.shapes.benchmark import renders as shapes_images
 from utamoe.train.codec import codebook_usage, train_tokenizer
 from utamoe.vision import TokenizerConfig, VQTokenizer
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from utamoe.data.shapes import ShapesWorldConfig, write_dataset
+from utamoe.shapes import ShapesWorldConfig, write_dataset
 from utamoe.train.config import build_config
 from utamoe.train.trainer import Trainer
 from utamoe.vision.tokenizer import TokenizerConfig, VQTokenizer

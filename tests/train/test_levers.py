@@ -175,14 +175,13 @@ def test_und_pos2d_model_trains_saves_and_reloads(tiny_assets, tmp_path):
     assert isinstance(model.und_encoder.aligner, GridPosAligner) and model.und_encoder.aligner.grid == 3
 
 
-def test_pack_questions_appends_answers_about_the_same_scene(tiny_assets, tmp_path):
-    from utamoe.data.shapes import Scene
-    from utamoe.train.packing import extra_questions
+def test_extra_questions_append_answers_about_the_same_scene(tiny_assets, tmp_path):
+    from utamoe.shapes import Scene
 
     trainer = _trainer(tiny_assets, tmp_path / "r", [{"name": "s", "steps": 1, "mixture": {"pope": 1}}],
-                       pack_questions=3)
+                       extra_questions=3)
     data, sp = trainer.data, trainer.data.encoder.special
-    assert data.pack_questions == 3 and data.world is not None
+    assert data.extra_questions == 3 and data.benchmark.name == "shapesworld"
     batch = data.batch(0, 0, 4, {"pope": 1, "caption": 0}, 0.0)
     tok = trainer.text_tokenizer
     for row in range(4):
@@ -196,7 +195,7 @@ def test_pack_questions_appends_answers_about_the_same_scene(tiny_assets, tmp_pa
     scene = Scene.from_json(sample.meta["scene"])
     import numpy as np
 
-    for q, a in extra_questions(sample, data.world, np.random.default_rng(0), 20):
+    for q, a in data.benchmark.extra_questions(sample, np.random.default_rng(0), 20):
         color, shape = q.split()[3:5]
         assert (a == "yes") == ((color, shape) in scene.combos())
 

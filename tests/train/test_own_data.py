@@ -25,7 +25,8 @@ def test_default_recipe_trains_and_evaluates_on_own_data(tmp_path, capsys, size,
     assert main(["train", "--config", "utamoe", "--out", str(run),
                  *[a for s in sets for a in ("--set", s)]]) == 0
     out = capsys.readouterr().out
-    assert "not ShapesWorld: training the VQ codec on the dataset's own train images" in out
+    assert "no benchmark's data with codec renders: training the VQ codec on the dataset's own train " \
+        "images" in out
     model, _ = load_model_dir(run / "model")
     assert model.config.image_size == model.image_tokenizer.config.image_size == 48
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from utamoe.data.shapes.benchmark import renders as shapes_images
+from utamoe.shapes.benchmark import renders as shapes_images
 from utamoe.vision import TokenizerConfig, TokenizerLoadError, VQTokenizer
 
 TINY = TokenizerConfig(hidden_channels=32, latent_channels=32, codebook_size=32, steps=40,

@@ -25,8 +25,8 @@ def cmd_data_shapes(args: argparse.Namespace) -> int:
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from utamoe.data.shapes import ShapesWorldConfig, total_samples, write_dataset
-    from utamoe.data.shapes.world import ALL_TASKS, DEFAULT_SIZES
+    from utamoe.shapes import ShapesWorldConfig, total_samples, write_dataset
+    from utamoe.shapes.world import ALL_TASKS, DEFAULT_SIZES
 
     out = Path(args.out)
     if out.exists() and any(out.glob("*.jsonl")) and not args.force:

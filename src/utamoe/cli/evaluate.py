@@ -11,7 +11,7 @@ from utamoe.cli.infer import _add_sampling_args
 def cmd_eval(args: argparse.Namespace) -> int:
     import shlex
 
-    from utamoe.data.shapes.benchmark import world_config_of
+    from utamoe.data.formats import find_benchmark
     from utamoe.eval.report import print_summary, write_eval_outputs
     from utamoe.eval.run import EvalSampling, evaluate_model
 
@@ -22,7 +22,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             cfg_scale=args.cfg_scale, seed=args.seed,
                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     result = evaluate_model(predictor, samples, sampling, max_per_task=args.max_per_task,
-                            world_config=world_config_of(data))
+                            benchmark=find_benchmark(data))
     result.split, result.model, result.data = args.split, str(args.model), str(data)
     command = ["utamoe", "eval", "--model", str(args.model), "--data", str(data), "--split",
                args.split, "--out", str(out), *sampling.cli_args(), "--device", args.device]

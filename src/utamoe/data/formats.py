@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from utamoe.benchmarks import BenchmarkData, benchmark_of_manifest
 from utamoe.data.conversations import Turn, check_turns, load_turns
 from utamoe.tasks import get_task, is_task, task_names
 from utamoe.vision.images import ImageTooLarge, ImageUnreadable, read_image
@@ -318,6 +319,12 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
         raise DataFormatError(path, None, f"format_version {version!r} is newer than this "
                               f"utamoe reads ({FORMAT_VERSION}); upgrade utamoe")
     return manifest
+
+
+def find_benchmark(root: str | os.PathLike) -> BenchmarkData | None:
+    """The benchmark whose generator wrote the dataset in `root` (from its manifest), with the
+    generator's config; None for any other data (utamoe.benchmarks)."""
+    return benchmark_of_manifest(read_manifest(root))
 
 
 def list_splits(root: str | os.PathLike) -> list[str]:

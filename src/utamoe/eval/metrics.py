@@ -1,5 +1,5 @@
 """Text-answer metrics for the understanding tasks: normalisation, exact match, token F1,
-POPE accuracy/F1, caption object precision/recall/F1 and grounding IoU.
+POPE accuracy/F1 and grounding IoU (boxes in utamoe.text.boxes' grammar).
 
 All scorers are total functions: an empty, wordy or malformed prediction is scored
 (as wrong, usually), never raised on, because a model under evaluation produces
@@ -14,8 +14,6 @@ import string
 from collections import Counter
 from collections.abc import Sequence
 
-from utamoe.data.shapes.text import parse_located, split_description
-from utamoe.data.shapes.world import ShapesWorldConfig
 from utamoe.text.boxes import parse_box
 
 ARTICLES = frozenset({"a", "an", "the"})
@@ -53,7 +51,7 @@ def token_f1(pred: str | None, gold: str) -> float:
 
 
 def vqa_accuracy(preds: Sequence[str | None], golds: Sequence[str]) -> dict[str, float]:
-    _same_length(preds, golds)
+    check_lengths(preds, golds)
     n = max(len(golds), 1)
     return {"accuracy": sum(exact_match(p, g) for p, g in zip(preds, golds, strict=True)) / n,
             "token_f1": sum(token_f1(p, g) for p, g in zip(preds, golds, strict=True)) / n,
@@ -69,7 +67,7 @@ def yes_no(text: str | None) -> str | None:
 def pope_metrics(preds: Sequence[str | None], golds: Sequence[str]) -> dict[str, float]:
     """POPE: accuracy, and precision/recall/F1 of 'yes' (the positive class). An invalid
     answer (neither yes nor no) is wrong and never counts as a positive prediction."""
-    _same_length(preds, golds)
+    check_lengths(preds, golds)
     tp = fp = fn = correct = invalid = yes = 0
     for p, g in zip(preds, golds, strict=True):
         answer, truth = yes_no(p), yes_no(g)
@@ -85,52 +83,6 @@ def pope_metrics(preds: Sequence[str | None], golds: Sequence[str]) -> dict[str,
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"accuracy": correct / n, "precision": precision, "recall": recall, "f1": f1,
             "yes_ratio": yes / n, "invalid": invalid, "n": len(golds)}
-
-
-def caption_objects(text: str | None, config: ShapesWorldConfig | None = None,
-                    ) -> tuple[Counter, int]:
-    """The objects a caption mentions, as a multiset of (shape, color, size, row, col),
-    and how many of its phrases are not readable objects."""
-    objs: Counter = Counter()
-    unreadable = 0
-    for phrase in split_description(text or ""):
-        obj = parse_located(phrase, config)
-        if obj is None:
-            unreadable += 1
-        else:
-            objs[obj.key()] += 1
-    return objs, unreadable
-
-
-def caption_prf(pred: str | None, gold: str, config: ShapesWorldConfig | None = None,
-                ) -> dict[str, float]:
-    """Order-insensitive object-level counts for one caption: an object is right when all
-    its attributes and its position are; unreadable phrases are false positives."""
-    p, junk = caption_objects(pred, config)
-    g, _ = caption_objects(gold, config)
-    tp = sum((p & g).values())
-    fp = sum(p.values()) - tp + junk
-    fn = sum(g.values()) - tp
-    return {"tp": tp, "fp": fp, "fn": fn, **_prf(tp, fp, fn)}
-
-
-def caption_metrics(preds: Sequence[str | None], golds: Sequence[str],
-                    config: ShapesWorldConfig | None = None) -> dict[str, float]:
-    """Micro-averaged object precision/recall/F1 over a set, plus the exact-caption rate."""
-    _same_length(preds, golds)
-    tp = fp = fn = exact = 0
-    for p, g in zip(preds, golds, strict=True):
-        r = caption_prf(p, g, config)
-        tp, fp, fn = tp + r["tp"], fp + r["fp"], fn + r["fn"]
-        exact += r["fp"] == 0 and r["fn"] == 0
-    return {**_prf(tp, fp, fn), "exact": exact / max(len(golds), 1), "n": len(golds)}
-
-
-def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
-    precision = tp / (tp + fp) if tp + fp else float(fn == 0)
-    recall = tp / (tp + fn) if tp + fn else 1.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1}
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -154,14 +106,14 @@ def grounding_iou(pred: str | None, gold: str | Sequence[float]) -> float:
 def grounding_metrics(preds: Sequence[str | None], golds: Sequence[str],
                       threshold: float = 0.5) -> dict[str, float]:
     """Acc@IoU>=threshold, mean IoU, and how many predictions were not boxes."""
-    _same_length(preds, golds)
+    check_lengths(preds, golds)
     ious = [grounding_iou(p, g) for p, g in zip(preds, golds, strict=True)]
     n = max(len(golds), 1)
     return {"accuracy": sum(i >= threshold for i in ious) / n, "mean_iou": sum(ious) / n,
             "malformed": sum(parse_box(p or "") is None for p in preds), "n": len(golds)}
 
 
-def _same_length(preds: Sequence, golds: Sequence) -> None:
+def check_lengths(preds: Sequence, golds: Sequence) -> None:
     if len(preds) != len(golds):
         raise ValueError(f"{len(preds)} predictions for {len(golds)} references; pass one "
                          "prediction per sample (None or '' for a missing one)")

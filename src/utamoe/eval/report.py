@@ -16,15 +16,13 @@ from __future__ import annotations
 import json
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from utamoe.eval.run import EvalResult
+from utamoe.eval.scorers import similarity
 from utamoe.tasks import get_task
-
-if TYPE_CHECKING:
-    from utamoe.eval.geneval import GenerationScore
-    from utamoe.eval.run import EvalResult
 
 SHEET_T2I, SHEET_EDIT, SHEET_COLS = 12, 6, 6  # 12 t2i images + 6 edits (18 outputs)
 
@@ -102,9 +100,10 @@ def _write_predictions(result: EvalResult, path: Path) -> None:
 # ---------------------------------------------------------------- the image sheet
 
 
-def verdict_text(score: GenerationScore | None, extra: dict[str, float] | None = None,
+def verdict_text(score, extra: dict[str, float] | None = None,
                  ) -> tuple[str, str]:
-    """(text, colour) for one image's verdict: 'correct', or which facets failed."""
+    """(text, colour) for one image's verdict (an object with `facets`, `correct_all`, `extra`
+    and `error`, as a benchmark's image scorer gives it): 'correct', or which facets failed."""
     sim = f"\nPSNR {extra['psnr']:.1f} SSIM {extra['ssim']:.2f}" if extra else ""
     if score is None:
         return "not scored" + sim, "dimgray"
@@ -169,13 +168,10 @@ def _panel(ax, image, title: str, label: str, colour: str) -> None:
 
 
 def _similarity(sample, image) -> dict[str, float] | None:
+    """PSNR / SSIM of an edit without a verdict (data no benchmark scores), for its label."""
     if sample.target_image is None:
         return None
-    from utamoe.data.shapes.world import ShapesWorldConfig
-    from utamoe.eval.geneval import image_similarity
-
-    size = max(sample.target_image.shape[0], 24)
-    return image_similarity(image, sample.target_image, ShapesWorldConfig(image_size=size))
+    return similarity(image, sample.target_image)
 
 
 # ---------------------------------------------------------------- console

@@ -4,11 +4,11 @@
 samples by task, generates each task's predictions in batches through the
 predictor (text answers for text tasks, images for image tasks; KV cache on, no
 grad), and scores them with each task's scorer from the task registry
-(utamoe.eval.scoring): for ShapesWorld data (`world_config`, read from the
-dataset manifest) the scene-parser scorers (caption object F1, GenEval-style
-facets of generated images), for any other data the generic ones (exact match and
-token F1, COCO caption metrics, PSNR/SSIM against targets). The result records
-which scorer produced each task's numbers.
+(utamoe.eval.scoring): for a benchmark's data (`benchmark`, found from the dataset
+manifest by utamoe.data.formats.find_benchmark) the benchmark's own scorers where it has
+them (ShapesWorld: caption object F1, GenEval-style facets of generated images), for any
+other data the generic ones (exact match and token F1, COCO caption metrics, PSNR/SSIM
+against targets). The result records which scorer produced each task's numbers.
 
 Generation is a replaceable function (`predict_fn(task, samples) -> predictions`)
 so that scoring can be tested with known predictions and other predictors (a
@@ -25,9 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from utamoe.benchmarks import BenchmarkData
 from utamoe.data.formats import Sample
-from utamoe.data.shapes.world import ShapesWorldConfig
-from utamoe.eval.geneval import GenerationScore
 from utamoe.eval.scoring import context_for, headline_metrics, score_by_task
 from utamoe.tasks import get_task, task_names
 
@@ -91,7 +90,7 @@ class EvalResult:
     sampling: EvalSampling
     samples: list[Sample]
     predictions: list[Prediction]  # aligned with `samples`
-    verdicts: dict[str, GenerationScore] = field(default_factory=dict)  # image sample id ->
+    verdicts: dict[str, Any] = field(default_factory=dict)  # image sample id -> its scorer's verdict
     notes: list[str] = field(default_factory=list)
     scorers: dict[str, str] = field(default_factory=dict)  # task -> the scorer of its numbers
     split: str | None = None
@@ -191,7 +190,7 @@ def _predict_all(by_task: dict[str, list[Sample]], predict_fn: PredictFn, batch_
 
 def evaluate_model(predictor, samples: Sequence[Sample], sampling: EvalSampling | None = None,
                    batch_size: int | None = None, max_per_task: int | None = None,
-                   progress: bool = True, world_config: ShapesWorldConfig | None = None,
+                   progress: bool = True, benchmark: BenchmarkData | None = None,
                    predict_fn: PredictFn | None = None, router=None) -> EvalResult:
     """Generate and score every task in `samples`; see the module docstring.
 
@@ -228,7 +227,7 @@ def evaluate_model(predictor, samples: Sequence[Sample], sampling: EvalSampling 
             model.train()
     if router is None:
         router = task_router(predictor)
-    ctx = dataclasses.replace(context_for(world_config), router=router)
+    ctx = dataclasses.replace(context_for(benchmark), router=router)
     with torch.no_grad():
         scores = score_by_task(by_task, preds, ctx)
     seconds = time.perf_counter() - start
@@ -237,13 +236,14 @@ def evaluate_model(predictor, samples: Sequence[Sample], sampling: EvalSampling 
                       counts={t: len(v) for t, v in by_task.items()}, seconds=seconds,
                       sampling=sampling, samples=ordered,
                       predictions=[p for v in preds.values() for p in v],
-                      verdicts=scores.verdicts, notes=_notes(scores.scorers, world_config),
+                      verdicts=scores.verdicts, notes=_notes(scores.scorers, benchmark),
                       scorers=scores.scorers)
 
 
-def _notes(scorers: dict[str, str], world_config) -> list[str]:
-    kind = "ShapesWorld data: its scene-parser scorers where a task has one" if world_config \
-        else "not ShapesWorld data (no ShapesWorld manifest): generic scorers only"
+def _notes(scorers: dict[str, str], benchmark: BenchmarkData | None) -> list[str]:
+    kind = (benchmark.benchmark.note or f"{benchmark.name} data: its own scorers where a task "
+            "has one") if benchmark is not None \
+        else "no benchmark's data (its manifest names none): generic scorers only"
     return [f"scored as {kind}; " + ", ".join(f"{t}: {n}" for t, n in scorers.items())]
 
 

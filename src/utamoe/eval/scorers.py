@@ -1,21 +1,16 @@
 """The scorers the built-in tasks declare (utamoe.tasks), one function per way of scoring.
 
 Each takes (samples, predictions, ScoreContext) and returns a TaskScore (or a plain
-metrics dict). Generic scorers need nothing but the samples' targets, so they are
-right for any dataset; the `*_shapes` scorers read images and captions with the
-ShapesWorld scene parser and are used only for data whose manifest says it is
-ShapesWorld (the registry's `benchmark_scorers`), because on other data a parser
-that finds no scene reports a confident zero.
+metrics dict). They need nothing but the samples' targets, so they are right for any
+dataset; a benchmark brings its own scorers for its data (utamoe.benchmarks; ShapesWorld's
+read images and captions with its scene parser, utamoe.shapes.scorers).
 
     answer_match     exact match (normalised) + token F1; accuracy per meta.qtype
     yes_no           POPE accuracy, precision/recall/F1 of "yes", yes ratio
     box_iou          Acc@IoU>=0.5 and mean IoU of boxes written as text
     caption_generic  exact match, token F1, and BLEU-4 / CIDEr / ROUGE-L from pycocoevalcap
                      (the COCO caption toolkit; the `eval` extra) when it is installed
-    caption_shapes   object-level precision/recall/F1 (order-free) via the scene parser
     image_similarity PSNR / SSIM against the target image (the prediction resized to it)
-    t2i_shapes       GenEval-style facets + correct_all via the parser, per-image verdicts
-    edit_shapes      the same for edits, plus PSNR / SSIM against the target
 """
 
 from __future__ import annotations
@@ -26,7 +21,10 @@ import io
 import numpy as np
 
 from utamoe.eval import metrics
-from utamoe.tasks import ScoreContext, TaskScore
+from utamoe.tasks import ScoreContext
+from utamoe.vision.processor import to_rgb
+
+PSNR_CAP = 100.0  # identical images have infinite PSNR; capped so that means stay finite
 
 
 def _golds(samples) -> list[str]:
@@ -89,10 +87,6 @@ def _coco_text(text) -> str:
     return " ".join(metrics.PUNCT.sub(" ", (text or "").lower()).split()) or "<empty>"
 
 
-def caption_shapes(samples, preds, ctx: ScoreContext) -> dict[str, float]:
-    return metrics.caption_metrics(preds, _golds(samples), ctx.world)
-
-
 def image_similarity(samples, preds, ctx: ScoreContext) -> dict[str, float]:
     rows = [similarity(p, s.target_image) for s, p in zip(samples, preds)
             if p is not None and s.target_image is not None]
@@ -102,9 +96,6 @@ def image_similarity(samples, preds, ctx: ScoreContext) -> dict[str, float]:
 
 def similarity(image, target) -> dict[str, float]:
     """PSNR (dB, capped) and SSIM of an image against a target, at the target's size."""
-    from utamoe.eval.geneval import PSNR_CAP
-    from utamoe.vision.processor import to_rgb
-
     target = to_rgb(target)
     image = to_rgb(image, size=target.shape[:2])
     if np.array_equal(image, target):  # skimage divides by a zero error here
@@ -118,30 +109,3 @@ def similarity(image, target) -> dict[str, float]:
     return {"psnr": min(psnr, PSNR_CAP), "ssim": ssim}
 
 
-def _parser_scores(samples, preds, ctx: ScoreContext, one) -> TaskScore:
-    from utamoe.eval.geneval import aggregate, failed_score
-
-    verdicts = {s.id: (one(s, p, ctx.world) if p is not None else failed_score("no image generated"))
-                for s, p in zip(samples, preds)}
-    return TaskScore(aggregate(verdicts[s.id] for s in samples), verdicts)
-
-
-def _t2i_verdict(s, image, world):
-    from utamoe.eval.geneval import scene_from_meta, score_generation
-
-    return score_generation(scene_from_meta(s.meta) or s.prompt, image, world)
-
-
-def _edit_verdict(s, image, world):
-    from utamoe.eval.geneval import scene_from_meta, score_edit
-
-    return score_edit(s.prompt, image, source_image=s.image, source_scene=scene_from_meta(s.meta),
-                      target_image=s.target_image, config=world)
-
-
-def t2i_shapes(samples, preds, ctx: ScoreContext) -> TaskScore:
-    return _parser_scores(samples, preds, ctx, _t2i_verdict)
-
-
-def edit_shapes(samples, preds, ctx: ScoreContext) -> TaskScore:
-    return _parser_scores(samples, preds, ctx, _edit_verdict)

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from utamoe.eval import metrics
-from utamoe.tasks import ScoreContext, TaskScore
+from utamoe.tasks import ScoreContext
 
 
 def _known_tasks(ctx: ScoreContext) -> tuple[str, ...]:
@@ -81,7 +81,7 @@ def _executed(ctx: ScoreContext, answer: str | None, image, kind: str):
     return None
 
 
-def _exec_rows(samples, answers, ctx: ScoreContext, world) -> list[dict[str, float]]:
+def _exec_rows(samples, answers, ctx: ScoreContext, judge) -> list[dict[str, float]]:
     from utamoe.eval.scorers import similarity
 
     rows = []
@@ -90,25 +90,21 @@ def _exec_rows(samples, answers, ctx: ScoreContext, world) -> list[dict[str, flo
         row = {"ok": float(out is not None)}
         out = out if out is not None else s.image  # nothing done: the unedited input
         row.update(similarity(out, s.target_image))
-        if world is not None:
-            row["correct"] = float(_scene_matches(out, s, world))
+        if judge is not None:
+            row["correct"] = float(judge(out, s))
         rows.append(row)
     return rows
 
 
-def _scene_matches(image, sample, world) -> bool:
-    from utamoe.eval.geneval import scene_from_meta, score_generation
-
-    target = scene_from_meta(sample.meta, "target_scene")
-    return target is not None and score_generation(target, image, world).correct_all
-
-
-def _reason_edit(samples, preds, ctx: ScoreContext, world) -> dict[str, float]:
+def reason_edit_scores(samples, preds, ctx: ScoreContext, judge=None) -> dict[str, float]:
+    """Span metrics, and with a task router the predicted (and the gold) span executed: exec_ok,
+    PSNR / SSIM against the target, and `exec_correct` when a `judge(image, sample) -> bool`
+    (a benchmark's, e.g. ShapesWorld's scene check) says whether the result is right."""
     out = span_metrics(samples, preds, ctx)
     if ctx.router is None:
         return out
     for prefix, answers in (("exec", preds), ("gold_exec", [s.target for s in samples])):
-        rows = _exec_rows(samples, answers, ctx, world)
+        rows = _exec_rows(samples, answers, ctx, judge)
         for key in rows[0] if rows else ():
             name = {"ok": "ok", "psnr": "psnr", "ssim": "ssim", "correct": "correct"}[key]
             out[f"{prefix}_{name}"] = float(np.mean([r[key] for r in rows]))
@@ -116,11 +112,7 @@ def _reason_edit(samples, preds, ctx: ScoreContext, world) -> dict[str, float]:
 
 
 def reason_edit_generic(samples, preds, ctx: ScoreContext) -> dict[str, float]:
-    return _reason_edit(samples, preds, ctx, None)
-
-
-def reason_edit_shapes(samples, preds, ctx: ScoreContext) -> dict[str, float]:
-    return _reason_edit(samples, preds, ctx, ctx.world)
+    return reason_edit_scores(samples, preds, ctx)
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -153,15 +145,6 @@ def seg_generic(samples, preds, ctx: ScoreContext) -> dict[str, float]:
     if ious:
         out["mask_iou"] = float(np.mean(ious))
     return out
-
-
-def layout_shapes(samples, preds, ctx: ScoreContext) -> TaskScore:
-    from utamoe.eval.scorers import image_similarity, t2i_shapes
-
-    score = t2i_shapes(samples, preds, ctx)
-    sim = image_similarity(samples, preds, ctx)
-    score.metrics.update({k: sim[k] for k in ("psnr", "ssim") if k in sim})
-    return score
 
 
 def turn_correct(pred: str | None, gold: str, tasks: Sequence[str]) -> tuple[str, bool]:

@@ -51,9 +51,6 @@ class UnifiedConfig:
     code_embed_dim: int = 32
     # Width of the generation head's hidden layer (0 = the backbone's hidden size).
     gen_head_dim: int = 0
-    # Probability that a generation sample's prompt is replaced by <null> tokens in training,
-    # so the same model also predicts unconditionally (classifier-free guidance).
-    cfg_dropout: float = 0.1
     # Add a learned row + column embedding to each understanding feature after the aligner
     # (utamoe.vision.aligners; issue 12), so a token's grid cell is in its value.
     und_pos2d: bool = False
@@ -76,8 +73,6 @@ class UnifiedConfig:
     und_slot_id: int = -1
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.cfg_dropout < 1.0:
-            raise ConfigError(f"model.cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
         if self.image_size < 8:
             raise ConfigError(f"model.image_size must be >= 8, got {self.image_size}")
         from utamoe.vision.processor import RESAMPLE

@@ -39,7 +39,10 @@ FORMAT, VERSION = "utamoe-model", 2
 class ModelDirError(OSError):
     """A model directory that is missing a file, damaged or from an unknown format version;
     the message names the file and says what to do."""
+
+
 CONFIG_FILE, WEIGHTS_FILE = "utamoe.json", "model.safetensors"
+RETIRED_KEYS = ("cfg_dropout",)  # in the config of directories saved before it moved to training
 
 
 def _image_tokenizer_class(kind: str):
@@ -108,7 +111,9 @@ def read_config(model_dir: str | Path) -> tuple[UnifiedConfig, dict]:
                             f"(1..{VERSION}); a newer version needs a newer utamoe")
     if not isinstance(meta.get("config"), dict):
         raise ModelDirError(f"{path}: no 'config' mapping; the model directory is damaged")
-    return from_dict(UnifiedConfig, meta["config"], str(path)), meta
+    # Keys a model's config no longer holds: cfg_dropout is training's (train.cfg_dropout).
+    config = {k: v for k, v in meta["config"].items() if k not in RETIRED_KEYS}
+    return from_dict(UnifiedConfig, config, str(path)), meta
 
 
 def load_model_dir(model_dir: str | Path, device: str = "cpu"):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from utamoe.config import ConfigError
+from utamoe.moe.experts import expert_banks
 
 DispatchMode = Literal["auto", "fused", "grouped", "loop"]
 DISPATCH_MODES = get_args(DispatchMode)
@@ -109,11 +110,10 @@ class MoEConfig:
             )
         if self.num_shared_experts < 0:
             bad("num_shared_experts", f"must be >= 0, got {self.num_shared_experts}")
-        from utamoe.moe.experts import EXPERT_BANKS
-
-        if self.expert_type not in EXPERT_BANKS:
+        if self.expert_type not in expert_banks():
             bad("expert_type", f"unknown expert type {self.expert_type!r}; known: "
-                f"{', '.join(EXPERT_BANKS)} (add one with utamoe.moe.experts.register_expert_bank)")
+                f"{', '.join(expert_banks())} (add one with utamoe.moe.experts.register_expert_bank "
+                "or a 'utamoe.expert_banks' entry point)")
         if self.lora_rank < 1:
             bad("lora_rank", f"must be >= 1, got {self.lora_rank}")
         if self.expert_hidden_size is not None and self.expert_hidden_size < 1:

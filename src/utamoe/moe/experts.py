@@ -16,7 +16,8 @@ code do not care which expert type is inside:
   has no such path (the default); `utamoe.moe.layer.dispatch` then takes `sorted_forward`.
 
 Types, registered by name in `EXPERT_BANKS` (MoEConfig.expert_type picks one;
-`register_expert_bank` adds another, e.g. MoLE's bottleneck adapters):
+`register_expert_bank` adds another, and so does an installed package with an entry point of
+the group `utamoe.expert_banks`, found by `expert_banks()` in a fresh process too):
 - `FFNExperts` ("ffn"): full gated FFN per expert (SwiGLU / GeGLU), weights stored
   expert-major as w_gate_up (E, D, 2F) and w_down (E, F, D) so that grouped_mm
   reads them without a transpose; its fused dispatch is `utamoe.moe.fused`.
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utamoe import plugins
 from utamoe.moe.fused import fused_expert_ffn, fused_supported
 from utamoe.moe.grouped import grouped_matmul
 
@@ -192,6 +194,7 @@ class LoRAExperts(ExpertBank):
         return h_NF @ base.w_down + self.scale * (h_NF @ self.a_out[e] @ self.b_out[e])
 
 
+ENTRY_POINT_GROUP = "utamoe.expert_banks"
 EXPERT_BANKS: dict[str, type[ExpertBank]] = {"ffn": FFNExperts, "lora": LoRAExperts}
 
 
@@ -200,3 +203,10 @@ def register_expert_bank(name: str, bank: type[ExpertBank]) -> None:
     if not (isinstance(bank, type) and issubclass(bank, ExpertBank)):
         raise TypeError(f"expert bank {name!r} must subclass utamoe.moe.experts.ExpertBank")
     EXPERT_BANKS[name] = bank
+
+
+def expert_banks() -> dict[str, type[ExpertBank]]:
+    """Every expert type by name: the built-ins, registered ones, and installed plug-ins'
+    (entry points of the group `utamoe.expert_banks`, loaded once per process)."""
+    plugins.discover(ENTRY_POINT_GROUP, register_expert_bank, EXPERT_BANKS)
+    return EXPERT_BANKS

@@ -29,7 +29,7 @@ from torch import nn
 
 from utamoe.moe.config import MoEConfig
 from utamoe.moe.context import RoutedModule
-from utamoe.moe.experts import EXPERT_BANKS, dense_weights
+from utamoe.moe.experts import dense_weights, expert_banks
 from utamoe.moe.losses import layer_losses, routing_stats
 from utamoe.moe.routers import Router, Routing
 
@@ -87,7 +87,7 @@ class TaskAwareMoE(RoutedModule):
         inter = config.expert_hidden_size or intermediate_size
         self.intermediate_size = inter
         self.router = Router(config, hidden_size)
-        bank = EXPERT_BANKS[config.expert_type]
+        bank = expert_banks()[config.expert_type]
         self.experts = bank.build(config, hidden_size, inter, act, config.num_experts)
         self.shared = (bank.build(config, hidden_size, inter, act, config.num_shared_experts,
                                   shared_with=self.experts)

@@ -45,9 +45,9 @@ class DataConfig:
     max_image_pixels: int = 64_000_000
     # Drop samples whose task is not in any stage's mixture (saves tokenizing them).
     max_samples_per_task: int = 0  # 0 = all
-    # ShapesWorld data only: draw every training sample fresh from the generator (same
-    # world config and split distribution as data.dir's train split) instead of cycling
-    # the stored samples; a batch is still a pure function of its position (issue 12).
+    # A benchmark's data that offers it (ShapesWorld): draw every training sample fresh from
+    # its generator (same config and split distribution as data.dir's train split) instead of
+    # cycling the stored samples; a batch is still a pure function of its position (issue 12).
     stream: bool = False
 
 
@@ -73,6 +73,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.95)
     clip_grad: float = 1.0
+    # Probability that a generation sample's prompt is replaced by <null> tokens, so the same
+    # model also predicts unconditionally (classifier-free guidance at inference).
+    cfg_dropout: float = 0.1
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
     log_every: int = 10
     ckpt_every: int = 200
@@ -84,9 +87,9 @@ class TrainConfig:
     prompt_loss_tasks: list[str] = field(default_factory=list)
     qk_init_std: float = 0.0  # > 0: re-draw the backbone's q/k projections from N(0, std^2)
     attn_lr_mult: float = 1.0  # learning-rate multiplier of the backbone's q/k projections
-    # ShapesWorld data: k extra questions about the same scene after each POPE/VQA answer
-    # (utamoe.train.packing): k + 1 answers per image encoding.
-    pack_questions: int = 0
+    # A benchmark's data that offers it (ShapesWorld): k extra questions about the same image
+    # after each answer (utamoe.train.data): k + 1 answers per image encoding.
+    extra_questions: int = 0
     # One forward/backward per task group of each micro-batch, each cut to its own longest
     # sequence: und rows stop paying for the gen rows' padding (utamoe.train.levers.split_by_group).
     split_groups: bool = False
@@ -171,8 +174,10 @@ class ExperimentConfig:
             raise ConfigError("train.pack and train.split_groups both remove padding; choose one "
                               "(pack also removes it inside each group; the shipped recipes pack: "
                               "add --set train.pack=false to use split_groups)")
-        if t.qk_init_std < 0 or t.attn_lr_mult <= 0 or t.pack_questions < 0:
-            raise ConfigError("train.qk_init_std and train.pack_questions must be >= 0, "
+        if not 0.0 <= t.cfg_dropout < 1.0:
+            raise ConfigError(f"train.cfg_dropout must be in [0, 1), got {t.cfg_dropout}")
+        if t.qk_init_std < 0 or t.attn_lr_mult <= 0 or t.extra_questions < 0:
+            raise ConfigError("train.qk_init_std and train.extra_questions must be >= 0, "
                               "train.attn_lr_mult > 0")
         for i, st in enumerate(self.stages):
             where = f"stages[{i}] ({st.name})"
@@ -229,8 +234,31 @@ def _stage_list(data: dict) -> dict:
     return data
 
 
+# Keys that moved or were renamed, still read from older configs (a resumed run's config.yaml):
+# (old section, old key) -> (new section, new key).
+MOVED_KEYS = {("model", "cfg_dropout"): ("train", "cfg_dropout"),
+              ("train", "pack_questions"): ("train", "extra_questions")}
+
+
+def _moved_keys(data: dict, where: str) -> dict:
+    """`data` with the keys of MOVED_KEYS at their new places (an error if both are given)."""
+    for (sec, key), (new_sec, new_key) in MOVED_KEYS.items():
+        section = data.get(sec)
+        if not isinstance(section, dict) or key not in section:
+            continue
+        section = dict(section)
+        value = section.pop(key)
+        target = dict(data.get(new_sec) or {}) if new_sec != sec else section
+        if new_key in target and target[new_key] != value:
+            raise ConfigError(f"{where}: {sec}.{key} is the old name of {new_sec}.{new_key}; "
+                              "give only the new one")
+        target[new_key] = value
+        data = {**data, sec: section, new_sec: target} if new_sec != sec else {**data, sec: target}
+    return data
+
+
 def build_config(data: dict, where: str = "config") -> ExperimentConfig:
-    data = _stage_list(dict(data))
+    data = _moved_keys(_stage_list(dict(data)), where)
     if "stages" in data and not isinstance(data["stages"], list):
         raise ConfigError(f"{where}: stages must be a list of stages, got {data['stages']!r}")
     stages = data.pop("stages", None)

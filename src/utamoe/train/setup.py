@@ -6,7 +6,8 @@ again. The model config is completed from them (vocabulary, codebook, code grid)
 and the model is built with the run's seed on every process alike. The image size
 is the model's (`model.image_size`): the VQ codec is trained at it (on ShapesWorld
 renders for ShapesWorld data, else on the dataset's own images, resized), and a
-given codec must match it.
+given codec must match it. A benchmark's data (utamoe.benchmarks) may bring its own codec
+renders and reconstruction check.
 """
 
 from __future__ import annotations
@@ -15,14 +16,22 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from utamoe.benchmarks import BenchmarkData, benchmarks
 from utamoe.config import ConfigError
-from utamoe.data.formats import load_split
+from utamoe.data.formats import find_benchmark, load_split
+from utamoe.fsutil import atomic_directory
+from utamoe.model.janus import janus_config_from_dir, load_janus
 from utamoe.model.unified import UnifiedModel
 from utamoe.tasks import get_task, task_names
+from utamoe.tasks_exec import registered_tasks
+from utamoe.text.span_tokens import add_span_tokens, has_span_tokens, strip_span_tokens
 from utamoe.text.tokenizer import SpecialIds, load_text_tokenizer, train_text_tokenizer
+from utamoe.train.codec import split_images, train_tokenizer
 from utamoe.train.config import ExperimentConfig
 from utamoe.train.data import TrainData
+from utamoe.train.progress import bar
 from utamoe.train.stages import preflight
+from utamoe.vision.tokenizer import TokenizerConfig, VQTokenizer
 
 
 @dataclass
@@ -99,9 +108,6 @@ def sample_texts(samples) -> list[str]:
 def text_tokenizer_for(cfg: ExperimentConfig, samples, run_dir: Path, acc):
     """The run's text tokenizer. Data whose answers hold task spans (UnifiedMLLM) adds the task
     and grounding tokens as never-split tokens (utamoe.text.span_tokens)."""
-    from utamoe.tasks_exec import registered_tasks
-    from utamoe.text.span_tokens import add_span_tokens, has_span_tokens, strip_span_tokens
-
     tasks, span_tasks = marker_tasks(samples), registered_tasks()
     texts = sample_texts(samples)
     spans = has_span_tokens(texts, span_tasks)
@@ -112,8 +118,6 @@ def text_tokenizer_for(cfg: ExperimentConfig, samples, run_dir: Path, acc):
         return tok
 
     def make(path: Path) -> None:
-        from utamoe.fsutil import atomic_directory
-
         corpus = [strip_span_tokens(t, span_tasks) for t in texts] if spans else texts
         tok = train_text_tokenizer(corpus, cfg.tokenizers.text_vocab_size, tasks)
         if spans:
@@ -126,11 +130,20 @@ def text_tokenizer_for(cfg: ExperimentConfig, samples, run_dir: Path, acc):
                  lambda p: load_text_tokenizer(p, add_tasks=False))
 
 
-def image_tokenizer_for(cfg: ExperimentConfig, run_dir: Path, acc, progress: bool, log=print):
-    from utamoe.data.shapes.benchmark import parse_agreement, renders, world_config_of
-    from utamoe.train.codec import split_images, train_tokenizer
-    from utamoe.vision.tokenizer import TokenizerConfig, VQTokenizer
+def benchmark_with(data_dir, hooks: dict[str, str]) -> BenchmarkData:
+    """The benchmark of the data in `data_dir` when it offers every hook the config asks for
+    (hook -> the config key that asks), else a ConfigError naming the key."""
+    bench = find_benchmark(data_dir)
+    missing = [key for hook, key in hooks.items() if bench is None or not bench.offers(hook)]
+    if missing:
+        able = [b.name for b in benchmarks() if all(getattr(b, h) is not None for h in hooks)]
+        have = f"it is {bench.name}'s data" if bench is not None else "its manifest names no benchmark"
+        raise ConfigError(f"{' and '.join(missing)} need the data of a benchmark that offers them "
+                          f"({', '.join(able) or 'none is registered'}); {data_dir}: {have}")
+    return bench
 
+
+def image_tokenizer_for(cfg: ExperimentConfig, run_dir: Path, acc, progress: bool, log=print):
     size = cfg.model.image_size
     if cfg.tokenizers.image:
         tok = VQTokenizer.from_pretrained(cfg.tokenizers.image)
@@ -147,17 +160,19 @@ def image_tokenizer_for(cfg: ExperimentConfig, run_dir: Path, acc, progress: boo
 
     def make(path: Path) -> None:
         tcfg = TokenizerConfig.from_dict({**cfg.tokenizers.image_train, "image_size": size})
-        world = world_config_of(cfg.data.dir)
+        bench = find_benchmark(cfg.data.dir)
+        agreement = bench.codec_agreement() if bench and bench.offers("codec_agreement") else None
         n_renders = cfg.tokenizers.image_train_renders
-        if n_renders <= 0 or world is None:
+        if n_renders <= 0 or bench is None or not bench.offers("codec_images"):
             if n_renders > 0:
-                log(f"[tokenizer] {cfg.data.dir} is not ShapesWorld: training the VQ codec on the "
-                    f"dataset's own train images (resized to {size}x{size}), not on renders")
+                log(f"[tokenizer] {cfg.data.dir} is no benchmark's data with codec renders: "
+                    f"training the VQ codec on the dataset's own train images (resized to "
+                    f"{size}x{size}), not on renders")
             train_tokenizer(cfg.data.dir, tcfg, out_dir=path, seed=cfg.run.seed, progress=progress,
-                            agreement=parse_agreement(world) if world else None)
+                            agreement=agreement)
             return
-        train_tokenizer(renders(n_renders, world, seed=cfg.run.seed + 1), tcfg, out_dir=path,
-                        seed=cfg.run.seed, progress=progress, agreement=parse_agreement(world),
+        train_tokenizer(bench.codec_images(n_renders, seed=cfg.run.seed + 1), tcfg, out_dir=path,
+                        seed=cfg.run.seed, progress=progress, agreement=agreement,
                         eval_images=split_images(cfg.data.dir, "test") or None)
 
     return _once(acc, run_dir / "image_tokenizer", make, VQTokenizer.from_pretrained)
@@ -168,8 +183,6 @@ def janus_model_for(cfg: ExperimentConfig, text_tok) -> UnifiedModel:
     codec and text tokenizer (`tokenizers.text`, with utamoe's special tokens added; the
     vocabulary grows to them). Every process loads the weights from the directory itself.
     The recipe's stages are tried first on the meta device, from config.json alone."""
-    from utamoe.model.janus import janus_config_from_dir, load_janus
-
     m = cfg.model
     if cfg.tokenizers.image:
         raise ConfigError("tokenizers.image: a Janus model brings its own VQ codec (model.janus); "
@@ -186,13 +199,10 @@ def janus_model_for(cfg: ExperimentConfig, text_tok) -> UnifiedModel:
                                   und_slot_id=und_slot), cfg.stages)
     model = load_janus(m.janus, vocab_size=len(text_tok))
     model.config.und_slot_id = und_slot
-    model.config.cfg_dropout = m.cfg_dropout  # the recipe's; sizes are the checkpoint's
     return model
 
 
 def prepare_run(cfg: ExperimentConfig, run_dir: Path, acc, progress: bool = True) -> RunParts:
-    from utamoe.train.progress import bar
-
     samples, skipped = load_samples(cfg)
     text_tok = text_tokenizer_for(cfg, samples, run_dir, acc)
     if cfg.model.janus is not None:

@@ -33,6 +33,8 @@ import torch
 from accelerate import DistributedDataParallelKwargs
 from accelerate.utils import set_seed
 
+from utamoe.model.io import save_model_dir
+from utamoe.model.unified import UnifiedOutput
 from utamoe.train.checkpoint import (
     complete_checkpoints,
     latest_checkpoint,
@@ -49,16 +51,16 @@ from utamoe.train.engines import (
     plain_model,
     structure_template,
 )
+from utamoe.train.levers import scale_attention_init, split_by_group
 from utamoe.train.logs import CollapseWatch, MetricsLog, plot_losses, step_metrics
+from utamoe.train.progress import StageProgress
 from utamoe.train.run_dir import RunLock, clean_start
-from utamoe.train.setup import prepare_run
+from utamoe.train.setup import benchmark_with, prepare_run
 from utamoe.train.stages import add_lora, apply_surgery, merge_lora, select_trainable
 
 
 def _merge_outputs(outs):
     """One UnifiedOutput for the logs from the per-group sub-batches of a step."""
-    from utamoe.model.unified import UnifiedOutput
-
     merged = UnifiedOutput(sum(o.loss.detach() for o in outs))
     for o in outs:
         merged.group_losses.update(o.group_losses)
@@ -139,23 +141,20 @@ class Trainer:
         self.collapse = CollapseWatch(self.cfg.train.collapse_share, self.cfg.train.collapse_patience)
 
     def _apply_levers(self) -> None:
-        """Issue-12 levers (utamoe.train.levers); a resumed run loads its weights over the init."""
-        from utamoe.train.levers import scale_attention_init
-
+        """Issue-12 levers (utamoe.train.levers) and the data's benchmark hooks (streamed
+        samples, extra questions; utamoe.benchmarks); a resumed run loads its weights over the
+        init."""
         t = self.cfg.train
         self.data.prompt_loss_tasks = tuple(t.prompt_loss_tasks)
         self.data.pack_tokens = t.pack_tokens if t.pack else None
-        if self.cfg.data.stream or t.pack_questions > 0:
-            from utamoe.config import ConfigError
-            from utamoe.data.shapes.benchmark import world_config_of
-
-            world = world_config_of(self.cfg.data.dir)
-            if world is None:
-                raise ConfigError(f"data.stream and train.pack_questions need a ShapesWorld dataset; "
-                                 f"{self.cfg.data.dir} has no ShapesWorld manifest")
-            self.data.world, self.data.pack_questions = world, t.pack_questions
+        wanted = {"stream_sample": "data.stream" if self.cfg.data.stream else None,
+                  "extra_questions": "train.extra_questions" if t.extra_questions > 0 else None}
+        wanted = {hook: key for hook, key in wanted.items() if key}
+        if wanted:
+            self.data.benchmark = benchmark_with(self.cfg.data.dir, wanted)
+            self.data.extra_questions = t.extra_questions
             if self.cfg.data.stream:
-                self.data.stream, self.data.image_tokenizer = world, self.model.image_tokenizer
+                self.data.stream, self.data.image_tokenizer = True, self.model.image_tokenizer
         if t.qk_init_std > 0:
             gen = torch.Generator().manual_seed(self.cfg.run.seed)
             scale_attention_init(self.model.lm, t.qk_init_std, gen)
@@ -283,8 +282,6 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def _train_stage(self, index: int, stage: StageConfig, state: TrainState) -> None:
-        from utamoe.train.progress import StageProgress
-
         t = self.cfg.train
         self.prepared.train()
         with StageProgress(stage.name, stage.steps, state.step, enabled=self.show_progress and self.main) as bar:
@@ -305,7 +302,7 @@ class Trainer:
 
     def _step(self, index: int, stage: StageConfig, state: TrainState):
         t, acc = self.cfg.train, self.accelerator
-        cfg_dropout = self.cfg.model.cfg_dropout
+        cfg_dropout = t.cfg_dropout
         outs, tokens, slots, padded = [], 0, 0, 0.0
         for micro in range(t.grad_accum):
             batch = self.data.batch(index, state.step * t.grad_accum + micro, t.batch_size,
@@ -314,8 +311,6 @@ class Trainer:
             check_same_groups(acc, batch, self.model, t.split_groups)
             parts = [batch]
             if t.split_groups:  # issue 12: one forward per task group, each without the other's padding
-                from utamoe.train.levers import split_by_group
-
                 parts = split_by_group(batch)
             part_outs = []
             for p, part in enumerate(parts):
@@ -380,8 +375,6 @@ class Trainer:
         return save_checkpoint(self.accelerator, self.ckpt_root, name, {"trainer": asdict(state)})
 
     def _finish(self) -> Path:
-        from utamoe.model.io import save_model_dir
-
         model = self.accelerator.unwrap_model(self.model)
         if hasattr(model, "ffn_stash"):  # a recipe that split FFNs and never upcycled them
             del model.ffn_stash

@@ -3,16 +3,18 @@
 import numpy as np
 import pytest
 
-from utamoe.data.shapes import (
+from utamoe.eval.scorers import PSNR_CAP
+from utamoe.eval.scoring import evaluate
+from utamoe.shapes import (
     Scene,
     SceneObject,
     ShapesWorldConfig,
     generate_dataset,
     render,
 )
-from utamoe.data.shapes.text import t2i_prompt
-from utamoe.eval.geneval import PSNR_CAP, aggregate, score_edit, score_generation
-from utamoe.eval.scoring import evaluate
+from utamoe.shapes.benchmark import SHAPESWORLD
+from utamoe.shapes.geneval import aggregate, score_edit, score_generation
+from utamoe.shapes.text import t2i_prompt
 
 CFG = ShapesWorldConfig()
 RED = SceneObject("circle", "red", "large", 0, 0)
@@ -75,13 +77,13 @@ def test_evaluate_all_tasks_together():
     world = ShapesWorldConfig(sizes={"test": 6})
     samples = generate_dataset(world)["test"]
     perfect = [s.target if s.group == "und" else s.target_image for s in samples]
-    report = evaluate(samples, perfect, world)
+    report = evaluate(samples, perfect, SHAPESWORLD.on(world))
     assert set(report) == {"caption", "vqa", "pope", "grounding", "t2i", "edit"}
     assert report["vqa"]["accuracy"] == report["pope"]["f1"] == report["caption"]["f1"] == 1.0
     assert report["grounding"]["accuracy"] == 1.0
     assert report["t2i"]["correct_all"] == report["edit"]["correct_all"] == 1.0
     # Predictions by id; missing ones count as wrong, not as errors.
-    partial = evaluate(samples, {samples[0].id: perfect[0]}, world)
+    partial = evaluate(samples, {samples[0].id: perfect[0]}, SHAPESWORLD.on(world))
     assert partial["caption"]["f1"] < 1.0 and partial["t2i"]["correct_all"] == 0.0
 
 

@@ -8,7 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from utamoe.data.shapes import (
+from utamoe.eval.metrics import box_iou
+from utamoe.shapes import (
     ShapesWorldConfig,
     generate_dataset,
     make_sample,
@@ -18,9 +19,8 @@ from utamoe.data.shapes import (
     parse_image,
     resolve,
 )
-from utamoe.data.shapes.text import apply_edit, describe
-from utamoe.data.shapes.world import COLS, ROWS, SHAPES_TASKS
-from utamoe.eval.metrics import box_iou
+from utamoe.shapes.text import apply_edit, describe
+from utamoe.shapes.world import COLS, ROWS, SHAPES_TASKS
 from utamoe.tasks import group_of
 from utamoe.text.boxes import parse_box
 

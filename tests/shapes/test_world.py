@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from utamoe.config import ConfigError
-from utamoe.data.shapes import Scene, SceneObject, ShapesWorldConfig, object_box, render
-from utamoe.data.shapes.world import sample_scene, validate_scene
+from utamoe.shapes import Scene, SceneObject, ShapesWorldConfig, object_box, render
+from utamoe.shapes.world import sample_scene, validate_scene
 
 
 def test_config_round_trip_and_unknown_keys():

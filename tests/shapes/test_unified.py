@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from utamoe.data.shapes import ShapesWorldConfig, apply_edit, make_sample, parse_edit, render
-from utamoe.data.shapes.unified import holds, span_box
-from utamoe.data.shapes.world import ALL_TASKS, SHAPES_TASKS, Scene, SceneObject, object_box
 from utamoe.eval.metrics import box_iou
+from utamoe.shapes import ShapesWorldConfig, apply_edit, make_sample, parse_edit, render
+from utamoe.shapes.unified import holds, span_box
+from utamoe.shapes.world import ALL_TASKS, SHAPES_TASKS, Scene, SceneObject, object_box
 from utamoe.tasks_exec.builtin import box_mask
 from utamoe.text.spans import parse_response
 

@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from utamoe.data.shapes import (
+from utamoe.eval.metrics import box_iou
+from utamoe.shapes import (
     UNKNOWN,
     Scene,
     SceneObject,
@@ -17,8 +18,7 @@ from utamoe.data.shapes import (
     parse_image,
     render,
 )
-from utamoe.data.shapes.world import sample_scene
-from utamoe.eval.metrics import box_iou
+from utamoe.shapes.world import sample_scene
 
 CFG = ShapesWorldConfig()
 

@@ -45,10 +45,14 @@ DEFAULT_SIZES = {"train": 2000, "val": 200, "test": 200, "heldout": 200}
 SPLITS = ("train", "val", "test", "heldout")
 # The registry's built-in tasks that ShapesWorld generates (utamoe.tasks declares them).
 SHAPES_TASKS = ("caption", "vqa", "pope", "grounding", "t2i", "edit")
-# UnifiedMLLM's tasks (utamoe.data.shapes.unified): not in a config's default `tasks`, so the
+# UnifiedMLLM's tasks (utamoe.shapes.unified): not in a config's default `tasks`, so the
 # default datasets (the demo's, the tests') stay as they were; `utamoe data shapes` adds them.
 UNIFIED_TASKS = ("reason_edit", "seg", "layout", "dialog")
 ALL_TASKS = SHAPES_TASKS + UNIFIED_TASKS
+BENCHMARK = "shapesworld"  # its name in the benchmark registry (utamoe.benchmarks)
+# The `generator` its datasets' manifests carry (its historical module path, kept: datasets on
+# disk carry it and are recognised by it).
+GENERATOR = "utamoe.data.shapes"
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from utamoe.data.shapes.render import object_alpha
-from utamoe.data.shapes.world import (
+from utamoe.shapes.render import object_alpha
+from utamoe.shapes.world import (
     SIZES,
     Scene,
     SceneObject,

@@ -20,7 +20,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from utamoe.data.shapes.world import (
+from utamoe.shapes.world import (
     COLS,
     ROWS,
     SIZES,

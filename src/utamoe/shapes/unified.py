@@ -27,18 +27,18 @@ import numpy as np
 
 from utamoe.data.conversations import Turn
 from utamoe.data.formats import Sample
-from utamoe.data.shapes.render import object_alpha, render
-from utamoe.data.shapes.tasks import (
-    _MAX_TRIES,
+from utamoe.shapes.questions import (
     CAPTION_PROMPT,
+    MAX_TRIES,
     RELATIONS,
     VQA_TYPES,
-    _Ctx,
-    _relation_qa,
-    _vqa_qa,
+    SampleContext,
+    relation_qa,
+    vqa_qa,
 )
-from utamoe.data.shapes.text import EditOp, apply_edit, describe, edit_instruction, edit_text, refer
-from utamoe.data.shapes.world import (
+from utamoe.shapes.render import object_alpha, render
+from utamoe.shapes.text import EditOp, apply_edit, describe, edit_instruction, edit_text, refer
+from utamoe.shapes.world import (
     Scene,
     SceneObject,
     ShapesWorldConfig,
@@ -66,7 +66,7 @@ def holds(obj: SceneObject, relation: str, anchor: SceneObject) -> bool:
             "above": obj.row < anchor.row, "below": obj.row > anchor.row}[relation]
 
 
-def reasoned_reference(ctx: _Ctx, scene: Scene, obj: SceneObject) -> str | None:
+def reasoned_reference(ctx: SampleContext, scene: Scene, obj: SceneObject) -> str | None:
     """A phrase that names `obj` alone without naming its own colour or shape, or None."""
     others = [o for o in scene if o != obj]
     kinds = ["relation", "only_size", "other"]
@@ -90,7 +90,7 @@ def reasoned_reference(ctx: _Ctx, scene: Scene, obj: SceneObject) -> str | None:
     return None
 
 
-def _reason_edit_op(ctx: _Ctx, scene: Scene, obj: SceneObject, kind: str) -> EditOp | None:
+def _reason_edit_op(ctx: SampleContext, scene: Scene, obj: SceneObject, kind: str) -> EditOp | None:
     if kind == "remove":
         return EditOp("remove", obj)
     if kind == "move":
@@ -99,7 +99,7 @@ def _reason_edit_op(ctx: _Ctx, scene: Scene, obj: SceneObject, kind: str) -> Edi
     return EditOp("recolor", obj, color=ctx.choice(colors)) if colors else None
 
 
-def reason_edit_turn(ctx: _Ctx, scene: Scene) -> tuple[str, str, Scene, dict] | None:
+def reason_edit_turn(ctx: SampleContext, scene: Scene) -> tuple[str, str, Scene, dict] | None:
     """(instruction, span answer, edited scene, meta) of one reasoning edit, or None."""
     kind = ctx.choice(REASON_EDIT_KINDS)
     obj = ctx.pick(scene)
@@ -126,7 +126,7 @@ def object_mask(obj: SceneObject, config: ShapesWorldConfig) -> np.ndarray:
     return np.where(alpha > 0, 255, 0).astype(np.uint8)
 
 
-def seg_turn(ctx: _Ctx, scene: Scene) -> tuple[str, str, SceneObject, bool]:
+def seg_turn(ctx: SampleContext, scene: Scene) -> tuple[str, str, SceneObject, bool]:
     """(request, span answer, the object, whether the request is reasoned) of a segmentation."""
     obj = ctx.pick(scene)
     direct = refer(scene, obj)
@@ -141,7 +141,7 @@ def layout_prompt(scene: Scene, config: ShapesWorldConfig) -> str:
     return " and ".join(f"a {o.color} {o.shape} {format_box(object_box(o, config))}" for o in scene)
 
 
-def _understanding_turn(ctx: _Ctx, scene: Scene) -> tuple[str, str, str] | None:
+def _understanding_turn(ctx: SampleContext, scene: Scene) -> tuple[str, str, str] | None:
     kind = ctx.choice(("vqa", "vqa", "grounding", "caption"))
     if kind == "caption":
         return kind, CAPTION_PROMPT, describe(scene)
@@ -151,11 +151,11 @@ def _understanding_turn(ctx: _Ctx, scene: Scene) -> tuple[str, str, str] | None:
         return None if ref is None else (kind, f"locate {ref}",
                                          format_box(object_box(obj, ctx.config)))
     qtype = ctx.choice(VQA_TYPES)
-    qa = _relation_qa(ctx, scene) if qtype == "relation" else _vqa_qa(ctx, scene, qtype)
+    qa = relation_qa(ctx, scene) if qtype == "relation" else vqa_qa(ctx, scene, qtype)
     return None if qa is None else (kind, qa[0], qa[1])
 
 
-def _dialog(ctx: _Ctx, image: np.ndarray, scene: Scene) -> tuple[list[Turn], list[str]] | None:
+def _dialog(ctx: SampleContext, image: np.ndarray, scene: Scene) -> tuple[list[Turn], list[str]] | None:
     """Turns and their kinds: one or two understanding exchanges, a task call, and maybe one
     more question (every turn is about the conversation's one image)."""
     plan = ["und"] * int(ctx.rng.integers(1, 3)) + ["task"] + (["und"] if ctx.rng.random() < 0.5
@@ -178,10 +178,10 @@ def _dialog(ctx: _Ctx, image: np.ndarray, scene: Scene) -> tuple[list[Turn], lis
     return turns, kinds
 
 
-def make_unified(ctx: _Ctx, task: str, sid: str) -> Sample:
+def make_unified(ctx: SampleContext, task: str, sid: str) -> Sample:
     """Sample `sid` of one of UnifiedMLLM's tasks (see the module docstring)."""
     config = ctx.config
-    for _ in range(_MAX_TRIES):
+    for _ in range(MAX_TRIES):
         if task == "layout":
             scene = ctx.scene()
             return Sample(sid, task, layout_prompt(scene, config), target_image=render(scene, config),
@@ -209,5 +209,5 @@ def make_unified(ctx: _Ctx, task: str, sid: str) -> Sample:
                               meta={**meta, "kinds": kinds})
         else:
             raise ValueError(f"{task!r} is not one of UnifiedMLLM's ShapesWorld tasks")
-    raise RuntimeError(f"could not make a '{task}' sample in {_MAX_TRIES} scenes")
+    raise RuntimeError(f"could not make a '{task}' sample in {MAX_TRIES} scenes")
 

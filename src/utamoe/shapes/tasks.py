@@ -1,7 +1,7 @@
 """ShapesWorld task generators and the dataset builder (in memory or written to disk).
 
 UnifiedMLLM's tasks (reasoning edits, referring segmentation, layouts, dialogues) are made in
-utamoe.data.shapes.unified. Every sample gets its own random generator seeded by (seed,
+utamoe.shapes.unified. Every sample gets its own random generator seeded by (seed,
 split, task, index), so
 a sample does not change when other splits or tasks grow, and any subset can be
 regenerated alone. Splits other than `heldout` draw (colour, shape) pairs only
@@ -13,15 +13,22 @@ puts at least one held-out pair in every scene and prefers it as the subject.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from utamoe.data.formats import Sample, write_manifest, write_split
-from utamoe.data.shapes.render import render
-from utamoe.data.shapes.text import (
+from utamoe.shapes.questions import (
+    CAPTION_PROMPT,
+    MAX_TRIES,
+    VQA_TYPES,
+    SampleContext,
+    relation_qa,
+    vqa_qa,
+)
+from utamoe.shapes.render import render
+from utamoe.shapes.text import (
     EDIT_KINDS,
     EditOp,
     apply_edit,
@@ -30,7 +37,9 @@ from utamoe.data.shapes.text import (
     refer,
     t2i_prompt,
 )
-from utamoe.data.shapes.world import (
+from utamoe.shapes.unified import make_unified
+from utamoe.shapes.world import (
+    GENERATOR,
     SIZES,
     SPLITS,
     UNIFIED_TASKS,
@@ -38,113 +47,30 @@ from utamoe.data.shapes.world import (
     SceneObject,
     ShapesWorldConfig,
     object_box,
-    sample_scene,
 )
 from utamoe.text.boxes import format_box
-
-CAPTION_PROMPT = "describe the image"
-VQA_TYPES = ("color", "shape", "size", "count", "position", "relation")
-RELATIONS = ("left of", "right of", "above", "below")
-PLURALS = {"square": "squares", "circle": "circles", "triangle": "triangles"}
-_MAX_TRIES = 50
-
-
-@dataclass
-class _Ctx:
-    """What a task maker needs: the config, the sample's RNG and the split's combinations."""
-
-    config: ShapesWorldConfig
-    rng: np.random.Generator
-    heldout: bool
-
-    @property
-    def combos(self) -> list[tuple[str, str]]:
-        """Pairs the sample may show or name."""
-        return self.config.all_combos() if self.heldout else self.config.allowed_combos()
-
-    def scene(self, min_objects: int = 1, max_objects: int | None = None) -> Scene:
-        lo = max(min_objects, self.config.min_objects)
-        hi = min(max_objects or self.config.max_objects, self.config.max_objects)
-        n = int(self.rng.integers(lo, hi + 1))
-        must = self.config.heldout if self.heldout else None
-        return sample_scene(self.rng, self.config, self.combos, n, must)
-
-    def pick(self, scene: Scene) -> SceneObject:
-        """A random object, a held-out one when the split is heldout."""
-        objs = list(scene)
-        if self.heldout:
-            held = [o for o in objs if (o.color, o.shape) in set(self.config.heldout)]
-            objs = held or objs
-        return objs[int(self.rng.integers(len(objs)))]
-
-    def choice(self, items: Sequence):
-        return items[int(self.rng.integers(len(items)))]
-
 
 # ---------------------------------------------------------------- understanding
 
 
-def make_caption(ctx: _Ctx) -> tuple[Scene, str, str, dict]:
+def make_caption(ctx: SampleContext) -> tuple[Scene, str, str, dict]:
     scene = ctx.scene()
     return scene, CAPTION_PROMPT, describe(scene), {}
 
 
-def make_vqa(ctx: _Ctx) -> tuple[Scene, str, str, dict]:
+def make_vqa(ctx: SampleContext) -> tuple[Scene, str, str, dict]:
     qtype = ctx.choice(VQA_TYPES)
-    for _ in range(_MAX_TRIES):
+    for _ in range(MAX_TRIES):
         scene = ctx.scene(min_objects=2 if qtype == "relation" else 1)
-        qa = _relation_qa(ctx, scene) if qtype == "relation" else _vqa_qa(ctx, scene, qtype)
+        qa = relation_qa(ctx, scene) if qtype == "relation" else vqa_qa(ctx, scene, qtype)
         if qa is not None:
             return scene, qa[0], qa[1], {"qtype": qtype}
-    raise RuntimeError(f"could not make a '{qtype}' question in {_MAX_TRIES} scenes")
+    raise RuntimeError(f"could not make a '{qtype}' question in {MAX_TRIES} scenes")
 
 
-def _vqa_qa(ctx: _Ctx, scene: Scene, qtype: str) -> tuple[str, str] | None:
-    if qtype == "count":
-        return _count_qa(ctx, scene)
-    obj = ctx.pick(scene)
-    ref = refer(scene, obj, exclude=qtype)
-    if ref is None:
-        return None
-    question = {"color": "what color is {}?", "shape": "what shape is {}?",
-                "size": "what size is {}?", "position": "where is {}?"}[qtype]
-    return question.format(ref), str(getattr(obj, qtype))
-
-
-def _count_qa(ctx: _Ctx, scene: Scene) -> tuple[str, str] | None:
-    # Filter values come from a scene object 3 times in 4 (non-zero counts), else any
-    # allowed value (zero counts too); a colour+shape filter must be a nameable pair.
-    source = ctx.pick(scene)
-    color, shape = source.color, source.shape
-    if ctx.rng.random() < 0.25:
-        color, shape = ctx.choice(ctx.combos)
-    kind = ctx.choice(("all", "color", "shape", "both"))
-    color = color if kind in ("color", "both") else None
-    shape = shape if kind in ("shape", "both") else None
-    count = sum((color is None or o.color == color) and (shape is None or o.shape == shape)
-                for o in scene)
-    noun = PLURALS[shape] if shape else "objects"
-    words = " ".join(w for w in ("how many", color, noun, "are there?") if w)
-    return words, str(count)
-
-
-def _relation_qa(ctx: _Ctx, scene: Scene) -> tuple[str, str] | None:
-    a = ctx.pick(scene)
-    b = ctx.choice([o for o in scene if o != a])
-    ref_a, ref_b = refer(scene, a, "position"), refer(scene, b, "position")
-    if ref_a is None or ref_b is None:
-        return None
-    truth = {"left of": a.col < b.col, "right of": a.col > b.col,
-             "above": a.row < b.row, "below": a.row > b.row}
-    want = bool(ctx.rng.random() < 0.5)  # balanced yes/no
-    options = [r for r in RELATIONS if truth[r] == want] or list(RELATIONS)
-    rel = ctx.choice(options)
-    return f"is {ref_a} {rel} {ref_b}?", "yes" if truth[rel] else "no"
-
-
-def make_pope(ctx: _Ctx, index: int) -> tuple[Scene, str, str, dict]:
+def make_pope(ctx: SampleContext, index: int) -> tuple[Scene, str, str, dict]:
     positive = index % 2 == 0  # exactly half positive, half negative
-    for _ in range(_MAX_TRIES):
+    for _ in range(MAX_TRIES):
         scene = ctx.scene()
         present = scene.combos()
         if positive:
@@ -164,8 +90,8 @@ def make_pope(ctx: _Ctx, index: int) -> tuple[Scene, str, str, dict]:
     raise RuntimeError("could not make a POPE probe")
 
 
-def make_grounding(ctx: _Ctx) -> tuple[Scene, str, str, dict]:
-    for _ in range(_MAX_TRIES):
+def make_grounding(ctx: SampleContext) -> tuple[Scene, str, str, dict]:
+    for _ in range(MAX_TRIES):
         scene = ctx.scene()
         obj = ctx.pick(scene)
         ref = refer(scene, obj, exclude="position")
@@ -178,13 +104,13 @@ def make_grounding(ctx: _Ctx) -> tuple[Scene, str, str, dict]:
 # ---------------------------------------------------------------- generation
 
 
-def make_edit(ctx: _Ctx) -> tuple[Scene, Scene, str, dict]:
+def make_edit(ctx: SampleContext) -> tuple[Scene, Scene, str, dict]:
     cfg = ctx.config
     # "add" needs room for one more object, "remove" must leave one behind.
     kinds = [k for k in EDIT_KINDS if not (k == "add" and cfg.max_objects < 2)
              and not (k == "remove" and cfg.max_objects < 2)]
     kind = ctx.choice(kinds)
-    for _ in range(_MAX_TRIES):
+    for _ in range(MAX_TRIES):
         hi = cfg.max_objects - 1 if kind == "add" else cfg.max_objects
         scene = ctx.scene(min_objects=2 if kind == "remove" else 1, max_objects=hi)
         op = _edit_op(ctx, scene, kind)
@@ -194,7 +120,7 @@ def make_edit(ctx: _Ctx) -> tuple[Scene, Scene, str, dict]:
     raise RuntimeError(f"could not make a '{kind}' edit")
 
 
-def _edit_op(ctx: _Ctx, scene: Scene, kind: str) -> EditOp | None:
+def _edit_op(ctx: SampleContext, scene: Scene, kind: str) -> EditOp | None:
     free = scene.free_cells()
     if kind == "add":
         color, shape = ctx.choice(ctx.combos)
@@ -221,11 +147,9 @@ def make_sample(config: ShapesWorldConfig, split: str, task: str, index: int) ->
     """Sample `index` of `task` in `split`: a pure function of these and the config."""
     task_no = list(config.tasks).index(task) if task in config.tasks else zlib.crc32(task.encode())
     rng = np.random.default_rng([config.seed, split_id(split), task_no, index])
-    ctx = _Ctx(config, rng, heldout=split == "heldout")
+    ctx = SampleContext(config, rng, heldout=split == "heldout")
     sid = f"{split}-{task}-{index:06d}"
     if task in UNIFIED_TASKS:
-        from utamoe.data.shapes.unified import make_unified
-
         return make_unified(ctx, task, sid)
     if task == "t2i":
         scene = ctx.scene()
@@ -276,7 +200,7 @@ def write_dataset(out_dir: str | Path, config: ShapesWorldConfig | None = None,
     out_dir = Path(out_dir)
     counts = {split: write_split(out_dir, split, iter_split(config, split), progress)
               for split in config.sizes}
-    write_manifest(out_dir, "shapesworld", {"generator": "utamoe.data.shapes",
+    write_manifest(out_dir, "shapesworld", {"generator": GENERATOR,
                                             "config": config.to_dict(), "counts": counts})
     return counts
 

@@ -1,6 +1,6 @@
 """GenEval-style scoring of generated ShapesWorld images, and of edits.
 
-A generated image is parsed back into a scene (utamoe.data.shapes.parse) and
+A generated image is parsed back into a scene (utamoe.shapes.parse) and
 compared with the scene its prompt asks for, facet by facet, the way GenEval
 checks object presence, counting, colours and positions with a detector:
 
@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from utamoe.data.shapes.parse import parse_image, to_rgb_array
-from utamoe.data.shapes.text import PromptError, apply_edit, parse_description, parse_edit
-from utamoe.data.shapes.world import Scene, ShapesWorldConfig
+from utamoe.eval.scorers import PSNR_CAP
+from utamoe.shapes.parse import parse_image, to_rgb_array
+from utamoe.shapes.text import PromptError, apply_edit, parse_description, parse_edit
+from utamoe.shapes.world import Scene, ShapesWorldConfig
 
 FACETS = ("object", "count", "color", "size", "position")
-PSNR_CAP = 100.0  # identical images have infinite PSNR; capped so that means stay finite
 
 
 @dataclass

@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from utamoe.data.shapes.world import (
+from utamoe.shapes.world import (
     Scene,
     ShapesWorldConfig,
     cell_center,

@@ -5,19 +5,19 @@ pope, grounding, t2i, edit) with canonical templated text, a renderer and a
 deterministic parser that reads any image back into a scene so that generated
 images are scored exactly. See docs/shapesworld.md.
 
-    from utamoe.data.shapes import ShapesWorldConfig, generate_dataset, render, parse_image
+    from utamoe.shapes import ShapesWorldConfig, generate_dataset, render, parse_image
 """
 
-from utamoe.data.shapes.parse import UNKNOWN, parse_image
-from utamoe.data.shapes.render import render
-from utamoe.data.shapes.tasks import (
+from utamoe.shapes.parse import UNKNOWN, parse_image
+from utamoe.shapes.render import render
+from utamoe.shapes.tasks import (
     generate_dataset,
     iter_split,
     make_sample,
     total_samples,
     write_dataset,
 )
-from utamoe.data.shapes.text import (
+from utamoe.shapes.text import (
     EditOp,
     PromptError,
     apply_edit,
@@ -27,7 +27,7 @@ from utamoe.data.shapes.text import (
     refer,
     resolve,
 )
-from utamoe.data.shapes.world import (
+from utamoe.shapes.world import (
     COLS,
     ROWS,
     SIZES,

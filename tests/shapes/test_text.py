@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from utamoe.data.shapes import (
+from utamoe.shapes import (
     EditOp,
     PromptError,
     Scene,
@@ -16,8 +16,8 @@ from utamoe.data.shapes import (
     refer,
     resolve,
 )
-from utamoe.data.shapes.text import edit_instruction, t2i_prompt
-from utamoe.data.shapes.world import sample_scene
+from utamoe.shapes.text import edit_instruction, t2i_prompt
+from utamoe.shapes.world import sample_scene
 
 CFG = ShapesWorldConfig()
 RED = SceneObject("circle", "red", "small", 0, 0)

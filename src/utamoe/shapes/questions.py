@@ -1,0 +1,149 @@
+"""Questions about a ShapesWorld scene: the context a sample is made in, VQA questions of each
+type, relations, and the extra questions per image that training may append (`train.extra_questions`,
+utamoe.train.data: k further questions about the same scene after a POPE or VQA answer, the
+image encoded once for all k + 1 answers).
+
+Shared by the task generators (utamoe.shapes.tasks, utamoe.shapes.unified) and by the
+benchmark's training hook (utamoe.shapes.benchmark); every draw comes from the sample's own
+random generator, so a sample stays a pure function of its seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from utamoe.data.formats import Sample
+from utamoe.shapes.text import refer
+from utamoe.shapes.world import Scene, SceneObject, ShapesWorldConfig, sample_scene
+
+CAPTION_PROMPT = "describe the image"
+VQA_TYPES = ("color", "shape", "size", "count", "position", "relation")
+RELATIONS = ("left of", "right of", "above", "below")
+PLURALS = {"square": "squares", "circle": "circles", "triangle": "triangles"}
+MAX_TRIES = 50
+
+
+@dataclass
+class SampleContext:
+    """What a task maker needs: the config, the sample's RNG and the split's combinations."""
+
+    config: ShapesWorldConfig
+    rng: np.random.Generator
+    heldout: bool
+
+    @property
+    def combos(self) -> list[tuple[str, str]]:
+        """Pairs the sample may show or name."""
+        return self.config.all_combos() if self.heldout else self.config.allowed_combos()
+
+    def scene(self, min_objects: int = 1, max_objects: int | None = None) -> Scene:
+        lo = max(min_objects, self.config.min_objects)
+        hi = min(max_objects or self.config.max_objects, self.config.max_objects)
+        n = int(self.rng.integers(lo, hi + 1))
+        must = self.config.heldout if self.heldout else None
+        return sample_scene(self.rng, self.config, self.combos, n, must)
+
+    def pick(self, scene: Scene) -> SceneObject:
+        """A random object, a held-out one when the split is heldout."""
+        objs = list(scene)
+        if self.heldout:
+            held = [o for o in objs if (o.color, o.shape) in set(self.config.heldout)]
+            objs = held or objs
+        return objs[int(self.rng.integers(len(objs)))]
+
+    def choice(self, items: Sequence):
+        return items[int(self.rng.integers(len(items)))]
+
+
+def vqa_qa(ctx: SampleContext, scene: Scene, qtype: str) -> tuple[str, str] | None:
+    if qtype == "count":
+        return count_qa(ctx, scene)
+    obj = ctx.pick(scene)
+    ref = refer(scene, obj, exclude=qtype)
+    if ref is None:
+        return None
+    question = {"color": "what color is {}?", "shape": "what shape is {}?",
+                "size": "what size is {}?", "position": "where is {}?"}[qtype]
+    return question.format(ref), str(getattr(obj, qtype))
+
+
+def count_qa(ctx: SampleContext, scene: Scene) -> tuple[str, str] | None:
+    # Filter values come from a scene object 3 times in 4 (non-zero counts), else any
+    # allowed value (zero counts too); a colour+shape filter must be a nameable pair.
+    source = ctx.pick(scene)
+    color, shape = source.color, source.shape
+    if ctx.rng.random() < 0.25:
+        color, shape = ctx.choice(ctx.combos)
+    kind = ctx.choice(("all", "color", "shape", "both"))
+    color = color if kind in ("color", "both") else None
+    shape = shape if kind in ("shape", "both") else None
+    count = sum((color is None or o.color == color) and (shape is None or o.shape == shape)
+                for o in scene)
+    noun = PLURALS[shape] if shape else "objects"
+    words = " ".join(w for w in ("how many", color, noun, "are there?") if w)
+    return words, str(count)
+
+
+def relation_qa(ctx: SampleContext, scene: Scene) -> tuple[str, str] | None:
+    a = ctx.pick(scene)
+    b = ctx.choice([o for o in scene if o != a])
+    ref_a, ref_b = refer(scene, a, "position"), refer(scene, b, "position")
+    if ref_a is None or ref_b is None:
+        return None
+    truth = {"left of": a.col < b.col, "right of": a.col > b.col,
+             "above": a.row < b.row, "below": a.row > b.row}
+    want = bool(ctx.rng.random() < 0.5)  # balanced yes/no
+    options = [r for r in RELATIONS if truth[r] == want] or list(RELATIONS)
+    rel = ctx.choice(options)
+    return f"is {ref_a} {rel} {ref_b}?", "yes" if truth[rel] else "no"
+
+
+# ---------------------------------------------------------------- extra questions per image
+
+EXTRA_QUESTION_TASKS = ("pope", "vqa")
+_EXTRA_TRIES = 20
+
+
+def pope_question(ctx: SampleContext, scene: Scene) -> tuple[str, str] | None:
+    """A balanced POPE probe about `scene` (positive half the time; negatives adversarial
+    or random, as in ShapesWorld's generator)."""
+    present = scene.combos()
+    if ctx.rng.random() < 0.5:
+        obj = ctx.pick(scene)
+        color, shape, answer = obj.color, obj.shape, "yes"
+    else:
+        absent = [p for p in ctx.combos if p not in present]
+        near = [p for p in absent if any(p[0] == c or p[1] == s for c, s in present)]
+        pool = near if near and ctx.rng.random() < 0.5 else absent
+        if not pool:
+            return None
+        (color, shape), answer = ctx.choice(pool), "no"
+    return f"is there a {color} {shape} in the image?", answer
+
+
+def vqa_question(ctx: SampleContext, scene: Scene) -> tuple[str, str] | None:
+    qtype = ctx.choice(VQA_TYPES)
+    if qtype == "relation":
+        return relation_qa(ctx, scene) if len(scene) >= 2 else None
+    return vqa_qa(ctx, scene, qtype)
+
+
+def extra_questions(sample: Sample, world: ShapesWorldConfig, rng: np.random.Generator,
+                    k: int) -> list[tuple[str, str]]:
+    """Up to k (question, answer) pairs of the sample's task about the sample's scene."""
+    if sample.task not in EXTRA_QUESTION_TASKS or "scene" not in (sample.meta or {}):
+        return []
+    scene = Scene.from_json(sample.meta["scene"])
+    ctx = SampleContext(world, rng, heldout=sample.id.startswith("heldout"))
+    make = pope_question if sample.task == "pope" else vqa_question
+    out: list[tuple[str, str]] = []
+    for _ in range(k * _EXTRA_TRIES):
+        if len(out) == k:
+            break
+        qa = make(ctx, scene)
+        if qa is not None:
+            out.append(qa)
+    return out
