@@ -148,8 +148,8 @@ def _routing(predictor, samples, run_dir: Path) -> None:
     """MoVE router weights and MoLE shares per task (on up to 64 test samples per task)."""
     import numpy as np
 
+    from utamoe.analysis.mome import mome_routing, write_mome_outputs
     from utamoe.data.sequences import collate, training_sequences
-    from utamoe.eval.mome_analysis import mome_routing, write_mome_outputs
 
     model, enc = predictor.model, predictor.encoder
     rng = np.random.default_rng(0)

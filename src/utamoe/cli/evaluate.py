@@ -87,8 +87,8 @@ def _add_eval_verb(verbs: argparse._SubParsersAction) -> None:
 def cmd_analyze(args: argparse.Namespace) -> int:
     import shlex
 
-    from utamoe.eval.analysis_report import print_analysis_summary, write_analysis_outputs
-    from utamoe.eval.analyze import run_analysis
+    from utamoe.analysis.report import print_analysis_summary, write_analysis_outputs
+    from utamoe.analysis.run import run_analysis
 
     predictor, samples, data, out = _model_and_split(
         args, "analysis", batches=args.batches, batch_size=args.batch_size)

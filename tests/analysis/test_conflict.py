@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from tests.model.helpers import mixed_samples, tiny_model
+from utamoe.analysis.conflict import gradient_conflict, unified_conflict
+from utamoe.analysis.run import build_batches
 from utamoe.cli import main
 from utamoe.data.sequences import collate
-from utamoe.eval.analyze import build_batches
-from utamoe.eval.conflict import gradient_conflict, unified_conflict
 from utamoe.infer.checks import InputError
 from utamoe.model.io import save_model_dir
 from utamoe.moe import MoEConfig

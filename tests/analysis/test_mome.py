@@ -1,4 +1,4 @@
-"""MoME's routing analysis (utamoe.eval.mome_analysis): per task, the MoVE router's weight on
+"""MoME's routing analysis (utamoe.analysis.mome): per task, the MoVE router's weight on
 each encoder and each MoLE adapter's share per layer, as JSON, markdown and PNG heatmaps; part
 of `utamoe analyze` (run_analysis) for MoME models, absent for the others."""
 
@@ -8,10 +8,10 @@ import json
 
 import pytest
 
+from utamoe.analysis.mome import mome_routing, write_mome_outputs
+from utamoe.analysis.report import markdown_report, write_analysis_outputs
+from utamoe.analysis.run import run_analysis
 from utamoe.data.sequences import collate
-from utamoe.eval.analysis_report import markdown_report, write_analysis_outputs
-from utamoe.eval.analyze import run_analysis
-from utamoe.eval.mome_analysis import mome_routing, write_mome_outputs
 
 from ..model.helpers import mixed_samples, perturb_mome, tiny_model, tiny_mome_model
 

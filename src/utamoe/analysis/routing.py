@@ -214,7 +214,7 @@ def routing_analysis(model: nn.Module, batches_by_task: Mapping[str, Sequence],
 
 def _accumulate(analysis: RoutingAnalysis, task: str, session) -> None:
     for name, stats in session.layer_stats().items():
-        if "expert_tokens" not in stats:  # a MoVE or MoLE router (utamoe.eval.mome_analysis)
+        if "expert_tokens" not in stats:  # a MoVE or MoLE router (utamoe.analysis.mome)
             continue
         name = name.removeprefix("lm.")  # the model binds its whole self; layers are the lm's
         if name not in analysis.cells:

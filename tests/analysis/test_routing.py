@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from tests.model.helpers import mixed_samples, tiny_model
+from utamoe.analysis.report import plot_routing, routing_markdown
+from utamoe.analysis.routing import routing_analysis
 from utamoe.data.sequences import collate
-from utamoe.eval.analysis_report import plot_routing, routing_markdown
-from utamoe.eval.routing import routing_analysis
 from utamoe.moe import MoEConfig, TaskAwareMoE, route
 from utamoe.tasks import GROUPS, group_of
 

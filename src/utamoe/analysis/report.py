@@ -1,4 +1,4 @@
-"""Writers for an analysis (`utamoe.eval.analyze.AnalysisResult`): files, figures, console.
+"""Writers for an analysis (`utamoe.analysis.run.AnalysisResult`): files, figures, console.
 
     write_analysis_outputs(result, out_dir) writes
         conflict.json   every cosine and gradient norm (groups, pieces, overall, shared)
@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from utamoe.eval.analyze import AnalysisResult
-from utamoe.eval.conflict import ConflictResult, GroupConflict
-from utamoe.eval.routing import RoutingAnalysis, max_entropies
+from utamoe.analysis.conflict import ConflictResult, GroupConflict
+from utamoe.analysis.routing import RoutingAnalysis, max_entropies
+from utamoe.analysis.run import AnalysisResult
 
 
 def write_analysis_outputs(result: AnalysisResult, out_dir: str | Path,
@@ -42,7 +42,7 @@ def write_analysis_outputs(result: AnalysisResult, out_dir: str | Path,
     if plot_routing(result.routing, out / "routing.png"):
         paths["routing_png"] = out / "routing.png"
     if result.mome is not None:
-        from utamoe.eval.mome_analysis import write_mome_outputs
+        from utamoe.analysis.mome import write_mome_outputs
 
         paths.update(write_mome_outputs(result.mome, out, meta))
     paths["report"].write_text(markdown_report(result, command, "routing_png" in paths),
@@ -152,7 +152,7 @@ def markdown_report(result: AnalysisResult, command: str | None = None,
     if routing_png:
         lines += ["![routing](routing.png)", ""]
     if result.mome is not None:
-        from utamoe.eval.mome_analysis import mome_markdown
+        from utamoe.analysis.mome import mome_markdown
 
         lines += mome_markdown(result.mome)
     if command:

@@ -2,14 +2,14 @@
 
     run_analysis(model, encoder, samples)  -> AnalysisResult
         builds the batches (seeded): n pairs of (understanding batch, generation batch)
-        mixing the tasks of each group, for utamoe.eval.conflict; n batches per task,
-        one task each, for utamoe.eval.routing. VQ codes come from the model's image
+        mixing the tasks of each group, for utamoe.analysis.conflict; n batches per task,
+        one task each, for utamoe.analysis.routing. VQ codes come from the model's image
         tokenizer, generation prompts are never dropped (cfg dropout 0). The per-task
-        batches also give MoME's routing (utamoe.eval.mome_analysis) when the model has a
+        batches also give MoME's routing (utamoe.analysis.mome) when the model has a
         MoVE router or MoLE adapters.
 
 The files, figures and console summary of a result are written by
-utamoe.eval.analysis_report; this module only computes.
+utamoe.analysis.report; this module only computes.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from utamoe.analysis.conflict import ConflictResult, unified_conflict
+from utamoe.analysis.mome import MoMERouting, mome_routing
+from utamoe.analysis.routing import RoutingAnalysis, routing_analysis
 from utamoe.data.formats import Sample
-from utamoe.eval.conflict import ConflictResult, unified_conflict
-from utamoe.eval.mome_analysis import MoMERouting, mome_routing
-from utamoe.eval.routing import RoutingAnalysis, routing_analysis
 from utamoe.tasks import task_names
 
 
