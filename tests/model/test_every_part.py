@@ -1,4 +1,4 @@
-"""`UnifiedModel.every_part`: every trainable part runs on every forward (the understanding
+"""`UnifiedModel.forward(batch, every_part=True)`: every trainable part runs on every forward (the understanding
 encoder on a placeholder image, the code embedding on one code, a head without labels on one
 hidden row), zero-weighted, so that processes with different task groups run the same modules
 in the same order (DeepSpeed ZeRO, utamoe.train.engines). Held here: the loss, group / task /
@@ -9,6 +9,8 @@ and the parameters' gradients arrive in the same order for an understanding-only
 generation-only batch (what ZeRO's gradient buckets need)."""
 
 from __future__ import annotations
+
+import inspect
 
 import pytest
 import torch
@@ -33,9 +35,8 @@ def _batch(encoder, tasks, packed: bool = False):
 
 
 def _run(model, batch, every_part: bool):
-    model.every_part = every_part
     model.zero_grad(set_to_none=True)
-    out = model(batch)
+    out = model(batch, every_part=every_part)
     out.loss.backward()
     grads = {n: None if p.grad is None else p.grad.detach().clone()
              for n, p in model.named_parameters() if p.requires_grad}
@@ -63,7 +64,6 @@ def _assert_bit_identical(model, encoder, batch):
             only_on.append(name)
     # Every part runs: the parameters with a gradient are those of a batch with both groups
     # (not all of them: e.g. SigLIP's pooling head is never used).
-    model.every_part = False
     model.zero_grad(set_to_none=True)
     model(_batch(encoder, UND + GEN)).loss.backward()
     assert {n for n, g in grads_on.items() if g is not None} == {
@@ -79,7 +79,7 @@ def test_every_part_is_bit_identical_and_zero_for_missing_parts(packed):
                            (UND + GEN, ())):
         only_on = _assert_bit_identical(model, enc, _batch(enc, tasks, packed))
         assert {p for p in PARTS if any(n.startswith(p) for n in only_on)} == set(missing), tasks
-    assert type(model).every_part is False  # the switch is off by default
+    assert inspect.signature(type(model).forward).parameters["every_part"].default is False
 
 
 def test_every_part_with_mome_instruction_router():
@@ -109,7 +109,6 @@ def test_gradients_arrive_in_the_same_order_whatever_the_groups(moe):
     oracle split: one expert per group): an expert bank is one parameter for all its experts,
     so it gets a gradient (zero rows) whatever the routing."""
     model, _, enc = tiny_model(moe)
-    model.every_part = True
     order: list[str] = []
     hooks = [p.register_post_accumulate_grad_hook(lambda p, n=n: order.append(n))
              for n, p in model.named_parameters() if p.requires_grad]
@@ -117,7 +116,7 @@ def test_gradients_arrive_in_the_same_order_whatever_the_groups(moe):
     for tasks in (UND, GEN, UND + GEN):
         model.zero_grad(set_to_none=True)
         order.clear()
-        model(_batch(enc, tasks)).loss.backward()
+        model(_batch(enc, tasks), every_part=True).loss.backward()
         orders.append(list(order))
     for h in hooks:
         h.remove()

@@ -54,3 +54,19 @@ def test_future_version_is_refused(tmp_path):
     (tmp_path / "m" / "utamoe.json").write_text(json.dumps(meta))
     with pytest.raises(ModelDirError, match="format version 99"):
         load_model_dir(tmp_path / "m")
+
+
+def test_directories_saved_with_cfg_dropout_in_the_model_config_still_load(tmp_path):
+    """cfg_dropout moved to training (train.cfg_dropout); a utamoe.json written before still
+    holds it, and loads with the same outputs."""
+    model, tok, enc = tiny_model()
+    model.eval()
+    save_model_dir(model, tmp_path / "m", tok)
+    meta = json.loads((tmp_path / "m" / "utamoe.json").read_text())
+    assert "cfg_dropout" not in meta["config"]
+    meta["config"]["cfg_dropout"] = 0.1
+    (tmp_path / "m" / "utamoe.json").write_text(json.dumps(meta))
+    loaded, _ = load_model_dir(tmp_path / "m")
+    batch, _ = mixed_batch(enc)
+    with torch.no_grad():
+        assert torch.equal(loaded(batch).loss, model(batch).loss)

@@ -7,8 +7,8 @@ OPTIONS (all optional): "skew": true: process 0 draws only understanding tasks a
 only generation tasks (`skew_by_rank`); "kill_at": n: every process dies (os._exit(17), as if
 killed) when its n-th optimiser step starts; "resume": true: continue the run from its newest
 checkpoint; "memory": true: write each process's peak memory to memory-<rank>.json;
-"every_part_off": true: the model never runs the parts its batch does not need (the trainer
-cannot turn `UnifiedModel.every_part` on), to test the guard left for that case."""
+"every_part_off": true: the model never runs the parts its batch does not need (the engine
+never asks the trainer for forwards with `every_part`), to test the guard left for that case."""
 
 import hashlib
 import json
@@ -38,9 +38,16 @@ def skew_by_rank() -> None:
 
 
 def every_part_off() -> None:
-    from utamoe.model.unified import UnifiedModel
+    from utamoe.train import trainer
 
-    UnifiedModel.every_part = property(lambda self: False, lambda self, value: None)
+    configure = trainer.configure_engine
+
+    def without_every_part(*args, **kwargs):
+        done = configure(*args, **kwargs)
+        done.pop("every_part", None)
+        return done
+
+    trainer.configure_engine = without_every_part
 
 
 def die_at(n: int) -> None:

@@ -86,3 +86,16 @@ def test_stage_globs_and_lora_targets_are_checked_before_training(tiny_assets, t
         with pytest.raises(ConfigError, match=rf"stages.1 \(b\): .*{message}"):
             trainer.run(fresh=True)
         assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained first
+
+
+def test_moved_keys_of_older_configs_are_read_at_their_new_place(tiny_assets, tmp_path):
+    """model.cfg_dropout is train.cfg_dropout now, train.pack_questions train.extra_questions:
+    a resumed run's config.yaml written before still builds; giving both names is an error."""
+    recipe = tiny_recipe(tiny_assets, tmp_path / "r", [{"name": "s", "steps": 1}])
+    old = {**recipe, "model": {**recipe["model"], "cfg_dropout": 0.25},
+           "train": {**recipe["train"], "pack_questions": 2}}
+    cfg = build_config(old)
+    assert cfg.train.cfg_dropout == 0.25 and cfg.train.extra_questions == 2
+    both = {**old, "train": {**old["train"], "cfg_dropout": 0.5}}
+    with pytest.raises(ConfigError, match="model.cfg_dropout is the old name of train.cfg_dropout"):
+        build_config(both)

@@ -275,50 +275,42 @@ class _Accelerator:
         return self.every
 
 
-class _Switchable(torch.nn.Module):
-    every_part = False
-
-
 @pytest.mark.parametrize("kind, groups, every_part, split, error", [
     ("DEEPSPEED", [("und",), ("gen",)], False, False, "task group(s) ['und', 'gen']"),
-    ("DEEPSPEED", [("und",), ("gen",)], None, False, "task group(s) ['und', 'gen']"),  # no switch
     ("DEEPSPEED", [("und",), ("gen",)], True, False, None),  # no collective at all
     ("DEEPSPEED", [("und", "gen"), ("und", "gen")], False, False, ""),
     ("DEEPSPEED", [("und",), ("gen",)], True, True, ""),  # one forward each
     ("DEEPSPEED", [("und", "gen"), ("gen",)], True, True, "hold [2, 1] task groups"),
-    ("MULTI_CPU", [("und", "gen"), ("gen",)], None, True, "train.split_groups"),
-    ("MULTI_CPU", [("und",), ("gen",)], None, False, None),
-    ("FSDP", [("und", "gen"), ("und",)], None, False, None),
+    ("MULTI_CPU", [("und", "gen"), ("gen",)], False, True, "train.split_groups"),
+    ("MULTI_CPU", [("und",), ("gen",)], False, False, None),
+    ("FSDP", [("und", "gen"), ("und",)], False, False, None),
 ])
 def test_check_same_groups_guards_what_every_part_cannot(kind, groups, every_part, split, error):
-    """The guard left after every_part: DeepSpeed without the switch, and split_groups (one
+    """The guard left after every_part: DeepSpeed forwards without it, and split_groups (one
     forward per group) where the processes hold different numbers of groups; None: nothing is
     gathered, "": gathered, no error."""
     from utamoe.train.engines import check_same_groups
 
     acc = _Accelerator(kind, groups)
-    model = torch.nn.Module() if every_part is None else _Switchable()
-    if every_part is not None:
-        model.every_part = every_part
     if error:
         with pytest.raises(RuntimeError, match=re.escape(error)):
-            check_same_groups(acc, acc.batch, model, split)
+            check_same_groups(acc, acc.batch, every_part, split)
     else:
-        check_same_groups(acc, acc.batch, model, split)
+        check_same_groups(acc, acc.batch, every_part, split)
     assert acc.gathers == (error is not None)
 
 
 @pytest.mark.parametrize("processes", [1, 2])
-def test_configure_engine_turns_on_every_part_under_deepspeed(processes):
+def test_configure_engine_asks_for_every_part_under_deepspeed(processes):
     from types import SimpleNamespace
 
     from utamoe.train.engines import configure_engine
 
     acc = _Accelerator("DEEPSPEED", [("und",)] * processes)
-    model = _Switchable()
+    model = torch.nn.Linear(2, 2)
     done = configure_engine(acc, model, SimpleNamespace(grad_accum=1, batch_size=3, clip_grad=1.0))
-    assert model.every_part is (processes > 1) and done.get("every_part", False) is (processes > 1)
-    assert _Switchable.every_part is False  # the instance, not the class
+    assert done.get("every_part", False) is (processes > 1)
+    assert not hasattr(model, "every_part")  # a call argument, not an attribute set on the model
 
 
 PACKED = {"pack": True, "pack_tokens": 160}

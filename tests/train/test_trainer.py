@@ -105,9 +105,9 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tiny_assets, tmp_path, 
     original = UnifiedModel.forward
     calls = {"n": 0}
 
-    def poisoned(self, batch):
+    def poisoned(self, batch, **modes):
         calls["n"] += 1
-        out = original(self, batch)
+        out = original(self, batch, **modes)
         if calls["n"] == 3 or calls["n"] >= 6:
             out.loss = out.loss * float("nan")
         return out

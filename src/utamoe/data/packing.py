@@ -14,7 +14,7 @@ function of their position):
 What keeps the math exactly that of the unpadded samples (tests/model/test_packing.py):
 - per token, `sample_ids` (the token's sample, -1 for padding) and `position_ids`
   (restarting at 0 in each sample): the model turns them into block-diagonal causal
-  attention and per-sample rotary positions (utamoe.model.packed);
+  attention and per-sample rotary positions (utamoe.model.packed_rows);
 - labels are shifted inside each sample before packing (a sample's last token predicts
   nothing), so no loss crosses a sample boundary;
 - per-sample fields (`group_ids`, `task_ids`, `prompts`, images) are in *packed order*

@@ -18,19 +18,21 @@ instruction embedding per sequence (`instance_embeddings`, utamoe.model.instruct
 the forward passes it to the mixture and into the routing session.
 `forward` also takes a packed batch (utamoe.data.packing.PackedBatch: several samples per
 row): per-sample fields are then indexed per token by `sample_ids`, and the decoder gets
-block-diagonal causal attention and per-sample positions (utamoe.model.packed; the mode
-is `pack_attention`); the losses are those of the same samples unpacked.
-`every_part` (off by default; the trainer turns it on under DeepSpeed with several processes)
-makes `forward` run every trainable part on every batch, zero-weighted where the batch has
-none of its inputs, so that processes with different task groups run the same modules in the
+block-diagonal causal attention and per-sample positions (utamoe.model.packed_rows; how it is
+told is the call's `attention_mode`); the losses are those of the same samples unpacked.
+`forward(batch, every_part=True)` (the trainer passes it under DeepSpeed with several
+processes) runs every trainable part on every batch, zero-weighted where the batch has none
+of its inputs, so that processes with different task groups run the same modules in the
 same order (ZeRO fetches and reduces parameters per module in that order); the values and the
-gradients are bit-identical to a forward without it.
+gradients are bit-identical to a forward without it. Modes are arguments of the constructor
+(`sentence_encoder`) or of the call, never attributes set on the class from outside.
 Model code is single-device PyTorch; distribution lives in utamoe.train.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 from dataclasses import dataclass, field
@@ -42,10 +44,14 @@ from torch import nn
 from utamoe.data.sequences import IGNORE, Batch, Encoder
 from utamoe.hf.parts import build_backbone, hidden_size_of
 from utamoe.model.config import UnifiedConfig
+from utamoe.model.instructions import SentenceEncoder, mean_token_embedding
+from utamoe.model.packed_rows import packed_attention, sample_mean_embedding
 from utamoe.model.parts import GenHead
 from utamoe.moe import MoEConfig, RoutingSession, moe_layers, route, upcycle
 from utamoe.moe.context import RoutedModule
+from utamoe.moe.mole import add_mole
 from utamoe.tasks import GROUPS, group_index, task_names
+from utamoe.text.tokenizer import SpecialIds
 from utamoe.vision.aligners import MLPAligner
 from utamoe.vision.encoders import tower_encoder
 from utamoe.vision.mixture import build_mixture
@@ -69,9 +75,13 @@ class UnifiedOutput:
 class UnifiedModel(nn.Module):
     def __init__(self, config: UnifiedConfig, lm: nn.Module, lm_head: nn.Module,
                  und_encoder: nn.Module, gen_embed: nn.Embedding, gen_aligner: nn.Module,
-                 gen_head: nn.Module, image_tokenizer: nn.Module | None = None):
+                 gen_head: nn.Module, image_tokenizer: nn.Module | None = None,
+                 sentence_encoder=None):
         super().__init__()
         self.config = config
+        # A frozen utamoe.model.instructions.SentenceEncoder for MoME's instruction embedding
+        # (not a weight of the model); None: the mean of the backbone's instruction embeddings.
+        self.sentence_encoder = sentence_encoder
         self.lm, self.lm_head = lm, lm_head
         self.und_encoder = und_encoder
         self.gen_embed, self.gen_aligner, self.gen_head = gen_embed, gen_aligner, gen_head
@@ -102,22 +112,17 @@ class UnifiedModel(nn.Module):
             nn.Embedding(config.num_codes, config.code_embed_dim),
             MLPAligner(config.code_embed_dim, d, config.aligner_depth),
             GenHead(d, config.num_codes, config.gen_head_dim or None),
-            image_tokenizer,
+            image_tokenizer, sentence,
         )
-        model.sentence_encoder = sentence
         if config.moe is not None:
             if config.moe.routing == "task_aware":
                 group_index(config.moe.group_names, "model.moe.group_names")
             upcycle(model.lm, config.moe)
         if config.mole is not None:
-            from utamoe.moe.mole import add_mole
-
             add_mole(model.lm, config.mole, instance_dim)
         return model
 
     # ------------------------------------------------------------------ MoME's instruction
-
-    sentence_encoder = None  # a frozen utamoe.model.instructions.SentenceEncoder (not a weight)
 
     @property
     def needs_instructions(self) -> bool:
@@ -141,12 +146,8 @@ class UnifiedModel(nn.Module):
         if batch.prompt_mask is None:
             raise ValueError("the batch has no instruction positions (Batch.prompt_mask); build "
                              "it with utamoe.data.sequences.collate")
-        from utamoe.model.instructions import mean_token_embedding
-
         table = self.lm.get_input_embeddings()
         if packed is not None:
-            from utamoe.model.packed import sample_mean_embedding
-
             return sample_mean_embedding(table(batch.input_ids), batch.prompt_mask.to(device),
                                          packed, len(batch.task_ids))
         return mean_token_embedding(table(batch.input_ids), batch.prompt_mask.to(device))
@@ -156,8 +157,6 @@ class UnifiedModel(nn.Module):
         TA-MoE layers get each row's group, instance routers the rows' instruction embeddings
         (`instances`, from `instance_embeddings(batch)`: worked out once, not at every decoding
         step); a plain context when nothing needs one."""
-        import contextlib
-
         oracle = any(m.config.group_routing == "oracle" for m in moe_layers(self.lm))
         if not (oracle or trace or instances is not None):
             return contextlib.nullcontext
@@ -172,10 +171,6 @@ class UnifiedModel(nn.Module):
     def sequence_encoder(self, text_tokenizer) -> Encoder:
         """The sequence encoder for this model: its und slot and feature count, its codec,
         its image processor."""
-        import dataclasses
-
-        from utamoe.text.tokenizer import SpecialIds
-
         special = dataclasses.replace(SpecialIds.of(text_tokenizer), und_slot=self.config.und_slot_id)
         process = self.processor
 
@@ -217,7 +212,7 @@ class UnifiedModel(nn.Module):
         """(B, S, D) input embeddings: text table, understanding features, code embeddings.
         `instances` (B, De): the rows' instruction embeddings (for a routed MoVE mixture);
         packed rows: (N, De) per sample, with `sample_ids` (B, S) naming each token's sample.
-        `unused` (a list; `every_part`): the understanding encoder when there are no images and
+        `unused` (a list; forward's `every_part`): the understanding encoder when there are no images and
         the code embedding when there are no codes run on a placeholder (one image of zeros,
         code 0) at the place where they would run, and their outputs are appended to the list
         (the embeddings do not change; `forward` adds 0 x their sum to the loss)."""
@@ -273,19 +268,17 @@ class UnifiedModel(nn.Module):
 
     # ------------------------------------------------------------------ training forward
 
-    # How packed rows tell the decoder their attention blocks (utamoe.model.packed.MODES).
-    pack_attention = "auto"
-    # Every trainable part on every forward (the module docstring): the understanding encoder
-    # on a placeholder image when the batch has no images, the code embedding on one code when
-    # it has no codes, a head without labels on one hidden row (detached); 0 x the sum of
-    # each placeholder output is added to the loss, so the loss and every gradient keep their
-    # values bit for bit and those parts get exactly-zero gradients. For engines that need every
-    # process to run the same modules in the same order (DeepSpeed ZeRO; utamoe.train.engines
-    # sets it on the model under DeepSpeed with several processes); it costs one image, one
-    # code and one head row per missing part.
-    every_part = False
-
-    def forward(self, batch: Batch) -> UnifiedOutput:
+    def forward(self, batch: Batch, every_part: bool = False,
+                attention_mode: str = "auto") -> UnifiedOutput:
+        """The batch's losses. `every_part` (off by default): every trainable part runs on every
+        forward, for engines that need every process to run the same modules in the same
+        order (DeepSpeed ZeRO; utamoe.train.engines): the understanding encoder on a placeholder
+        image when the batch has no images, the code embedding on one code when it has no
+        codes, a head without labels on one hidden row (detached); 0 x the sum of each
+        placeholder output is added to the loss, so the loss and every gradient keep their
+        values bit for bit and those parts get exactly-zero gradients (it costs one image, one
+        code and one head row per missing part). `attention_mode`: how packed rows tell the
+        decoder their attention blocks (utamoe.model.packed_rows.MODES)."""
         packed = getattr(batch, "sample_ids", None)  # (B, S) in a PackedBatch, else None
         if packed is None:
             labels = self.group_labels(batch.group_ids)[:, None].expand_as(batch.input_ids)
@@ -293,7 +286,7 @@ class UnifiedModel(nn.Module):
         else:  # per-sample group -> per token
             labels = self.group_labels(batch.group_ids)[packed.clamp(min=0)].masked_fill(packed < 0, -1)
         instances = self.instance_embeddings(batch)
-        unused = [] if self.every_part else None  # placeholder outputs (every_part)
+        unused = [] if every_part else None  # placeholder outputs (every_part)
         with route(self, task_labels=labels, attention_mask=batch.attention_mask,
                    instances=instances, sample_ids=packed) as session:
             emb = self.embed(batch.input_ids, batch.code_ids, batch.pixel_values, instances, packed,
@@ -301,10 +294,8 @@ class UnifiedModel(nn.Module):
             if packed is None:
                 h, _ = self.hidden(emb, attention_mask=batch.attention_mask)
             else:
-                from utamoe.model.packed import packed_attention
-
                 h, _ = self.hidden(emb, **packed_attention(self.lm, packed, batch.position_ids,
-                                                           emb.dtype, self.pack_attention))
+                                                           emb.dtype, attention_mode))
         group_losses, per_token = {}, {}
         for group, head, labels in (("und", self.lm_head, batch.text_labels),
                                     ("gen", self.gen_head, batch.code_labels)):
@@ -337,8 +328,6 @@ class UnifiedModel(nn.Module):
 def _sentence_encoder(spec: str):
     """One frozen sentence encoder (and its text cache) per directory per process: every model
     built from the same config (preflight, resume, eval) shares it."""
-    from utamoe.model.instructions import SentenceEncoder
-
     with torch.device("cpu"):  # also when the model is built on the meta device (preflight)
         return SentenceEncoder(spec)
 

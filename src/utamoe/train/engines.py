@@ -38,10 +38,10 @@ engines about its structure, once per stage (surgery changes the modules):
   need them, and ZeRO fetches (ZeRO-3) and reduces (every stage) per module and parameter in
   execution order, so processes with different task groups issued mismatched collectives
   (a gloo size mismatch in ZeRO-3's first forward / ZeRO-2's first backward, or a hang or
-  wrong gradients where sizes happen to fit). `configure_engine` turns on the model's
-  `every_part` there (utamoe.model.unified: every part runs on every forward, zero-weighted
-  when unused, values bit-identical). `check_same_groups` remains as a guard where that does
-  not help: a model without the switch, and `train.split_groups` (one forward per task group,
+  wrong gradients where sizes happen to fit). `configure_engine` asks there for forwards
+  with `every_part` (utamoe.model.unified: every part runs on every forward, zero-weighted
+  when unused, values bit-identical; the trainer passes it to each forward). `check_same_groups`
+  remains as a guard where that does not help: forwards without it, and `train.split_groups` (one forward per task group,
   so a process with both groups would run more forwards than one with a single group, under
   any engine).
 - **Experts without tokens on a process**: DDP finds them (`find_unused_parameters`),
@@ -126,13 +126,13 @@ def _no_zero3_model_init(accelerator):
     return accelerator
 
 
-def check_same_groups(accelerator, batch, model: nn.Module | None = None,
+def check_same_groups(accelerator, batch, every_part: bool = False,
                       split_groups: bool = False) -> None:
     """Several processes: stop, with the reason, a micro-batch whose task groups differ between
     processes where that would issue mismatched collectives (a gloo error or a hang, or under
     ZeRO-2 wrong gradients, silently):
-    - DeepSpeed with a model that runs only the parts its batch needs (`every_part` off or
-      absent; `configure_engine` turns it on for the unified model): ZeRO fetches and reduces
+    - DeepSpeed with a model that runs only the parts its batch needs (forwards without
+      `every_part`; `configure_engine` asks for it): ZeRO fetches and reduces
       per module in execution order, so every process must hold the same groups;
     - `split_groups` (train.split_groups, any engine): one forward (and one finiteness
       all-reduce) per task group, so every process must hold the same *number* of groups.
@@ -143,8 +143,7 @@ def check_same_groups(accelerator, batch, model: nn.Module | None = None,
 
     if accelerator.num_processes == 1:
         return
-    partial = (accelerator.distributed_type == DistributedType.DEEPSPEED
-               and not getattr(model, "every_part", False))
+    partial = accelerator.distributed_type == DistributedType.DEEPSPEED and not every_part
     if not (partial or split_groups):
         return
     have = torch.zeros(1, len(GROUPS), device=accelerator.device)
@@ -156,7 +155,7 @@ def check_same_groups(accelerator, batch, model: nn.Module | None = None,
         raise RuntimeError(
             f"DeepSpeed ZeRO: task group(s) {odd} are in some processes' micro-batches and not "
             "in others'; ZeRO cannot reduce gradients of modules that only some processes run "
-            "(docs/scaling.md). Set the model's every_part (utamoe.model.unified), use FSDP "
+            "(docs/scaling.md). Run its forwards with every_part (utamoe.model.unified), use FSDP "
             "(configs/accelerate/fsdp.yaml), or a batch size at which every micro-batch holds "
             "every group")
     forwards = every.sum(1).tolist()
@@ -252,7 +251,9 @@ def shard_unit_classes(model: nn.Module) -> list[str]:
 
 def configure_engine(accelerator, model: nn.Module, train, optimizer=None) -> dict:
     """Tell the active engine about `model` (and its `optimizer`, built on its parameters)
-    before `accelerator.prepare` (every stage); returns what was set, for the log and the tests."""
+    before `accelerator.prepare` (every stage); returns what was set, for the log and the tests,
+    and `every_part: True` when the model's forwards must run every part (the trainer passes
+    it to each forward)."""
     from accelerate.utils import DistributedType
 
     kind = accelerator.distributed_type
@@ -262,10 +263,10 @@ def configure_engine(accelerator, model: nn.Module, train, optimizer=None) -> di
         return done
     if kind == DistributedType.DEEPSPEED:
         done = _configure_deepspeed(accelerator.state.deepspeed_plugin, model, train)
-        if getattr(accelerator, "num_processes", 1) > 1 and hasattr(model, "every_part"):
+        if getattr(accelerator, "num_processes", 1) > 1:
             # Every process runs every part in the same order, whatever its task groups
-            # (see the module's notes); an instance attribute: this stage's model only.
-            model.every_part = done["every_part"] = True
+            # (see the module's notes).
+            done["every_part"] = True
         scalars_as_vectors(model, optimizer)
         return done
     return {}

@@ -121,6 +121,7 @@ class Trainer:
         self.ckpt_root = self.run_dir / "checkpoints"
         self._stop_signal: int | None = None
         self._template = None  # the model's structure, under FSDP / DeepSpeed (engines.py)
+        self.every_part = False  # the engine needs every part on every forward (engines.py)
 
     # ------------------------------------------------------------------ setup
 
@@ -253,7 +254,8 @@ class Trainer:
                 self._start_stage(stage)
                 opt, sched = self._optimizer(stage)
                 self._template = structure_template(self.accelerator, self.model)
-                configure_engine(self.accelerator, self.model, self.cfg.train, opt)  # FSDP / ZeRO units
+                engine = configure_engine(self.accelerator, self.model, self.cfg.train, opt)  # FSDP / ZeRO units
+                self.every_part = bool(engine.get("every_part"))
                 self.prepared, self.opt = self.accelerator.prepare(self.model, opt)
                 after_prepare(self.accelerator, self.prepared, self.model)
                 self.sched = sched
@@ -308,7 +310,7 @@ class Trainer:
             batch = self.data.batch(index, state.step * t.grad_accum + micro, t.batch_size,
                                     stage.mixture, cfg_dropout).to(acc.device)
             # a clear error, not a hang: split_groups, or DeepSpeed without every_part (engines.py)
-            check_same_groups(acc, batch, self.model, t.split_groups)
+            check_same_groups(acc, batch, self.every_part, t.split_groups)
             parts = [batch]
             if t.split_groups:  # issue 12: one forward per task group, each without the other's padding
                 parts = split_by_group(batch)
@@ -320,7 +322,7 @@ class Trainer:
                     return acc.no_sync(self.prepared) if not sync else contextlib.nullcontext()
 
                 with ctx(), acc.autocast():
-                    out = self.prepared(part)
+                    out = self.prepared(part, every_part=self.every_part)
                 finite = torch.tensor(float(torch.isfinite(out.loss)), device=acc.device)
                 if acc.reduce(finite, reduction="sum").item() < acc.num_processes:
                     return self._bad_step(state)
