@@ -108,11 +108,11 @@ def test_a_scripted_chat_runs_the_executors(run, monkeypatch, capsys):
 
 def test_a_chat_session_writes_what_executors_produce(tmp_path):
     from utamoe.chat import ChatSession, run_chat
-    from utamoe.tasks_exec import ExecContext, TaskRouter, executors_from_config
+    from utamoe.tasks_exec import ExecContext, SpanRouter, executors_from_config
 
     answers = iter(["it is red", "<seg>the red circle<box>[0.00,0.00,0.50,0.50]</box></seg>",
                     "<seg>the circle<box>[0.0,0.0,2.0,0.5]</box></seg>"])
-    router = TaskRouter(executors_from_config({"t2i": None, "edit": None, "layout": None},
+    router = SpanRouter(executors_from_config({"t2i": None, "edit": None, "layout": None},
                                               ExecContext()))
     session = ChatSession(lambda turns: next(answers), router, tmp_path / "out")
     lines: list[str] = []

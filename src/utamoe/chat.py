@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from utamoe.data.conversations import Turn
-from utamoe.tasks_exec import SpanOutcome, TaskRouter
+from utamoe.tasks_exec import SpanOutcome, SpanRouter
 
 Reply = Callable[[list[Turn]], str]  # the conversation so far (ending with the user) -> answer
 
@@ -37,7 +37,7 @@ Reply = Callable[[list[Turn]], str]  # the conversation so far (ending with the 
 @dataclass
 class ChatSession:
     reply: Reply
-    router: TaskRouter
+    router: SpanRouter
     out_dir: Path
     turns: list[Turn] = field(default_factory=list)
     images: list[np.ndarray] = field(default_factory=list)  # what executors see, oldest first
@@ -62,7 +62,7 @@ class ChatSession:
         return [f"model> {answer}", *(self._show(o, n, k) for k, o in enumerate(outcomes))]
 
     def _show(self, o: SpanOutcome, turn: int, k: int) -> str:
-        tag = f"  <{o.task or '?'}>"
+        tag = f"  <{o.tag or '?'}>"
         if o.error is not None:
             return f"{tag} error {o.error.kind}: {o.error.message}"
         from PIL import Image
@@ -71,13 +71,13 @@ class ChatSession:
 
         shown = []
         for j, img in enumerate(o.result.images):
-            path = self.out_dir / f"turn{turn}_{o.task}{k}_image{j}.png"
+            path = self.out_dir / f"turn{turn}_{o.tag}{k}_image{j}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img).save(path)
             self.images.append(img)
             shown.append(f"image {path}")
         for j, mask in enumerate(o.result.masks):
-            shown.append(f"mask {write_mask_png(mask, self.out_dir / f'turn{turn}_{o.task}{k}_mask{j}.png')}")
+            shown.append(f"mask {write_mask_png(mask, self.out_dir / f'turn{turn}_{o.tag}{k}_mask{j}.png')}")
         if o.result.text:
             shown.append(o.result.text)
         return f"{tag} {o.executor}: {'; '.join(shown)} ({o.seconds:.2f} s)"

@@ -73,9 +73,9 @@ class ScoreContext:
 
     benchmark: str | None = None  # the data's benchmark (utamoe.benchmarks, from its manifest)
     benchmark_config: Any = None  # the config its generator wrote, if any
-    # A utamoe.tasks_exec.TaskRouter that scorers of task-span answers may run the predicted
+    # A utamoe.tasks_exec.SpanRouter that scorers of task-span answers may run the predicted
     # spans through (the executed edit, the mask); None: they score the spans alone.
-    router: Any = None
+    span_router: Any = None
 
 
 Scorer = Callable[[list, list, ScoreContext], "TaskScore | dict[str, float]"]

@@ -11,7 +11,7 @@ from utamoe.shapes import ShapesWorldConfig, make_sample
 from utamoe.shapes.scorers import reason_edit_shapes
 from utamoe.shapes.world import ALL_TASKS
 from utamoe.tasks import ScoreContext
-from utamoe.tasks_exec import ExecResult, TaskRouter
+from utamoe.tasks_exec import ExecResult, SpanRouter
 
 WORLD = ShapesWorldConfig(seed=2, tasks=ALL_TASKS)
 CTX = ScoreContext(benchmark="shapesworld", benchmark_config=WORLD)
@@ -37,7 +37,7 @@ def test_span_verdicts():
 class Oracle:
     """A stand-in edit executor that draws the sample's target for the right span only."""
 
-    name, task = "oracle", "edit"
+    name, tag = "oracle", "edit"
 
     def __init__(self, samples):
         self.by_span = {s.target: s.target_image for s in samples}
@@ -51,7 +51,7 @@ class Oracle:
 
 def test_reasoning_edits_are_executed_and_compared_with_the_target():
     samples = _samples("reason_edit")
-    ctx = ScoreContext("shapesworld", WORLD, TaskRouter({"edit": Oracle(samples)}))
+    ctx = ScoreContext("shapesworld", WORLD, SpanRouter({"edit": Oracle(samples)}))
     good = reason_edit_shapes(samples, [s.target for s in samples], ctx)
     assert good["task_accuracy"] == good["box_acc50"] == good["exec_correct"] == 1.0
     assert good["exec_psnr"] == PSNR_CAP and good["gold_exec_correct"] == 1.0

@@ -61,7 +61,7 @@ def test_reasoning_edits_box_the_reasoned_target_and_render_the_edit():
         target = _reasoned_target(_phrase(s.prompt), scene)
         assert f"the {target.color} {target.shape}" not in _phrase(s.prompt)  # reasoning needed
         (span,) = parse_response(s.target, KNOWN).spans
-        assert span.task == "edit"
+        assert span.tag == "edit"
         assert box_iou(span.boxes[0], object_box(target, CFG)) > 0.8
         assert span.boxes[0] == span_box(target, CFG)
         op = parse_edit(span.text, scene, CFG)  # the span's text is an explicit edit
@@ -84,7 +84,7 @@ def test_segmentation_masks_are_the_objects_pixels():
         alone = render(Scene((obj,)), CFG)
         assert np.array_equal(mask, np.any(alone != np.array(CFG.background), axis=2))
         (span,) = parse_response(s.target, KNOWN).spans
-        assert span.task == "seg" and span.boxes[0] == span_box(obj, CFG)
+        assert span.tag == "seg" and span.boxes[0] == span_box(obj, CFG)
         if not s.meta["reasoned"]:
             assert s.prompt == f"segment {span.text}"
         else:

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from utamoe.infer.sampling import SamplingConfig
-from utamoe.tasks_exec import ExecRequest, ExecutorError, TaskRouter
+from utamoe.tasks_exec import ExecRequest, ExecutorError, SpanRouter
 from utamoe.tasks_exec.builtin import (
     BoxSegmenter,
     ModelEdit,
@@ -38,7 +38,7 @@ def scene() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def test_segmentation_from_a_box_masks_the_shape_in_it():
     img, circle, square = scene()
     assert background_colour(img) == (255, 255, 255)
-    router = TaskRouter({"seg": BoxSegmenter()})
+    router = SpanRouter({"seg": BoxSegmenter()})
     # the box (rows 2..28, columns 3..57) holds the whole circle and the square's columns,
     # not its rows
     _, (out,) = router.run("<seg>the red circle<box>[0.05,0.05,0.90,0.60]</box></seg>", [img])
@@ -75,7 +75,7 @@ def test_model_executors_are_the_predictors_calls(predictor):
 
 
 def test_a_layout_prompt_writes_each_box_after_its_phrase(predictor):
-    router = TaskRouter({"layout": ModelLayout(predictor)})
+    router = SpanRouter({"layout": ModelLayout(predictor)})
     _, (out,) = router.run("<layout>a red circle<box>[0.1,0.1,0.3,0.3]</box> and a blue square"
                            "<box>[0.5,0.5,0.9,0.9]</box></layout>")
     prompt = "a red circle [0.10,0.10,0.30,0.30] and a blue square [0.50,0.50,0.90,0.90]"

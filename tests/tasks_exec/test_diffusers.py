@@ -16,7 +16,7 @@ from utamoe.tasks_exec import (
     ExecContext,
     ExecRequest,
     ExecutorError,
-    TaskRouter,
+    SpanRouter,
     executors_from_config,
 )
 from utamoe.tasks_exec.diffusers_exec import DiffusersEdit, DiffusersT2I
@@ -65,7 +65,7 @@ def test_the_adapter_contract_on_a_stand_in(standin):
            "edit": {"use": "diffusers_edit", "model_dir": str(standin), "steps": 3}}
     ex = executors_from_config(cfg, ExecContext(device="cpu"), defaults=False)
     image = np.random.default_rng(0).integers(0, 255, (20, 30, 3), np.uint8)
-    _, (t2i, edit) = TaskRouter(ex).run("<t2i>a red circle</t2i> <edit>make it green<box>"
+    _, (t2i, edit) = SpanRouter(ex).run("<t2i>a red circle</t2i> <edit>make it green<box>"
                                         "[0.25,0.25,0.75,0.75]</box></edit>", [image])
     assert StandIn.loaded == [(str(standin), {"local_files_only": True})] * 2
     assert t2i.result.images[0].shape == (24, 32, 3)
@@ -138,7 +138,7 @@ def test_tiny_diffusers_pipelines_from_a_directory(tmp_path):
         "t2i": {"use": "diffusers_t2i", "model_dir": str(t2i_dir), "steps": 2, "height": 32, "width": 32},
         "edit": {"use": "diffusers_edit", "model_dir": str(ip2p_dir), "steps": 2},
     }, defaults=False)
-    router = TaskRouter(ex)
+    router = SpanRouter(ex)
     image = np.random.default_rng(1).integers(0, 255, (32, 32, 3), np.uint8)
     _, outs = router.run("<t2i>a red circle</t2i><edit>make it blue<box>[0.25,0.25,0.75,0.75]</box>"
                          "</edit><edit>make it all blue</edit>", [image])

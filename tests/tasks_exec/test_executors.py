@@ -13,11 +13,11 @@ from utamoe.tasks_exec import (
     ExecRequest,
     ExecResult,
     ExecutorError,
-    TaskRouter,
+    SpanRouter,
     available_executors,
     executors_from_config,
     register_executor,
-    registered_tasks,
+    registered_tags,
     unregister_executor,
 )
 
@@ -27,7 +27,7 @@ HERE = __name__  # "tests.tasks_exec.test_executors": importable by its dotted n
 class Echo:
     """Answers with its span's text (and counts its calls)."""
 
-    name, task = "echo", "ocr"
+    name, tag = "echo", "ocr"
 
     def __init__(self, suffix: str = ""):
         self.suffix, self.calls = suffix, []
@@ -48,7 +48,7 @@ def make_nothing(context: ExecContext):
 def test_an_executor_from_a_test_module_is_found_and_called():
     ex = executors_from_config({"ocr": f"{HERE}:make_echo"}, defaults=False)
     assert list(ex) == ["ocr"] and isinstance(ex["ocr"], Echo)
-    _, (out,) = TaskRouter(ex).run("<ocr>read the sign</ocr>")
+    _, (out,) = SpanRouter(ex).run("<ocr>read the sign</ocr>")
     assert out.ok and out.result.text == "read the sign" and out.executor == "echo"
     assert ex["ocr"].calls[0].text == "read the sign"
 
@@ -61,14 +61,14 @@ def test_options_reach_the_factory():
 def test_a_registered_default_is_used_and_a_config_can_drop_it():
     register_executor("ocr", make_echo)
     try:
-        assert "ocr" in registered_tasks()
+        assert "ocr" in registered_tags()
         with pytest.raises(ExecutorError, match="already has a default"):
             register_executor("ocr", make_echo)
-        cfg = {t: None for t in registered_tasks() if t != "ocr"}  # no predictor here
+        cfg = {t: None for t in registered_tags() if t != "ocr"}  # no predictor here
         assert list(executors_from_config(cfg)) == ["ocr"]
     finally:
         unregister_executor("ocr")
-    assert "ocr" not in registered_tasks()
+    assert "ocr" not in registered_tags()
 
 
 def _fake_entry_points(monkeypatch, *eps):
@@ -87,7 +87,7 @@ def test_a_plugin_from_an_entry_point_is_found_by_name(monkeypatch):
     _fake_entry_points(monkeypatch, ep)
     assert "echo_plugin" in available_executors()
     ex = executors_from_config({"ocr": "echo_plugin"}, defaults=False)
-    _, (out,) = TaskRouter(ex).run("<ocr>plugged in</ocr>")
+    _, (out,) = SpanRouter(ex).run("<ocr>plugged in</ocr>")
     assert out.result.text == "plugged in"
 
 
@@ -116,7 +116,7 @@ def test_bad_specs_name_the_key_and_the_fix(spec, message):
 
 
 def test_bad_task_keys_and_defaults_without_a_predictor():
-    with pytest.raises(ExecutorError, match=r"executors\.bad-key: .*cannot be a task token"):
+    with pytest.raises(ExecutorError, match=r"executors\.bad-key: .*cannot be a span tag"):
         executors_from_config({"bad-key": "box_seg"}, defaults=False)
     with pytest.raises(ExecutorError, match=r"executors\.t2i \(the default\).*no predictor"):
         executors_from_config({})

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from utamoe.tasks_exec import ExecContext, ExecRequest, TaskRouter, executors_from_config
+from utamoe.tasks_exec import ExecContext, ExecRequest, SpanRouter, executors_from_config
 from utamoe.tasks_exec.grounded import BoxEditor
 from utamoe.tasks_exec.regions import box_cells, box_pixels, composite
 
@@ -27,7 +27,7 @@ def test_cells_and_pixels_of_a_box():
 
 def test_pixels_outside_the_box_are_unchanged_bit_for_bit(predictor):
     image = np.random.default_rng(3).integers(0, 255, (40, 56, 3), np.uint8)  # not 48x48
-    router = TaskRouter(executors_from_config({"edit": "box_edit"}, ExecContext(predictor),
+    router = SpanRouter(executors_from_config({"edit": "box_edit"}, ExecContext(predictor),
                                               defaults=False))
     answer = "Sure. <edit>make the circle blue<box>[0.25,0.30,0.60,0.75]</box></edit>"
     _, (out,) = router.run(answer, [image])

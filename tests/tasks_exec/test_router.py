@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from utamoe.tasks_exec import ExecRequest, ExecResult, TaskRouter
+from utamoe.tasks_exec import ExecRequest, ExecResult, SpanRouter
 from utamoe.tasks_exec.builtin import BoxSegmenter
 from utamoe.text.spans import parse_response
 
 
 class Fn:
     def __init__(self, task, fn):
-        self.name, self.task, self.fn = f"{task}_fn", task, fn
+        self.name, self.tag, self.fn = f"{task}_fn", task, fn
 
     def __call__(self, request: ExecRequest):
         return self.fn(request)
@@ -23,7 +23,7 @@ def boom(request):
     raise RuntimeError(f"boom on {request.text}")
 
 
-ROUTER = TaskRouter({
+ROUTER = SpanRouter({
     "t2i": Fn("t2i", lambda r: ExecResult(images=[np.zeros((4, 4, 3), np.uint8)])),
     "edit": Fn("edit", boom),
     "seg": BoxSegmenter(),
@@ -38,9 +38,9 @@ IMG = np.full((8, 8, 3), 200, np.uint8)
 def test_a_raising_executor_is_an_error_and_the_other_spans_still_run():
     text = "<t2i>a circle</t2i> then <edit>make it blue</edit> and <t2i>a square</t2i>"
     _, outs = ROUTER.run(text, [IMG])
-    assert [(o.task, o.ok) for o in outs] == [("t2i", True), ("edit", False), ("t2i", True)]
+    assert [(o.tag, o.ok) for o in outs] == [("t2i", True), ("edit", False), ("t2i", True)]
     err = outs[1].error
-    assert (err.kind, err.task, err.text) == ("executor_error", "edit", "make it blue")
+    assert (err.kind, err.tag, err.text) == ("executor_error", "edit", "make it blue")
     assert err.detail == "RuntimeError: boom on make it blue" and "edit_fn" in err.message
     assert text[err.start:err.end] == "<edit>make it blue</edit>"
 
@@ -72,8 +72,8 @@ def test_executors_cannot_change_the_conversation_images():
 def test_parse_errors_pass_through_in_text_order():
     text = "<t2i>a</t2i> <Edit>x</Edit> <seg>y<box>[2,0,3,1]</box></seg> <t2i>b</t2i> </seg>"
     _, outs = ROUTER.run(text, [IMG])
-    kinds = [o.error.kind if o.error else o.task for o in outs]
-    assert kinds == ["t2i", "unknown_task", "box_out_of_range", "t2i", "stray_closer"]
+    kinds = [o.error.kind if o.error else o.tag for o in outs]
+    assert kinds == ["t2i", "unknown_tag", "box_out_of_range", "t2i", "stray_closer"]
     assert [o.start for o in outs] == sorted(o.start for o in outs)
 
 
@@ -86,6 +86,6 @@ def test_spans_without_an_executor_and_bad_images_are_errors():
 
 
 def test_the_router_knows_its_tasks():
-    assert set(ROUTER.tasks) == {"t2i", "edit", "seg", "dict", "float", "none", "poke"}
+    assert set(ROUTER.tags) == {"t2i", "edit", "seg", "dict", "float", "none", "poke"}
     with pytest.raises(TypeError, match="not callable"):
-        TaskRouter({"t2i": 3})
+        SpanRouter({"t2i": 3})

@@ -4,7 +4,7 @@ their spans intact (a plain skip-special decode loses the opener of <t2i> and <e
 from __future__ import annotations
 
 from utamoe.text.span_tokens import add_span_tokens, decode_response
-from utamoe.text.spans import TASK_SPAN_TOKENS, parse_response
+from utamoe.text.spans import parse_response, span_token_strings
 from utamoe.text.tokenizer import train_text_tokenizer
 
 TASKS = ["t2i", "edit", "seg", "layout"]
@@ -15,7 +15,7 @@ def test_span_tokens_are_single_tokens_and_answers_round_trip():
     added = add_span_tokens(tok, TASKS)
     assert "</edit>" in added and "<edit>" not in added  # <edit> is already the task marker
     assert add_span_tokens(tok, TASKS) == []  # idempotent
-    for t in TASK_SPAN_TOKENS(TASKS):
+    for t in span_token_strings(TASKS):
         assert len(tok.encode(t, add_special_tokens=False)) == 1, t
     answer = ("I'll remove it. <edit>remove the object<box>[0.35,0.02,0.65,0.31]</box></edit> "
               "<seg>the circle<box>[0.1,0.1,0.4,0.4]</box></seg>")
@@ -24,20 +24,20 @@ def test_span_tokens_are_single_tokens_and_answers_round_trip():
     text = decode_response(tok, ids, TASKS)
     assert "<eos>" not in text and "<pad>" not in text
     got, want = parse_response(text, TASKS), parse_response(answer, TASKS)
-    assert got.ok and [(s.task, s.text, s.boxes) for s in got.spans] == \
-        [(s.task, s.text, s.boxes) for s in want.spans]
+    assert got.ok and [(s.tag, s.text, s.boxes) for s in got.spans] == \
+        [(s.tag, s.text, s.boxes) for s in want.spans]
     assert "<edit>" not in tok.decode(ids, skip_special_tokens=True)  # why decode_response exists
 
 
 def test_canonical_answers_decode_to_themselves_and_old_tokenizers_decode_as_before():
-    from utamoe.text.span_tokens import decode_answer, span_tasks_of
+    from utamoe.text.span_tokens import decode_answer, span_tags_of
 
     tok = train_text_tokenizer(["remove the red circle", "[0.35,0.02,0.65,0.31]"] * 10, 300)
     plain = tok.encode("red circle", add_special_tokens=False) + [tok.convert_tokens_to_ids("<edit>")]
     before = tok.decode(plain, skip_special_tokens=True).strip()
-    assert span_tasks_of(tok) == [] and decode_answer(tok, plain) == before  # no span tokens
+    assert span_tags_of(tok) == [] and decode_answer(tok, plain) == before  # no span tokens
     add_span_tokens(tok, TASKS)
-    assert span_tasks_of(tok) == ["t2i", "edit", "seg", "layout"]
+    assert span_tags_of(tok) == ["t2i", "edit", "seg", "layout"]
     for answer in ("<edit>remove the red circle<box>[0.35,0.02,0.65,0.31]</box></edit>",
                    "<layout>a red circle<box>[0.10,0.10,0.30,0.30]</box> and a blue square"
                    "<box>[0.50,0.50,0.90,0.90]</box></layout>",

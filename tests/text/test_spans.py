@@ -9,10 +9,10 @@ import pytest
 from utamoe.text.boxes import box_token, format_box
 from utamoe.text.spans import (
     ERROR_KINDS,
-    TASK_SPAN_TOKENS,
     ParsedResponse,
     format_span,
     parse_response,
+    span_token_strings,
 )
 
 TASKS = ("t2i", "edit", "seg", "layout")
@@ -23,7 +23,7 @@ def test_a_span_with_a_box_and_plain_text():
     p = parse_response(text, TASKS)
     assert p.ok and p.text == "I'll remove it. Done."
     (s,) = p.spans
-    assert (s.task, s.text, s.boxes) == ("edit", "remove the object", ((0.35, 0.02, 0.65, 0.31),))
+    assert (s.tag, s.text, s.boxes) == ("edit", "remove the object", ((0.35, 0.02, 0.65, 0.31),))
     assert text[s.start:s.end].startswith("<edit>") and text[s.start:s.end].endswith("</edit>")
 
 
@@ -44,14 +44,14 @@ def test_boxes_outside_spans_are_grounding_answers():
 def test_several_spans_and_a_bad_one_between_them():
     text = "<t2i>a red circle</t2i> <seg>x<box>[0.9,0,0.1,1]</box></seg> <edit>make it blue</edit>"
     p = parse_response(text, TASKS)
-    assert [s.task for s in p.spans] == ["t2i", "edit"]
-    assert [(e.kind, e.task, e.text) for e in p.errors] == [("empty_box", "seg", "x")]
+    assert [s.tag for s in p.spans] == ["t2i", "edit"]
+    assert [(e.kind, e.tag, e.text) for e in p.errors] == [("empty_box", "seg", "x")]
 
 
 # (answer, kind, the text the error points at, the task of the spoiled span)
 MALFORMED = [
-    ("ok <Edit>make it blue</Edit>", "unknown_task", "<Edit>make it blue</Edit>", None),
-    ("ok <ocr>read it", "unknown_task", "<ocr>", None),
+    ("ok <Edit>make it blue</Edit>", "unknown_tag", "<Edit>make it blue</Edit>", None),
+    ("ok <ocr>read it", "unknown_tag", "<ocr>", None),
     ("<edit>make it blue", "unclosed", "<edit>make it blue", "edit"),
     ("<edit>a<t2i>b</t2i>c</edit>", "nested", "<t2i>", "edit"),
     ("<edit>make it blue</seg>", "mismatched_closer", "</seg>", "edit"),
@@ -75,7 +75,7 @@ def test_malformed_spans_are_errors_that_say_what_and_where(text, kind, where, t
     assert kind in [e.kind for e in p.errors]
     err = next(e for e in p.errors if e.kind == kind)
     assert text[err.start:err.end] == where
-    assert err.task == task and err.message and kind in ERROR_KINDS
+    assert err.tag == task and err.message and kind in ERROR_KINDS
 
 
 def test_error_messages_help():
@@ -94,9 +94,9 @@ def test_partial_answers_cut_anywhere_after_the_opener_are_errors_not_spans():
 
 
 def test_task_names_come_from_the_caller():
-    assert parse_response("<ocr>read it</ocr>", TASKS).errors[0].kind == "unknown_task"
+    assert parse_response("<ocr>read it</ocr>", TASKS).errors[0].kind == "unknown_tag"
     (s,) = parse_response("<ocr>read it</ocr>", ["ocr"]).spans
-    assert s.task == "ocr"
+    assert s.tag == "ocr"
 
 
 def test_any_string_parses_without_raising_and_offsets_are_sane():
@@ -108,8 +108,8 @@ def test_any_string_parses_without_raising_and_offsets_are_sane():
         p = parse_response(text, TASKS)
         assert isinstance(p, ParsedResponse)
         for s in p.spans:
-            assert text[s.start:s.end].startswith(f"<{s.task}>")
-            assert text[s.start:s.end].endswith(f"</{s.task}>")
+            assert text[s.start:s.end].startswith(f"<{s.tag}>")
+            assert text[s.start:s.end].endswith(f"</{s.tag}>")
         assert all(0 <= e.start <= e.end <= len(text) for e in p.errors)
 
 
@@ -122,8 +122,8 @@ def test_any_string_parses_without_raising_and_offsets_are_sane():
 def test_format_and_parse_are_inverses(task, text, boxes):
     written = format_span(task, text, boxes)
     (s,) = parse_response("before " + written + " after", TASKS).spans
-    assert (s.task, s.text, list(s.boxes)) == (task, text, boxes)
-    assert format_span(s.task, s.text, s.boxes) == written
+    assert (s.tag, s.text, list(s.boxes)) == (task, text, boxes)
+    assert format_span(s.tag, s.text, s.boxes) == written
 
 
 def test_a_grounding_token_is_the_box_grammar_in_box_tokens():
@@ -133,8 +133,8 @@ def test_a_grounding_token_is_the_box_grammar_in_box_tokens():
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: format_span("bad-name", "x"), "cannot be a task token"),
-    (lambda: format_span("box", "x"), "cannot be a task token"),
+    (lambda: format_span("bad-name", "x"), "cannot be a span tag"),
+    (lambda: format_span("box", "x"), "cannot be a span tag"),
     (lambda: format_span("edit", "a <t2i>b</t2i>"), "do not nest"),
     (lambda: format_span("edit", "x", [(0.5, 0.1, 0.2, 0.3)]), "is empty"),
     (lambda: format_span("edit", "x", [(0.1, 0.1, 0.104, 0.3)]), "is empty"),  # rounds to 0 width
@@ -146,4 +146,4 @@ def test_format_span_refuses_what_would_not_parse(call, message):
 
 
 def test_span_tokens_list_every_pair_and_the_box():
-    assert TASK_SPAN_TOKENS(["t2i", "seg"]) == ["<t2i>", "</t2i>", "<seg>", "</seg>", "<box>", "</box>"]
+    assert span_token_strings(["t2i", "seg"]) == ["<t2i>", "</t2i>", "<seg>", "</seg>", "<box>", "</box>"]

@@ -133,12 +133,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     from utamoe.chat import ChatSession, model_reply, run_chat
     from utamoe.infer.predictor import Predictor
-    from utamoe.tasks_exec import ExecContext, TaskRouter, executors_from_config
+    from utamoe.tasks_exec import ExecContext, SpanRouter, executors_from_config
 
     predictor = Predictor.load(args.model, args.device)
     reply = model_reply(predictor, args.task, _sampling(args))
     specs = dict(item.partition("=")[::2] for item in args.executor)
-    router = TaskRouter(executors_from_config(specs, ExecContext(predictor, args.device)))
+    router = SpanRouter(executors_from_config(specs, ExecContext(predictor, args.device)))
     session = ChatSession(reply, router, Path(args.out))
     if args.image:
         session.attach(read_image(args.image))

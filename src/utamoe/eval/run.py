@@ -136,14 +136,14 @@ def _converse(predictor, task: str, batch: list[Sample], sampling) -> list[Predi
     return out
 
 
-def task_router(predictor, executors: dict | None = None):
-    """The task router eval runs predicted spans through (the default executors on the
+def span_router_for(predictor, executors: dict | None = None):
+    """The span router eval runs predicted spans through (the default executors on the
     model, or `executors`: a config mapping task -> executor spec); None without a model."""
     if predictor is None:
         return None
-    from utamoe.tasks_exec import ExecContext, TaskRouter, executors_from_config
+    from utamoe.tasks_exec import ExecContext, SpanRouter, executors_from_config
 
-    return TaskRouter(executors_from_config(executors, ExecContext(predictor)))
+    return SpanRouter(executors_from_config(executors, ExecContext(predictor)))
 
 
 def _predict_all(by_task: dict[str, list[Sample]], predict_fn: PredictFn, batch_size: int,
@@ -191,14 +191,14 @@ def _predict_all(by_task: dict[str, list[Sample]], predict_fn: PredictFn, batch_
 def evaluate_model(predictor, samples: Sequence[Sample], sampling: EvalSampling | None = None,
                    batch_size: int | None = None, max_per_task: int | None = None,
                    progress: bool = True, benchmark: BenchmarkData | None = None,
-                   predict_fn: PredictFn | None = None, router=None) -> EvalResult:
+                   predict_fn: PredictFn | None = None, span_router=None) -> EvalResult:
     """Generate and score every task in `samples`; see the module docstring.
 
     `predictor` is a `utamoe.infer.Predictor`; `batch_size` overrides
     `sampling.batch_size` (and is recorded there); `max_per_task` keeps the first N
     samples of each task; `predict_fn` replaces generation with the predictor (then
-    `predictor` may be None); `router` runs predicted task spans for the scorers that execute
-    them (default: `task_router(predictor)`, None without a predictor).
+    `predictor` may be None); `span_router` runs predicted task spans for the scorers that execute
+    them (default: `span_router_for(predictor)`, None without a predictor).
     """
     import torch
 
@@ -225,9 +225,9 @@ def evaluate_model(predictor, samples: Sequence[Sample], sampling: EvalSampling 
     finally:
         if was_training:
             model.train()
-    if router is None:
-        router = task_router(predictor)
-    ctx = dataclasses.replace(context_for(benchmark), router=router)
+    if span_router is None:
+        span_router = span_router_for(predictor)
+    ctx = dataclasses.replace(context_for(benchmark), span_router=span_router)
     with torch.no_grad():
         scores = score_by_task(by_task, preds, ctx)
     seconds = time.perf_counter() - start

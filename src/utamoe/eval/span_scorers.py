@@ -1,11 +1,11 @@
 """Scorers of UnifiedMLLM's tasks: answers that are task spans, executed results, dialogues.
 
     span metrics     task_accuracy: the answer's spans are well formed (no parse error) and
-                     name the gold spans' tasks in order; box_iou / box_acc50: IoU of each
+                     name the gold spans' tags in order; box_iou / box_acc50: IoU of each
                      gold box with the answer's box at the same place (0 when missing), and
                      the share of answers whose boxes all reach IoU 0.5; text_accuracy: the
                      span texts equal the gold ones (normalised)
-    reason_edit      span metrics, and with a task router in the ScoreContext (utamoe eval
+    reason_edit      span metrics, and with a span router in the ScoreContext (utamoe eval
                      builds one from the model) the predicted span *executed* on the input
                      image: exec_psnr / exec_ssim against the target image (an answer that
                      does not execute counts as the unedited input), exec_ok (it ran);
@@ -35,20 +35,20 @@ from utamoe.eval import metrics
 from utamoe.tasks import ScoreContext
 
 
-def _known_tasks(ctx: ScoreContext) -> tuple[str, ...]:
-    if ctx.router is not None:
-        return ctx.router.tasks
-    from utamoe.tasks_exec import registered_tasks
+def _known_tags(ctx: ScoreContext) -> tuple[str, ...]:
+    if ctx.span_router is not None:
+        return ctx.span_router.tags
+    from utamoe.tasks_exec import registered_tags
 
-    return tuple(registered_tasks())
+    return tuple(registered_tags())
 
 
-def span_verdict(pred: str | None, gold: str, tasks: Sequence[str]) -> dict[str, float]:
+def span_verdict(pred: str | None, gold: str, tags: Sequence[str]) -> dict[str, float]:
     """task_ok, box IoU (mean over the gold boxes), all_boxes_50 and text_ok of one answer."""
     from utamoe.text.spans import parse_response
 
-    g, p = parse_response(gold, tasks), parse_response(pred or "", tasks)
-    task_ok = p.ok and [s.task for s in p.spans] == [s.task for s in g.spans] and bool(g.spans)
+    g, p = parse_response(gold, tags), parse_response(pred or "", tags)
+    task_ok = p.ok and [s.tag for s in p.spans] == [s.tag for s in g.spans] and bool(g.spans)
     ious = []
     for k, gs in enumerate(g.spans):
         ps = p.spans[k] if k < len(p.spans) else None
@@ -63,8 +63,8 @@ def span_verdict(pred: str | None, gold: str, tasks: Sequence[str]) -> dict[str,
 
 
 def span_metrics(samples, preds, ctx: ScoreContext) -> dict[str, float]:
-    tasks = _known_tasks(ctx)
-    rows = [span_verdict(p, s.target or "", tasks) for s, p in zip(samples, preds)]
+    tags = _known_tags(ctx)
+    rows = [span_verdict(p, s.target or "", tags) for s, p in zip(samples, preds)]
     mean = (lambda k: float(np.mean([r[k] for r in rows]))) if rows else (lambda k: 0.0)
     return {"task_accuracy": mean("task_ok"), "box_iou": mean("iou"),
             "box_acc50": mean("all_boxes_50"), "text_accuracy": mean("text_ok"), "n": len(rows)}
@@ -72,9 +72,9 @@ def span_metrics(samples, preds, ctx: ScoreContext) -> dict[str, float]:
 
 def _executed(ctx: ScoreContext, answer: str | None, image, kind: str):
     """The first image (kind "images") or mask ("masks") the router made of `answer`, or None."""
-    if ctx.router is None or not answer:
+    if ctx.span_router is None or not answer:
         return None
-    _, outcomes = ctx.router.run(answer, images=[image])
+    _, outcomes = ctx.span_router.run(answer, images=[image])
     for o in outcomes:
         if o.ok and getattr(o.result, kind):
             return getattr(o.result, kind)[0]
@@ -97,11 +97,11 @@ def _exec_rows(samples, answers, ctx: ScoreContext, judge) -> list[dict[str, flo
 
 
 def reason_edit_scores(samples, preds, ctx: ScoreContext, judge=None) -> dict[str, float]:
-    """Span metrics, and with a task router the predicted (and the gold) span executed: exec_ok,
+    """Span metrics, and with a span router the predicted (and the gold) span executed: exec_ok,
     PSNR / SSIM against the target, and `exec_correct` when a `judge(image, sample) -> bool`
     (a benchmark's, e.g. ShapesWorld's scene check) says whether the result is right."""
     out = span_metrics(samples, preds, ctx)
-    if ctx.router is None:
+    if ctx.span_router is None:
         return out
     for prefix, answers in (("exec", preds), ("gold_exec", [s.target for s in samples])):
         rows = _exec_rows(samples, answers, ctx, judge)
@@ -122,7 +122,7 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _predicted_mask(ctx: ScoreContext, answer: str | None, image) -> np.ndarray | None:
-    if ctx.router is not None and "seg" in ctx.router.tasks:
+    if ctx.span_router is not None and "seg" in ctx.span_router.tags:
         return _executed(ctx, answer, image, "masks")
     from utamoe.tasks_exec.builtin import box_mask
     from utamoe.text.spans import parse_response
@@ -147,13 +147,13 @@ def seg_generic(samples, preds, ctx: ScoreContext) -> dict[str, float]:
     return out
 
 
-def turn_correct(pred: str | None, gold: str, tasks: Sequence[str]) -> tuple[str, bool]:
+def turn_correct(pred: str | None, gold: str, tags: Sequence[str]) -> tuple[str, bool]:
     """(kind of gold answer: "task" / "box" / "text", whether `pred` gets it right)."""
     from utamoe.text.boxes import parse_box
     from utamoe.text.spans import parse_response
 
-    if parse_response(gold, tasks).spans:
-        v = span_verdict(pred, gold, tasks)
+    if parse_response(gold, tags).spans:
+        v = span_verdict(pred, gold, tags)
         return "task", bool(v["all_boxes_50"])
     if gold.strip().startswith(("[", "(")) and parse_box(gold) is not None:
         return "box", metrics.grounding_iou(pred, gold) >= 0.5
@@ -163,7 +163,7 @@ def turn_correct(pred: str | None, gold: str, tasks: Sequence[str]) -> tuple[str
 def dialog_turns(samples, preds, ctx: ScoreContext) -> dict[str, float]:
     from utamoe.data.conversations import exchanges
 
-    tasks = _known_tasks(ctx)
+    tags = _known_tags(ctx)
     turns, dialogs, by_kind, by_meta = [], [], {}, {}
     for s, answers in zip(samples, preds):
         golds = [a.text for _, a in exchanges(s.turns or [])]
@@ -171,7 +171,7 @@ def dialog_turns(samples, preds, ctx: ScoreContext) -> dict[str, float]:
         kinds = list((s.meta or {}).get("kinds") or [])
         right = []
         for k, gold in enumerate(golds):
-            kind, ok = turn_correct(answers[k] if k < len(answers) else None, gold, tasks)
+            kind, ok = turn_correct(answers[k] if k < len(answers) else None, gold, tags)
             right.append(ok)
             by_kind.setdefault(kind, []).append(ok)
             if k < len(kinds):

@@ -25,17 +25,17 @@ from utamoe.tasks_exec.executors import (
     executors_from_config,
     plugin_entry_points,
     register_executor,
-    registered_tasks,
+    registered_tags,
     resolve_factory,
     unregister_executor,
 )
-from utamoe.tasks_exec.router import SpanOutcome, TaskRouter
+from utamoe.tasks_exec.router import SpanOutcome, SpanRouter
 
 __all__ = [
     "BUILTIN_EXECUTORS", "ENTRY_POINT_GROUP",
     "ExecContext", "ExecInputError", "ExecRequest", "ExecResult",
-    "Executor", "ExecutorError", "SpanOutcome", "TaskRouter",
+    "Executor", "ExecutorError", "SpanOutcome", "SpanRouter",
     "available_executors", "build_executor", "executors_from_config",
     "plugin_entry_points", "register_executor",
-    "registered_tasks", "resolve_factory", "unregister_executor",
+    "registered_tags", "resolve_factory", "unregister_executor",
 ]

@@ -38,7 +38,7 @@ from utamoe.text.boxes import Box, format_box
 
 
 class ModelT2I:
-    name, task = "model_t2i", "t2i"
+    name, tag = "model_t2i", "t2i"
 
     def __init__(self, predictor, sampling: SamplingConfig | None = None, gen_task: str = "t2i"):
         self.predictor, self.sampling, self.gen_task = predictor, sampling or SamplingConfig(), gen_task
@@ -49,7 +49,7 @@ class ModelT2I:
     def __call__(self, request: ExecRequest) -> ExecResult:
         prompt = self.prompt(request)
         if not prompt:
-            raise ValueError(f"<{request.task}> needs a prompt (text) to draw")
+            raise ValueError(f"<{request.tag}> needs a prompt (text) to draw")
         image = self.predictor.generate([prompt], self.sampling, task=self.gen_task)[0]
         return ExecResult(images=[image], info={"prompt": prompt})
 
@@ -57,7 +57,7 @@ class ModelT2I:
 class ModelLayout(ModelT2I):
     """Text-to-image from a layout prompt: each phrase followed by its box as text."""
 
-    name, task = "model_layout", "layout"
+    name, tag = "model_layout", "layout"
 
     def prompt(self, request: ExecRequest) -> str:
         parts = request.parts or (request.text, *request.boxes)
@@ -65,7 +65,7 @@ class ModelLayout(ModelT2I):
 
 
 class ModelEdit:
-    name, task = "model_edit", "edit"
+    name, tag = "model_edit", "edit"
 
     def __init__(self, predictor, sampling: SamplingConfig | None = None, edit_task: str = "edit"):
         self.predictor, self.sampling, self.edit_task = predictor, sampling or SamplingConfig(), edit_task
@@ -73,7 +73,7 @@ class ModelEdit:
     def __call__(self, request: ExecRequest) -> ExecResult:
         image = request.need_image()
         if not request.text:
-            raise ValueError(f"<{request.task}> needs an instruction (text)")
+            raise ValueError(f"<{request.tag}> needs an instruction (text)")
         edited = self.predictor.generate([request.text], self.sampling, images=image,
                                          task=self.edit_task)[0]
         return ExecResult(images=[edited])
@@ -101,7 +101,7 @@ def box_mask(image: np.ndarray, boxes: Sequence[Box], tolerance: int = 16) -> np
 class BoxSegmenter:
     """Referring segmentation from a box: see `box_mask`."""
 
-    name, task = "box_seg", "seg"
+    name, tag = "box_seg", "seg"
 
     def __init__(self, tolerance: int = 16):
         if not 0 <= tolerance < 255:

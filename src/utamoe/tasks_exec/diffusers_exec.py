@@ -44,7 +44,7 @@ def _diffusers():
 class _DiffusersExecutor:
     """Shared loading and calling; subclasses say what goes into the pipeline."""
 
-    name = task = ""
+    name = tag = ""
 
     def __init__(self, model_dir: str | Path | None = None, steps: int = 25,
                  guidance_scale: float | None = None, seed: int = 0, device: str = "cpu",
@@ -102,7 +102,7 @@ def _uint8(img) -> np.ndarray:
 
 
 class DiffusersT2I(_DiffusersExecutor):
-    name, task = "diffusers_t2i", "t2i"
+    name, tag = "diffusers_t2i", "t2i"
 
     def __init__(self, *args, height: int | None = None, width: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -110,7 +110,7 @@ class DiffusersT2I(_DiffusersExecutor):
 
     def __call__(self, request: ExecRequest) -> ExecResult:
         if not request.text:
-            raise ValueError(f"<{request.task}> needs a prompt (text) to draw")
+            raise ValueError(f"<{request.tag}> needs a prompt (text) to draw")
         size = {k: v for k, v in (("height", self.height), ("width", self.width)) if v}
         return ExecResult(images=self._call(prompt=request.text, **size)[:1],
                           info={"pipeline": type(self.pipeline).__name__})
@@ -120,7 +120,7 @@ class DiffusersEdit(_DiffusersExecutor):
     """Instruction editing; `size` is the side the input is resized to for the pipeline
     (default: its own size rounded down to a multiple of 8, which latent pipelines need)."""
 
-    name, task = "diffusers_edit", "edit"
+    name, tag = "diffusers_edit", "edit"
 
     def __init__(self, *args, size: int | None = None, keep_outside_boxes: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
@@ -133,7 +133,7 @@ class DiffusersEdit(_DiffusersExecutor):
 
         image = request.need_image()
         if not request.text:
-            raise ValueError(f"<{request.task}> needs an instruction (text)")
+            raise ValueError(f"<{request.tag}> needs an instruction (text)")
         h, w = image.shape[:2]
         side = (self.size, self.size) if self.size else (max(8, h // 8 * 8), max(8, w // 8 * 8))
         pil = Image.fromarray(to_rgb(image, side))

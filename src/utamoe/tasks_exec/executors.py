@@ -1,6 +1,9 @@
 """The executor contract and registry: what carries out a task span, and how one is found.
 
-An executor is any object with a `name`, the `task` it serves by default, and
+Executors are registered per span *tag* (`<seg>...</seg>` has the tag seg), a name of its own:
+not a registered task of utamoe.tasks (a model task; the factories' `task` option names one,
+the task the unified model draws with). An executor is any object with a `name`, the `tag` it
+serves by default, and
 `__call__(ExecRequest) -> ExecResult`. The request holds the span's text and boxes and the
 conversation's images; the result holds images, masks and/or text. The LLM never sees an
 executor: adding one needs no retraining, only an entry in a config or a plugin.
@@ -17,8 +20,8 @@ so a separate package adds an executor with, in its pyproject.toml,
     [project.entry-points."utamoe.executors"]
     my_seg = "my_pkg.seg:make_executor"
 
-and a user selects it with `executors: {seg: my_seg}`. `register_executor(task, factory)`
-sets the default executor of a task (the built-ins: t2i, edit, seg, layout); a config
+and a user selects it with `executors: {seg: my_seg}`. `register_executor(tag, factory)`
+sets the default executor of a tag (the built-ins: t2i, edit, seg, layout); a config
 overrides a default, or removes it with None. The full contract is in docs/executors.md.
 """
 
@@ -37,7 +40,7 @@ import numpy as np
 from utamoe.config import ConfigError
 from utamoe.infer.sampling import SamplingConfig
 from utamoe.text.boxes import Box
-from utamoe.text.spans import TaskSpan, _check_task_name
+from utamoe.text.spans import TaskSpan, _check_tag
 
 ENTRY_POINT_GROUP = "utamoe.executors"
 
@@ -52,11 +55,11 @@ class ExecInputError(ValueError):
 
 @dataclass(frozen=True)
 class ExecRequest:
-    """What an executor gets: the span's task, text and boxes (normalised (x0, y0, x1, y1)),
+    """What an executor gets: the span's tag, text and boxes (normalised (x0, y0, x1, y1)),
     the span's pieces in order (`parts`: text and boxes interleaved), and the conversation's
     images (HxWx3 uint8, oldest first, read-only)."""
 
-    task: str
+    tag: str
     text: str
     boxes: tuple[Box, ...] = ()
     images: tuple[np.ndarray, ...] = ()
@@ -64,7 +67,7 @@ class ExecRequest:
 
     @classmethod
     def of(cls, span: TaskSpan, images=()) -> ExecRequest:
-        return cls(span.task, span.text, tuple(span.boxes), tuple(images), tuple(span.parts))
+        return cls(span.tag, span.text, tuple(span.boxes), tuple(images), tuple(span.parts))
 
     @property
     def image(self) -> np.ndarray | None:
@@ -73,12 +76,12 @@ class ExecRequest:
 
     def need_image(self) -> np.ndarray:
         if self.image is None:
-            raise ExecInputError(f"<{self.task}> needs an image in the conversation; give one")
+            raise ExecInputError(f"<{self.tag}> needs an image in the conversation; give one")
         return self.image
 
     def need_boxes(self) -> tuple[Box, ...]:
         if not self.boxes:
-            raise ExecInputError(f"<{self.task}> needs a <box>[x0,y0,x1,y1]</box> in its span")
+            raise ExecInputError(f"<{self.tag}> needs a <box>[x0,y0,x1,y1]</box> in its span")
         return self.boxes
 
 
@@ -116,7 +119,7 @@ class ExecResult:
 @runtime_checkable
 class Executor(Protocol):
     name: str
-    task: str
+    tag: str
 
     def __call__(self, request: ExecRequest) -> ExecResult: ...
 
@@ -142,27 +145,27 @@ BUILTIN_EXECUTORS: dict[str, str] = {
     "diffusers_edit": "utamoe.tasks_exec.diffusers_exec:diffusers_edit",
 }
 
-# task -> the factory (or its name / import string) of its default executor
+# tag -> the factory (or its name / import string) of its default executor
 _DEFAULTS: dict[str, Factory | str] = {
     "t2i": "model_t2i", "edit": "box_edit", "seg": "box_seg", "layout": "model_layout",
 }
 
 
-def register_executor(task: str, factory: Factory | str, replace: bool = False) -> None:
-    """Make `factory` (a callable, an import string or a name) the default executor of `task`."""
-    _check_task_name(task)
-    if task in _DEFAULTS and not replace:
-        raise ExecutorError(f"task {task!r} already has a default executor "
-                            f"({_describe(_DEFAULTS[task])}); pass replace=True to change it")
-    _DEFAULTS[task] = factory
+def register_executor(tag: str, factory: Factory | str, replace: bool = False) -> None:
+    """Make `factory` (a callable, an import string or a name) the default executor of `tag`."""
+    _check_tag(tag)
+    if tag in _DEFAULTS and not replace:
+        raise ExecutorError(f"tag {tag!r} already has a default executor "
+                            f"({_describe(_DEFAULTS[tag])}); pass replace=True to change it")
+    _DEFAULTS[tag] = factory
 
 
-def unregister_executor(task: str) -> None:
-    _DEFAULTS.pop(task, None)
+def unregister_executor(tag: str) -> None:
+    _DEFAULTS.pop(tag, None)
 
 
-def registered_tasks() -> list[str]:
-    """Tasks with a default executor, in registration order."""
+def registered_tags() -> list[str]:
+    """Tags with a default executor, in registration order."""
     return list(_DEFAULTS)
 
 
@@ -246,31 +249,31 @@ def build_executor(spec: Factory | str | Mapping, context: ExecContext | None = 
         raise ExecutorError(f"{where}: building {_describe(spec)} failed: "
                             f"{type(err).__name__}: {err}") from err
     if not callable(ex) or not isinstance(getattr(ex, "name", None), str) \
-            or not isinstance(getattr(ex, "task", None), str):
+            or not isinstance(getattr(ex, "tag", None), str):
         raise ExecutorError(f"{where}: {_describe(spec)} built a {type(ex).__name__}, which is not "
-                            "an executor (it needs `name`, `task` and __call__(request); see "
+                            "an executor (it needs `name`, `tag` and __call__(request); see "
                             "docs/executors.md)")
     return ex
 
 
 def executors_from_config(config: Mapping[str, Any] | None, context: ExecContext | None = None,
                           defaults: bool = True, where: str = "executors") -> dict[str, Executor]:
-    """task -> executor, from a config mapping (task -> spec, or None to drop a default),
+    """tag -> executor, from a config mapping (tag -> spec, or None to drop a default),
     on top of the registered defaults (`defaults=False`: only what the config names)."""
     config = dict(config or {})
     specs: dict[str, Any] = dict(_DEFAULTS) if defaults else {}
-    for task, spec in config.items():
+    for tag, spec in config.items():
         try:
-            _check_task_name(task)
+            _check_tag(tag)
         except ValueError as err:
-            raise ExecutorError(f"{where}.{task}: {err}") from None
-        specs[task] = spec
+            raise ExecutorError(f"{where}.{tag}: {err}") from None
+        specs[tag] = spec
     out = {}
-    for task, spec in specs.items():
+    for tag, spec in specs.items():
         if spec is None:
             continue
-        key = f"{where}.{task}" if task in config else f"{where}.{task} (the default)"
-        out[task] = build_executor(spec, context, key)
+        key = f"{where}.{tag}" if tag in config else f"{where}.{tag} (the default)"
+        out[tag] = build_executor(spec, context, key)
     return out
 
 
@@ -285,7 +288,7 @@ def need_predictor(context: ExecContext, name: str):
     if context.predictor is None:
         raise ExecutorError(f"executor {name!r} runs the unified model, but no predictor was "
                             "given: pass ExecContext(predictor=Predictor.load(DIR)), or configure "
-                            "another executor for the task (or None to drop it)")
+                            "another executor for the tag (or None to drop it)")
     return context.predictor
 
 

@@ -34,7 +34,7 @@ class BoxEditor:
     """The unified model's edit, confined to the span's boxes (see the module docstring)."""
 
     name = "box_edit"
-    task = "edit"
+    tag = "edit"
 
     def __init__(self, predictor, sampling: SamplingConfig | None = None, task: str = "edit"):
         self.predictor, self.sampling, self.edit_task = predictor, sampling or SamplingConfig(), task
@@ -42,7 +42,7 @@ class BoxEditor:
     def __call__(self, request: ExecRequest) -> ExecResult:
         image = request.need_image()
         if not request.text:
-            raise ValueError(f"<{request.task}> needs an instruction (text) to edit the box with")
+            raise ValueError(f"<{request.tag}> needs an instruction (text) to edit the box with")
         if not request.boxes:
             edited = self.predictor.generate([request.text], self.sampling, images=image,
                                              task=self.edit_task)[0]

@@ -1,15 +1,16 @@
-"""The task router: parse a model's answer into task spans and run each through its executor.
+"""The span router: parse a model's answer into task spans and run each through the executor of
+its tag (not to be confused with TA-MoE's group router, utamoe.moe.routers, which routes tokens).
 
-    from utamoe.tasks_exec import ExecContext, TaskRouter, executors_from_config
-    router = TaskRouter(executors_from_config({"edit": "box_edit"}, ExecContext(predictor)))
+    from utamoe.tasks_exec import ExecContext, SpanRouter, executors_from_config
+    router = SpanRouter(executors_from_config({"edit": "box_edit"}, ExecContext(predictor)))
     parsed, outcomes = router.run(answer_text, images=[image])
     for o in outcomes:
-        print(o.task, o.error.message if o.error else o.result.images)
+        print(o.tag, o.error.message if o.error else o.result.images)
 
 Every span and every parse error becomes one `SpanOutcome`, in the order they appear in
 the text: an executor that raises, returns something that is not an `ExecResult`, or
 returns one that breaks the contract (wrong dtype, no output) becomes an outcome whose
-`error` says which task, which span text and what went wrong, so one bad span never stops
+`error` says which tag, which span text and what went wrong, so one bad span never stops
 the others, and nothing the model asked for is dropped without a word. KeyboardInterrupt
 and SystemExit still stop the caller: they are not the executor's failure.
 """
@@ -29,9 +30,9 @@ from utamoe.text.spans import ParsedResponse, SpanError, TaskSpan, parse_respons
 @dataclass
 class SpanOutcome:
     """What became of one span (or one parse error): `result` when it ran, `error` when it did
-    not; `task`, `text` and [start, end) say which span it is."""
+    not; `tag`, `text` and [start, end) say which span it is."""
 
-    task: str | None
+    tag: str | None
     text: str
     start: int
     end: int
@@ -45,7 +46,7 @@ class SpanOutcome:
         return self.error is None
 
 
-class TaskRouter:
+class SpanRouter:
     def __init__(self, executors: Mapping[str, Executor]):
         bad = [t for t, ex in executors.items() if not callable(ex)]
         if bad:
@@ -54,12 +55,12 @@ class TaskRouter:
         self.executors = dict(executors)
 
     @property
-    def tasks(self) -> tuple[str, ...]:
-        """The tasks this router has executors for: the task tokens its parser knows."""
+    def tags(self) -> tuple[str, ...]:
+        """The tags this router has executors for: the tag tokens its parser knows."""
         return tuple(self.executors)
 
     def parse(self, text: str) -> ParsedResponse:
-        return parse_response(text, self.tasks)
+        return parse_response(text, self.tags)
 
     def run(self, text: str, images: Sequence[np.ndarray] = ()) -> tuple[ParsedResponse, list[SpanOutcome]]:
         """Parse and dispatch in one call."""
@@ -74,7 +75,7 @@ class TaskRouter:
         out = []
         for item in items:
             if isinstance(item, SpanError):
-                out.append(SpanOutcome(item.task, item.text, item.start, item.end, error=item))
+                out.append(SpanOutcome(item.tag, item.text, item.start, item.end, error=item))
             elif problem:
                 out.append(_failed(item, "bad_input", problem))
             else:
@@ -82,39 +83,39 @@ class TaskRouter:
         return out
 
     def _execute(self, span: TaskSpan, images: tuple[np.ndarray, ...]) -> SpanOutcome:
-        ex = self.executors.get(span.task)
+        ex = self.executors.get(span.tag)
         if ex is None:
-            return _failed(span, "no_executor", f"no executor for <{span.task}> (this router has "
-                           f"{', '.join(self.tasks) or 'none'}); configure one under "
-                           f"executors.{span.task}")
+            return _failed(span, "no_executor", f"no executor for <{span.tag}> (this router has "
+                           f"{', '.join(self.tags) or 'none'}); configure one under "
+                           f"executors.{span.tag}")
         name = getattr(ex, "name", type(ex).__name__)
         t0 = time.perf_counter()
         try:
             result = ex(ExecRequest.of(span, images))
         except ExecInputError as err:
-            return _failed(span, "executor_error", f"executor {name!r} cannot run <{span.task}> "
+            return _failed(span, "executor_error", f"executor {name!r} cannot run <{span.tag}> "
                            f"{span.text!r}: {err}", err, name)
         except Exception as err:  # any executor failure is reported, never raised
-            return _failed(span, "executor_error", f"executor {name!r} failed on <{span.task}> "
+            return _failed(span, "executor_error", f"executor {name!r} failed on <{span.tag}> "
                            f"{span.text!r}: {type(err).__name__}: {err}", err, name)
         seconds = time.perf_counter() - t0
         if not isinstance(result, ExecResult):
             return _failed(span, "bad_result", f"executor {name!r} returned a "
-                           f"{type(result).__name__} for <{span.task}> {span.text!r}, not an "
+                           f"{type(result).__name__} for <{span.tag}> {span.text!r}, not an "
                            "ExecResult", executor=name)
         problems = result.problems()
         if problems:
             return _failed(span, "bad_result", f"executor {name!r} returned a bad result for "
-                           f"<{span.task}> {span.text!r}: {'; '.join(problems)}", executor=name)
-        return SpanOutcome(span.task, span.text, span.start, span.end, result=result,
+                           f"<{span.tag}> {span.text!r}: {'; '.join(problems)}", executor=name)
+        return SpanOutcome(span.tag, span.text, span.start, span.end, result=result,
                            executor=name, seconds=seconds)
 
 
 def _failed(span: TaskSpan, kind: str, message: str, err: BaseException | None = None,
             executor: str = "") -> SpanOutcome:
     detail = f"{type(err).__name__}: {err}" if err is not None else ""
-    error = SpanError(kind, message, span.start, span.end, span.task, span.text, detail)
-    return SpanOutcome(span.task, span.text, span.start, span.end, error=error, executor=executor)
+    error = SpanError(kind, message, span.start, span.end, span.tag, span.text, detail)
+    return SpanOutcome(span.tag, span.text, span.start, span.end, error=error, executor=executor)
 
 
 def _read_only(images: Sequence[np.ndarray]) -> tuple[tuple[np.ndarray, ...], str]:

@@ -5,11 +5,11 @@ model cannot emit them reliably. `add_span_tokens` adds the ones a tokenizer lac
 *added tokens that are not special*: they are never split, and `decode(...,
 skip_special_tokens=True)` keeps them. Two caveats the caller must know:
 
-- a task token that is also a task marker of the sequence layout (`<t2i>`, `<edit>`: see
+- a tag token that is also a task marker of the sequence layout (`<t2i>`, `<edit>`: see
   utamoe.text.tokenizer) is already a *special* token, so a plain
   `decode(ids, skip_special_tokens=True)` drops it and the span loses its opener;
   `decode_response` drops only the structural specials (<eos>, <pad>, ...) and keeps every
-  task-span token;
+  span token;
 - every added token needs a row in the model's embedding and output layers: a model built
   from scratch is built at `len(tokenizer)`, a pretrained backbone grows its tables with rows
   set to the mean of the existing ones (utamoe.model.parts.build_backbone).
@@ -27,37 +27,37 @@ import re
 from collections.abc import Iterable, Sequence
 
 from utamoe.text.boxes import BOX_OPEN
-from utamoe.text.spans import TASK_SPAN_TOKENS
+from utamoe.text.spans import span_token_strings
 
 
-def add_span_tokens(tokenizer, tasks: Iterable[str]) -> list[str]:
-    """Add the task-span tokens of `tasks` that `tokenizer` lacks (never split, not special);
-    returns the ones added, in TASK_SPAN_TOKENS order."""
+def add_span_tokens(tokenizer, tags: Iterable[str]) -> list[str]:
+    """Add the span tokens of `tags` that `tokenizer` lacks (never split, not special);
+    returns the ones added, in span_token_strings order."""
     from tokenizers import AddedToken
 
     vocab = tokenizer.get_vocab()
-    missing = [t for t in TASK_SPAN_TOKENS(tasks) if t not in vocab]
+    missing = [t for t in span_token_strings(tags) if t not in vocab]
     if missing:
         tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in missing])
     return missing
 
 
-def decode_response(tokenizer, ids: Sequence[int], tasks: Iterable[str]) -> str:
-    """Generated ids -> text with the task-span tokens kept and the other special tokens
+def decode_response(tokenizer, ids: Sequence[int], tags: Iterable[str]) -> str:
+    """Generated ids -> text with the span tokens kept and the other special tokens
     (structure markers, padding, end of sequence) removed."""
     vocab = tokenizer.get_vocab()
-    keep = {vocab[t] for t in TASK_SPAN_TOKENS(tasks) if t in vocab}
+    keep = {vocab[t] for t in span_token_strings(tags) if t in vocab}
     special = set(tokenizer.all_special_ids)
     kept = [i for i in ids if i in keep or i not in special]
     text = tokenizer.decode(kept, skip_special_tokens=False).strip()
-    openers = [t for t in TASK_SPAN_TOKENS(tasks) if not t.startswith("</") and t in vocab]
+    openers = [t for t in span_token_strings(tags) if not t.startswith("</") and t in vocab]
     if not openers:
         return text
     return re.sub("(" + "|".join(re.escape(t) for t in openers) + ") ", r"\1", text)
 
 
-def span_tasks_of(tokenizer) -> list[str]:
-    """The tasks whose span tokens this tokenizer holds (a closer `</T>` in its vocabulary,
+def span_tags_of(tokenizer) -> list[str]:
+    """The tags whose span tokens this tokenizer holds (a closer `</T>` in its vocabulary,
     besides the structural `</img>` and `</box>`), in vocabulary order."""
     vocab = tokenizer.get_vocab()
     if BOX_OPEN not in vocab:
@@ -70,23 +70,23 @@ def span_tasks_of(tokenizer) -> list[str]:
 def decode_answer(tokenizer, ids: Sequence[int]) -> str:
     """Generated answer ids -> text: task spans kept when the tokenizer has span tokens,
     else the plain `decode(skip_special_tokens=True)` (so older models answer as before)."""
-    tasks = span_tasks_of(tokenizer)
-    if not tasks:
+    tags = span_tags_of(tokenizer)
+    if not tags:
         return tokenizer.decode(list(ids), skip_special_tokens=True).strip()
-    return decode_response(tokenizer, ids, tasks)
+    return decode_response(tokenizer, ids, tags)
 
 
 _SPAN_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9_]*>")
 
 
-def strip_span_tokens(text: str, tasks: Iterable[str]) -> str:
-    """`text` with the task-span tokens of `tasks` replaced by spaces: what a BPE is trained
+def strip_span_tokens(text: str, tags: Iterable[str]) -> str:
+    """`text` with the span tokens of `tags` replaced by spaces: what a BPE is trained
     on, since those tokens are added whole afterwards and must not cost merges."""
-    known = set(TASK_SPAN_TOKENS(tasks))
+    known = set(span_token_strings(tags))
     return _SPAN_TAG.sub(lambda m: " " if m.group(0) in known else m.group(0), text)
 
 
-def has_span_tokens(texts: Iterable[str], tasks: Iterable[str]) -> bool:
-    """Whether some text holds a task-span token of `tasks` (data written for executors)."""
-    known = set(TASK_SPAN_TOKENS(tasks))
+def has_span_tokens(texts: Iterable[str], tags: Iterable[str]) -> bool:
+    """Whether some text holds a span token of `tags` (data written for executors)."""
+    known = set(span_token_strings(tags))
     return any(m.group(0) in known for t in texts for m in _SPAN_TAG.finditer(t or ""))

@@ -1,20 +1,22 @@
 """Task spans and grounding tokens: the grammar of a model answer that asks for work.
 
-UnifiedMLLM's model answers with text and *task spans*, each a pair of task tokens around
+UnifiedMLLM's model answers with text and *task spans*, each a pair of tag tokens around
 an instruction, with *grounding tokens* around normalised boxes:
 
     I'll remove it. <edit>remove the object<box>[0.35,0.02,0.65,0.31]</box></edit>
 
-A span `<T>...</T>` asks the executor of task T (utamoe.tasks_exec.executors) to do what its
+A span `<T>...</T>` asks the executor of its *tag* T (utamoe.tasks_exec.executors: executors are
+registered per tag, which is not a registered task of utamoe.tasks, though the built-in tags
+t2i, edit, layout and seg share their names with tasks) to do what its
 text and boxes say. A box is `<box>[x0,y0,x1,y1]</box>` in the one box grammar of
 utamoe.text.boxes (`format_box`, two decimals); a box outside a span is a grounding answer in
 plain text ("it is at <box>[...]</box>").
 
-The parser never raises on model output: an unclosed, unknown, nested or mismatched task
+The parser never raises on model output: an unclosed, unknown, nested or mismatched tag
 token, a stray closer, a box that does not parse, lies outside [0, 1] or is empty becomes a
 `SpanError` that says what was wrong and where (character offsets), and the span it
-belongs to is not executed. The set of task names is an argument (the router passes the
-tasks it has executors for): nothing here knows which tasks exist.
+belongs to is not executed. The set of tags is an argument (the router passes the tags it
+has executors for): nothing here knows which tags exist.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ BOX = "box"
 
 # kind -> what it means (docs/executors.md shows this table)
 ERROR_KINDS = {
-    "unknown_task": "a task token whose task has no executor (or a misspelt one)",
-    "unclosed": "a task token <T> with no </T> before the end of the text",
-    "nested": "a task token inside another span (spans do not nest)",
+    "unknown_tag": "a tag token whose tag has no executor (or a misspelt one)",
+    "unclosed": "a tag token <T> with no </T> before the end of the text",
+    "nested": "a tag token inside another span (spans do not nest)",
     "mismatched_closer": "a span <T> closed by </U>",
     "stray_closer": "a closing token </T> or </box> with no opener",
     "empty_span": "a span with neither text nor boxes",
@@ -41,7 +43,7 @@ ERROR_KINDS = {
     "box_out_of_range": "a box coordinate outside [0, 1]",
     "empty_box": "a box with x0 >= x1 or y0 >= y1",
     # raised by the router (utamoe.tasks_exec.router), not the parser:
-    "no_executor": "a span of a task that the router has no executor for",
+    "no_executor": "a span of a tag that the router has no executor for",
     "bad_input": "the conversation's images are not HxWx3 uint8 arrays",
     "executor_error": "the executor raised; `detail` holds the exception",
     "bad_result": "the executor returned something other than a valid ExecResult",
@@ -53,25 +55,25 @@ _TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9_]*)>")
 @dataclass(frozen=True)
 class SpanError:
     """What was wrong (`kind`, one of ERROR_KINDS), said for a person (`message`), and where:
-    characters [start, end) of the parsed text. `task` and `text` name the span it spoiled
+    characters [start, end) of the parsed text. `tag` and `text` name the span it spoiled
     (if any); `detail` holds an executor's exception as 'Type: message'."""
 
     kind: str
     message: str
     start: int
     end: int
-    task: str | None = None
+    tag: str | None = None
     text: str = ""
     detail: str = ""
 
 
 @dataclass(frozen=True)
 class TaskSpan:
-    """One well-formed span: its task, its text (boxes taken out, whitespace collapsed), its
+    """One well-formed span: its tag, its text (boxes taken out, whitespace collapsed), its
     boxes in order, characters [start, end) of the answer, and `parts`: the text pieces and
     boxes in the order written (a layout prompt pairs each phrase with its box)."""
 
-    task: str
+    tag: str
     text: str
     boxes: tuple[Box, ...]
     start: int
@@ -99,45 +101,45 @@ class ParsedResponse:
         return not self.errors
 
 
-def TASK_SPAN_TOKENS(tasks: Iterable[str]) -> list[str]:
-    """The token strings a text tokenizer must never split: <T> and </T> for every task, then
+def span_token_strings(tags: Iterable[str]) -> list[str]:
+    """The token strings a text tokenizer must never split: <T> and </T> for every tag, then
     <box> and </box>."""
     out: list[str] = []
-    for t in tasks:
-        _check_task_name(t)
+    for t in tags:
+        _check_tag(t)
         out += [f"<{t}>", f"</{t}>"]
     return out + [BOX_OPEN, BOX_CLOSE]
 
 
-def format_span(task: str, text: str, boxes: Sequence[Sequence[float]] = ()) -> str:
-    """The inverse of parsing: '<task>text<box>[..]</box>...</task>' (boxes after the text;
+def format_span(tag: str, text: str, boxes: Sequence[Sequence[float]] = ()) -> str:
+    """The inverse of parsing: '<tag>text<box>[..]</box>...</tag>' (boxes after the text;
     to interleave phrases and boxes, write `box_token(b)` into the text yourself)."""
-    _check_task_name(task)
+    _check_tag(tag)
     if _TAG.search(_BOX_TAGS.sub("", text)):
-        raise ValueError(f"span text {text!r} holds a task token; spans do not nest")
-    return f"<{task}>{text}{''.join(box_token(b) for b in boxes)}</{task}>"
+        raise ValueError(f"span text {text!r} holds a tag token; spans do not nest")
+    return f"<{tag}>{text}{''.join(box_token(b) for b in boxes)}</{tag}>"
 
 
 _BOX_TAGS = re.compile(r"</?box>")
 
 
-def _check_task_name(task: str) -> None:
-    if not isinstance(task, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", task) or task == BOX:
-        raise ValueError(f"task name {task!r} cannot be a task token: use letters, digits and "
+def _check_tag(tag: str) -> None:
+    if not isinstance(tag, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", tag) or tag == BOX:
+        raise ValueError(f"tag {tag!r} cannot be a span tag: use letters, digits and "
                          f"'_', starting with a letter, and not {BOX!r}")
 
 
-def parse_response(text: str, known_tasks: Iterable[str]) -> ParsedResponse:
+def parse_response(text: str, known_tags: Iterable[str]) -> ParsedResponse:
     """Task spans, free boxes, plain text and structured errors of a model's answer; never
     raises on any string."""
-    return _Parser(str(text or ""), frozenset(known_tasks)).run()
+    return _Parser(str(text or ""), frozenset(known_tags)).run()
 
 
 @dataclass
 class _Open:
     """A span being read."""
 
-    task: str
+    tag: str
     start: int
     parts: list = field(default_factory=list)
     spoiled: list[int] = field(default_factory=list)  # indices of the errors that spoil it
@@ -166,8 +168,8 @@ class _Parser:
         self._plain(len(self.text))
         if self.span is not None:
             s = self.span
-            self._error("unclosed", f"<{s.task}> at {s.start} is never closed: end it with "
-                        f"</{s.task}>", s.start, len(self.text))
+            self._error("unclosed", f"<{s.tag}> at {s.start} is never closed: end it with "
+                        f"</{s.tag}>", s.start, len(self.text))
             self._spoiled(s, _span_text(s))
         return self.out
 
@@ -177,10 +179,10 @@ class _Parser:
             (self.span.parts if self.span else self.out.text_parts).append(piece)
 
     def _error(self, kind: str, message: str, start: int, end: int) -> None:
-        task = self.span.task if self.span else None
+        tag = self.span.tag if self.span else None
         if self.span:
             self.span.spoiled.append(len(self.out.errors))
-        self.out.errors.append(SpanError(kind, message, start, end, task))
+        self.out.errors.append(SpanError(kind, message, start, end, tag))
 
     def _spoiled(self, s: _Open, text: str) -> None:
         """The errors that spoiled span `s` learn its text (what the caller did not get done)."""
@@ -195,7 +197,7 @@ class _Parser:
             if self.span is None:
                 self.span = _Open(name, m.start())
             else:
-                self._error("nested", f"<{name}> at {m.start()} opens inside the <{self.span.task}> "
+                self._error("nested", f"<{name}> at {m.start()} opens inside the <{self.span.tag}> "
                             f"span that starts at {self.span.start}; spans do not nest",
                             m.start(), m.end())
                 self.span.inner.append(name)
@@ -204,7 +206,7 @@ class _Parser:
         end = self.tags[close].end() if close is not None else m.end()
         hint = difflib.get_close_matches(name, sorted(self.known), n=1, cutoff=0.6)
         hint = hint or [t for t in sorted(self.known) if t.lower() == name.lower()]
-        self._error("unknown_task", f"<{name}> at {m.start()} is no known task "
+        self._error("unknown_tag", f"<{name}> at {m.start()} is no known tag "
                     f"({', '.join(sorted(self.known)) or 'none'})"
                     + (f"; did you mean <{hint[0]}>?" if hint else ""), m.start(), end)
         if close is None:
@@ -217,11 +219,11 @@ class _Parser:
         s = self.span
         if s is not None and s.inner and name == s.inner[-1]:
             s.inner.pop()  # the closer of a nested span (already reported)
-        elif s is not None and name == s.task:
+        elif s is not None and name == s.tag:
             self._close(m.end())
         elif s is not None and name != BOX:
-            self._error("mismatched_closer", f"</{name}> at {m.start()} closes the <{s.task}> span "
-                        f"that starts at {s.start}; close it with </{s.task}>", m.start(), m.end())
+            self._error("mismatched_closer", f"</{name}> at {m.start()} closes the <{s.tag}> span "
+                        f"that starts at {s.start}; close it with </{s.tag}>", m.start(), m.end())
             self._spoiled(s, _span_text(s))
             self.span = None
         else:
@@ -237,11 +239,11 @@ class _Parser:
             self._spoiled(s, text)
             return
         if not text and not boxes:
-            self.out.errors.append(SpanError("empty_span", f"the <{s.task}> span at {s.start} "
-                                              "holds neither text nor a box", s.start, end, s.task))
+            self.out.errors.append(SpanError("empty_span", f"the <{s.tag}> span at {s.start} "
+                                              "holds neither text nor a box", s.start, end, s.tag))
             return
         parts = tuple(" ".join(p.split()) if isinstance(p, str) else p for p in s.parts)
-        self.out.spans.append(TaskSpan(s.task, text, boxes, s.start, end,
+        self.out.spans.append(TaskSpan(s.tag, text, boxes, s.start, end,
                                        tuple(p for p in parts if p != "")))
 
     def _box(self, i: int) -> int:

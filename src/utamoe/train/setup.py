@@ -23,7 +23,7 @@ from utamoe.fsutil import atomic_directory
 from utamoe.model.janus import janus_config_from_dir, load_janus
 from utamoe.model.unified import UnifiedModel
 from utamoe.tasks import get_task, task_names
-from utamoe.tasks_exec import registered_tasks
+from utamoe.tasks_exec import registered_tags
 from utamoe.text.span_tokens import add_span_tokens, has_span_tokens, strip_span_tokens
 from utamoe.text.tokenizer import SpecialIds, load_text_tokenizer, train_text_tokenizer
 from utamoe.train.codec import split_images, train_tokenizer
@@ -108,7 +108,7 @@ def sample_texts(samples) -> list[str]:
 def text_tokenizer_for(cfg: ExperimentConfig, samples, run_dir: Path, acc):
     """The run's text tokenizer. Data whose answers hold task spans (UnifiedMLLM) adds the task
     and grounding tokens as never-split tokens (utamoe.text.span_tokens)."""
-    tasks, span_tasks = marker_tasks(samples), registered_tasks()
+    tasks, span_tasks = marker_tasks(samples), registered_tags()
     texts = sample_texts(samples)
     spans = has_span_tokens(texts, span_tasks)
     if cfg.tokenizers.text:
