@@ -29,7 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from utamoe.data.conversations import Turn
+from utamoe.infer.checks import InputError
 from utamoe.tasks_exec import SpanOutcome, SpanRouter
+from utamoe.tasks_exec.builtin import write_mask_png
 
 Reply = Callable[[list[Turn]], str]  # the conversation so far (ending with the user) -> answer
 
@@ -66,8 +68,6 @@ class ChatSession:
         if o.error is not None:
             return f"{tag} error {o.error.kind}: {o.error.message}"
         from PIL import Image
-
-        from utamoe.tasks_exec.builtin import write_mask_png
 
         shown = []
         for j, img in enumerate(o.result.images):
@@ -117,8 +117,6 @@ def run_chat(session: ChatSession, lines: Iterable[str], write: Callable[[str], 
 
 def model_reply(predictor, task: str = "dialog", sampling=None) -> Reply:
     """A Reply from a Predictor: its `converse` on `task` (a model trained on conversations)."""
-    from utamoe.infer.checks import InputError
-
     known = predictor.encoder.special.tasks
     if task not in known:
         raise InputError(f"the model was not trained on {task!r} conversations (its tokenizer "

@@ -22,6 +22,17 @@ from pathlib import Path
 
 from rich.console import Console
 
+from utamoe.data.formats import load_split, read_manifest
+from utamoe.eval.report import print_summary, write_eval_outputs
+from utamoe.eval.run import EvalSampling, evaluate_model
+from utamoe.infer.predictor import Predictor
+from utamoe.shapes import ShapesWorldConfig, total_samples, write_dataset
+from utamoe.shapes.benchmark import SHAPESWORLD
+from utamoe.train.checkpoint import latest_checkpoint
+from utamoe.train.config import load_config
+from utamoe.train.progress import bar
+from utamoe.train.trainer import Trainer
+
 # The project's goals for the demo (test split), reported next to the measured values and
 # turned into a verdict per task: what works and what does not yet.
 TARGETS = {"pope_accuracy": 0.90, "vqa_accuracy": 0.85, "caption_f1": 0.80,
@@ -47,10 +58,6 @@ QUICK_OVERRIDES = [
 
 
 def _dataset(out: Path, seed: int, quick: bool, console: Console):
-    from utamoe.data.formats import read_manifest
-    from utamoe.shapes import ShapesWorldConfig, total_samples, write_dataset
-    from utamoe.train.progress import bar
-
     world = ShapesWorldConfig(seed=seed, sizes=QUICK_SIZES if quick else FULL_SIZES)
     if (out / "dataset.json").is_file() and read_manifest(out).get("config") == world.to_dict():
         console.print(f"[data] reusing {out}")
@@ -62,10 +69,6 @@ def _dataset(out: Path, seed: int, quick: bool, console: Console):
 
 
 def _train(out: Path, data_dir: Path, seed: int, quick: bool, console: Console) -> Path:
-    from utamoe.train.checkpoint import latest_checkpoint
-    from utamoe.train.config import load_config
-    from utamoe.train.trainer import Trainer
-
     overrides = [f"data.dir={data_dir}", f"run.out={out}", f"run.seed={seed}"]
     cfg = load_config("utamoe", overrides + (QUICK_OVERRIDES if quick else []))
     resume = latest_checkpoint(out / "checkpoints") is not None
@@ -75,12 +78,6 @@ def _train(out: Path, data_dir: Path, seed: int, quick: bool, console: Console) 
 
 
 def _evaluate(model_dir: Path, data_dir: Path, world, out: Path, seed: int):
-    from utamoe.data.formats import load_split
-    from utamoe.eval.report import print_summary, write_eval_outputs
-    from utamoe.eval.run import evaluate_model
-    from utamoe.infer.predictor import Predictor
-    from utamoe.shapes.benchmark import SHAPESWORLD
-
     predictor = Predictor.load(model_dir)
     samples, _ = load_split(data_dir / "test.jsonl")
     sampling = demo_sampling(seed)
@@ -97,8 +94,6 @@ def demo_sampling(seed: int):
     """Greedy image decoding with light guidance: in ShapesWorld a scene has one right rendering,
     and on the demo model greedy + CFG 1.5 scored t2i correct-all 0.64 against 0.49 for T=1,
     CFG 3 (100 test prompts, benchmarks/RESULTS.md); recorded in metrics like any setting."""
-    from utamoe.eval.run import EvalSampling
-
     return EvalSampling(temperature=0.0, cfg_scale=1.5, seed=seed)
 
 

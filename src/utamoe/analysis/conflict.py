@@ -36,6 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from utamoe.moe import moe_layers
+
 LossFn = Callable[[], torch.Tensor]
 # name -> group key(s) the parameter (piece) counts in; None: ignored.
 GroupFn = Callable[[str], "str | Sequence[str] | None"]
@@ -259,8 +261,6 @@ _EXPERT_PIECE = re.compile(r"\.mlp\.experts\.[^.\[]+\[(\d+)\]$")
 
 def unified_pieces(model: nn.Module) -> PieceFn:
     """Split every routed-expert bank (E, ...) into one piece per expert: 'name[e]'."""
-    from utamoe.moe import moe_layers
-
     layers = moe_layers(model)
     num_experts = layers[0].config.num_experts if layers else 0
 
@@ -279,8 +279,6 @@ def unified_group_of(model: nn.Module) -> GroupFn:
     layer), 'layers.N.norm'; with TA-MoE also 'layers.N.router', 'layers.N.shared' and
     'layers.N.experts:<group>' (that group's routed experts; 'experts' in top-k mode).
     """
-    from utamoe.moe import moe_layers
-
     layers = moe_layers(model)
     cfg = layers[0].config if layers else None
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from utamoe.moe.mole import mole_layers
+
 
 @dataclass
 class MoMERouting:
@@ -33,8 +35,6 @@ class MoMERouting:
 
 
 def _has_mome(model) -> bool:
-    from utamoe.moe.mole import mole_layers
-
     return getattr(model.und_encoder, "router", None) is not None or bool(mole_layers(model))
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from utamoe.analysis.conflict import ConflictResult, GroupConflict
+from utamoe.analysis.mome import mome_markdown, write_mome_outputs
 from utamoe.analysis.routing import RoutingAnalysis, max_entropies
 from utamoe.analysis.run import AnalysisResult
 
@@ -42,8 +43,6 @@ def write_analysis_outputs(result: AnalysisResult, out_dir: str | Path,
     if plot_routing(result.routing, out / "routing.png"):
         paths["routing_png"] = out / "routing.png"
     if result.mome is not None:
-        from utamoe.analysis.mome import write_mome_outputs
-
         paths.update(write_mome_outputs(result.mome, out, meta))
     paths["report"].write_text(markdown_report(result, command, "routing_png" in paths),
                                encoding="utf-8")
@@ -152,8 +151,6 @@ def markdown_report(result: AnalysisResult, command: str | None = None,
     if routing_png:
         lines += ["![routing](routing.png)", ""]
     if result.mome is not None:
-        from utamoe.analysis.mome import mome_markdown
-
         lines += mome_markdown(result.mome)
     if command:
         lines += ["## Reproduce", "", "```", command, "```", ""]

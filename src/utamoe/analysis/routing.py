@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from utamoe.moe import moe_layers
 from utamoe.tasks import GROUPS, get_task, is_task, task_names
 
 
@@ -173,8 +174,6 @@ def routing_analysis(model: nn.Module, batches_by_task: Mapping[str, Sequence],
     `model` is a UnifiedModel (anything whose `model(batch).session` is a RoutingSession).
     `progress(1)` is called after each batch.
     """
-    from utamoe.moe import moe_layers
-
     layers = moe_layers(model)
     if not layers:
         return RoutingAnalysis(dense=True, notes=[

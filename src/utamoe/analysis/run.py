@@ -24,6 +24,8 @@ from utamoe.analysis.conflict import ConflictResult, unified_conflict
 from utamoe.analysis.mome import MoMERouting, mome_routing
 from utamoe.analysis.routing import RoutingAnalysis, routing_analysis
 from utamoe.data.formats import Sample
+from utamoe.data.sequences import collate, precompute_codes, training_sequences
+from utamoe.infer.checks import InputError
 from utamoe.tasks import task_names
 
 
@@ -48,9 +50,6 @@ def _chunks(items: list, size: int, limit: int) -> list[list]:
 def build_batches(model, encoder, samples: list[Sample], batches: int, batch_size: int,
                   seed: int) -> tuple[list, list, dict[str, list], dict[str, int]]:
     """(und batches, gen batches, {task: batches}, {task: samples used}); see the docstring."""
-    from utamoe.data.sequences import collate, precompute_codes, training_sequences
-    from utamoe.infer.checks import InputError
-
     if batches < 1 or batch_size < 1:
         raise InputError(f"--batches and --batch-size must be at least 1 (got {batches}, "
                          f"{batch_size})")

@@ -15,6 +15,9 @@ from utamoe.cli.evaluate import _add_analyze_verb, _add_eval_verb
 from utamoe.cli.infer import _add_inference_verbs
 from utamoe.cli.serve import _add_serve_verb
 from utamoe.cli.training import _add_training_verbs
+from utamoe.config import ConfigError
+from utamoe.data.formats import DataFormatError
+from utamoe.infer.checks import InputError
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -46,10 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from utamoe.config import ConfigError
-    from utamoe.data.formats import DataFormatError
-    from utamoe.infer.checks import InputError
-
     try:
         return int(args.func(args) or 0)
     except (ConfigError, DataFormatError, InputError, OSError) as err:

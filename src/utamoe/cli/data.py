@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from utamoe.data.check import check_dataset, print_check
+from utamoe.data.formats import DataFormatError
+from utamoe.infer.checks import InputError
+from utamoe.shapes import ShapesWorldConfig, total_samples, write_dataset
+from utamoe.shapes.world import ALL_TASKS, DEFAULT_SIZES
+
 
 def _parse_sizes(items: list[str] | None) -> dict[str, int]:
     """['train=100', 'heldout=0'] -> {'train': 100, 'heldout': 0}."""
-    from utamoe.infer.checks import InputError
-
     sizes = {}
     for item in items or []:
         split, _, n = item.partition("=")
@@ -24,9 +28,6 @@ def cmd_data_shapes(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    from utamoe.shapes import ShapesWorldConfig, total_samples, write_dataset
-    from utamoe.shapes.world import ALL_TASKS, DEFAULT_SIZES
 
     out = Path(args.out)
     if out.exists() and any(out.glob("*.jsonl")) and not args.force:
@@ -49,9 +50,6 @@ def cmd_data_shapes(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from utamoe.data.check import check_dataset, print_check
-    from utamoe.data.formats import DataFormatError
-
     try:
         result = check_dataset(args.dir, max_errors=args.max_errors)
     except DataFormatError as e:

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import argparse
 
+from utamoe.analysis.report import print_analysis_summary, write_analysis_outputs
+from utamoe.analysis.run import run_analysis
 from utamoe.cli.infer import _add_sampling_args
+from utamoe.data.formats import DataFormatError, find_benchmark, list_splits, load_split
+from utamoe.eval.report import print_summary, write_eval_outputs
+from utamoe.eval.run import EvalSampling, evaluate_model
+from utamoe.infer.checks import InputError
+from utamoe.infer.predictor import Predictor
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     import shlex
-
-    from utamoe.data.formats import find_benchmark
-    from utamoe.eval.report import print_summary, write_eval_outputs
-    from utamoe.eval.run import EvalSampling, evaluate_model
 
     predictor, samples, data, out = _model_and_split(
         args, f"eval-{args.split}", batch_size=args.batch_size, max_per_task=args.max_per_task,
@@ -38,10 +41,6 @@ def _model_and_split(args: argparse.Namespace, out_name: str, **counts):
 
     Returns (predictor, samples, data dir, output dir)."""
     from pathlib import Path
-
-    from utamoe.data.formats import DataFormatError, list_splits, load_split
-    from utamoe.infer.checks import InputError
-    from utamoe.infer.predictor import Predictor
 
     for name, value in counts.items():
         if value is not None and value < 1:
@@ -86,9 +85,6 @@ def _add_eval_verb(verbs: argparse._SubParsersAction) -> None:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     import shlex
-
-    from utamoe.analysis.report import print_analysis_summary, write_analysis_outputs
-    from utamoe.analysis.run import run_analysis
 
     predictor, samples, data, out = _model_and_split(
         args, "analysis", batches=args.batches, batch_size=args.batch_size)

@@ -7,8 +7,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from utamoe.chat import ChatSession, model_reply, run_chat
 from utamoe.data.formats import MAX_IMAGE_PIXELS
 from utamoe.infer.checks import InputError
+from utamoe.infer.predictor import Predictor
+from utamoe.infer.sampling import SamplingConfig
+from utamoe.tasks_exec import ExecContext, SpanRouter, executors_from_config
 from utamoe.vision.images import ImageTooLarge, ImageUnreadable
 from utamoe.vision.images import read_image as read_image_file
 
@@ -25,8 +29,6 @@ def _add_sampling_args(p: argparse.ArgumentParser, temperature: float, cfg_scale
 
 
 def _sampling(args: argparse.Namespace):
-    from utamoe.infer.sampling import SamplingConfig
-
     return SamplingConfig(temperature=args.temperature, top_k=args.top_k,
                           cfg_scale=getattr(args, "cfg_scale", 1.0), seed=args.seed)
 
@@ -50,8 +52,6 @@ def output_paths(out: str, n_prompts: int, n_images: int):
     """OUT itself for one image; OUT_<prompt>_<image>.png for several."""
     from pathlib import Path
 
-    from utamoe.infer.checks import InputError
-
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise InputError(f"--out {out} must end in .png")
@@ -65,9 +65,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import dataclasses
 
     from PIL import Image
-
-    from utamoe.infer.checks import InputError
-    from utamoe.infer.predictor import Predictor
 
     if args.num_images < 1:
         raise InputError(f"--num-images must be at least 1, got {args.num_images}")
@@ -86,8 +83,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_answer(args: argparse.Namespace) -> int:
-    from utamoe.infer.predictor import Predictor
-
     predictor = Predictor.load(args.model, args.device)
     image = read_image(args.image)
     answers = predictor.answer(image, args.question, args.task, _sampling(args))
@@ -130,10 +125,6 @@ def _add_inference_verbs(verbs: argparse._SubParsersAction) -> None:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from pathlib import Path
-
-    from utamoe.chat import ChatSession, model_reply, run_chat
-    from utamoe.infer.predictor import Predictor
-    from utamoe.tasks_exec import ExecContext, SpanRouter, executors_from_config
 
     predictor = Predictor.load(args.model, args.device)
     reply = model_reply(predictor, args.task, _sampling(args))

@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 
+from utamoe.infer.checks import InputError
+from utamoe.infer.predictor import Predictor
+
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
     import uvicorn
 
-    from utamoe.infer.checks import InputError
-    from utamoe.infer.predictor import Predictor
-    from utamoe.serve.app import ServeConfig, create_app
+    from utamoe.serve.app import (  # deferred: fastapi, the optional `serve` extra
+        ServeConfig,
+        create_app,
+    )
 
     key = args.api_key or os.environ.get("UTAMOE_API_KEY")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not key:

@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
+from utamoe.demo import run_demo
+from utamoe.infer.checks import InputError
+from utamoe.train.codec import format_report, train_tokenizer
+from utamoe.train.config import load_config
+from utamoe.train.run_dir import ARTEFACTS, resume_overrides
+from utamoe.train.trainer import Trainer, TrainingStopped
+from utamoe.vision.tokenizer import TokenizerConfig
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
-
-    from utamoe.train.config import load_config
-    from utamoe.train.run_dir import ARTEFACTS, resume_overrides
-    from utamoe.train.trainer import Trainer, TrainingStopped
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -44,10 +48,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
-    from utamoe.infer.checks import InputError
-    from utamoe.train.codec import format_report, train_tokenizer
-    from utamoe.vision.tokenizer import TokenizerConfig
-
     for name in ("steps", "batch_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -61,8 +61,6 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from utamoe.demo import run_demo
-
     run_demo(args.out, quick=args.quick, seed=args.seed)
     return 0
 

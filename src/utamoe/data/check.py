@@ -12,7 +12,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from utamoe.data.formats import LoadReport, Sample, list_splits, load_split, read_manifest
+from utamoe.data.formats import (
+    DataFormatError,
+    LoadReport,
+    Sample,
+    list_splits,
+    load_split,
+    read_manifest,
+)
 
 SPLIT_ORDER = ("train", "val", "test", "heldout")
 
@@ -55,8 +62,6 @@ def check_dataset(root: str | Path, max_errors: int = 5) -> CheckResult:
     names = sorted(list_splits(root), key=lambda n: (SPLIT_ORDER.index(n)
                                                       if n in SPLIT_ORDER else 99, n))
     if not names:
-        from utamoe.data.formats import DataFormatError
-
         raise DataFormatError(root, None, "no <split>.jsonl files found; is this a dataset?")
     splits, reports = {}, {}
     for name in names:

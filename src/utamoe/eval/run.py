@@ -26,9 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from utamoe.benchmarks import BenchmarkData
+from utamoe.data.conversations import exchanges
 from utamoe.data.formats import Sample
 from utamoe.eval.scoring import context_for, headline_metrics, score_by_task
+from utamoe.infer.sampling import SamplingConfig
 from utamoe.tasks import get_task, task_names
+from utamoe.tasks_exec import ExecContext, SpanRouter, executors_from_config
 
 # A prediction is a text answer (und tasks) or an HxWx3 uint8 image (gen tasks);
 # None means "no answer" and is scored as wrong.
@@ -58,14 +61,10 @@ class EvalSampling:
     batch_size: int = 32
 
     def text_config(self, offset: int = 0):
-        from utamoe.infer.sampling import SamplingConfig
-
         return SamplingConfig(temperature=self.text_temperature, top_k=self.text_top_k,
                               seed=self.seed + offset, max_new_tokens=self.max_new_tokens)
 
     def image_config(self, offset: int = 0):
-        from utamoe.infer.sampling import SamplingConfig
-
         return SamplingConfig(temperature=self.temperature, top_k=self.top_k,
                               cfg_scale=self.cfg_scale, seed=self.seed + offset)
 
@@ -119,8 +118,6 @@ def model_predictor(predictor, sampling: EvalSampling) -> PredictFn:
 
 def _converse(predictor, task: str, batch: list[Sample], sampling) -> list[Prediction]:
     """A conversation's prediction: its assistant answers, each given the gold history."""
-    from utamoe.data.conversations import exchanges
-
     histories, owner = [], []
     for i, s in enumerate(batch):
         if s.turns is None:
@@ -141,8 +138,6 @@ def span_router_for(predictor, executors: dict | None = None):
     model, or `executors`: a config mapping task -> executor spec); None without a model."""
     if predictor is None:
         return None
-    from utamoe.tasks_exec import ExecContext, SpanRouter, executors_from_config
-
     return SpanRouter(executors_from_config(executors, ExecContext(predictor)))
 
 

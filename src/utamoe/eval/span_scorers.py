@@ -31,22 +31,25 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from utamoe.data.conversations import exchanges
 from utamoe.eval import metrics
+from utamoe.eval.scorers import similarity
 from utamoe.tasks import ScoreContext
+from utamoe.tasks_exec import registered_tags
+from utamoe.tasks_exec.builtin import box_mask
+from utamoe.text.boxes import parse_box
+from utamoe.text.spans import parse_response
+from utamoe.vision.processor import to_rgb
 
 
 def _known_tags(ctx: ScoreContext) -> tuple[str, ...]:
     if ctx.span_router is not None:
         return ctx.span_router.tags
-    from utamoe.tasks_exec import registered_tags
-
     return tuple(registered_tags())
 
 
 def span_verdict(pred: str | None, gold: str, tags: Sequence[str]) -> dict[str, float]:
     """task_ok, box IoU (mean over the gold boxes), all_boxes_50 and text_ok of one answer."""
-    from utamoe.text.spans import parse_response
-
     g, p = parse_response(gold, tags), parse_response(pred or "", tags)
     task_ok = p.ok and [s.tag for s in p.spans] == [s.tag for s in g.spans] and bool(g.spans)
     ious = []
@@ -82,8 +85,6 @@ def _executed(ctx: ScoreContext, answer: str | None, image, kind: str):
 
 
 def _exec_rows(samples, answers, ctx: ScoreContext, judge) -> list[dict[str, float]]:
-    from utamoe.eval.scorers import similarity
-
     rows = []
     for s, answer in zip(samples, answers):
         out = _executed(ctx, answer, s.image, "images")
@@ -124,16 +125,11 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 def _predicted_mask(ctx: ScoreContext, answer: str | None, image) -> np.ndarray | None:
     if ctx.span_router is not None and "seg" in ctx.span_router.tags:
         return _executed(ctx, answer, image, "masks")
-    from utamoe.tasks_exec.builtin import box_mask
-    from utamoe.text.spans import parse_response
-
     spans = [s for s in parse_response(answer or "", ["seg"]).spans if s.boxes]
     return box_mask(image, spans[0].boxes) if spans else None
 
 
 def seg_generic(samples, preds, ctx: ScoreContext) -> dict[str, float]:
-    from utamoe.vision.processor import to_rgb
-
     out = span_metrics(samples, preds, ctx)
     ious = []
     for s, p in zip(samples, preds):
@@ -149,9 +145,6 @@ def seg_generic(samples, preds, ctx: ScoreContext) -> dict[str, float]:
 
 def turn_correct(pred: str | None, gold: str, tags: Sequence[str]) -> tuple[str, bool]:
     """(kind of gold answer: "task" / "box" / "text", whether `pred` gets it right)."""
-    from utamoe.text.boxes import parse_box
-    from utamoe.text.spans import parse_response
-
     if parse_response(gold, tags).spans:
         v = span_verdict(pred, gold, tags)
         return "task", bool(v["all_boxes_50"])
@@ -161,8 +154,6 @@ def turn_correct(pred: str | None, gold: str, tags: Sequence[str]) -> tuple[str,
 
 
 def dialog_turns(samples, preds, ctx: ScoreContext) -> dict[str, float]:
-    from utamoe.data.conversations import exchanges
-
     tags = _known_tags(ctx)
     turns, dialogs, by_kind, by_meta = [], [], {}, {}
     for s, answers in zip(samples, preds):

@@ -22,6 +22,7 @@ from utamoe.hf.parts import HFPart
 from utamoe.moe import MoEConfig
 from utamoe.moe.mole import MoLEConfig
 from utamoe.vision.mixture import MoVEConfig
+from utamoe.vision.processor import RESAMPLE
 
 
 def _tiny_llama() -> dict[str, Any]:
@@ -75,8 +76,6 @@ class UnifiedConfig:
     def __post_init__(self) -> None:
         if self.image_size < 8:
             raise ConfigError(f"model.image_size must be >= 8, got {self.image_size}")
-        from utamoe.vision.processor import RESAMPLE
-
         if self.image_resample not in RESAMPLE:
             raise ConfigError(f"model.image_resample {self.image_resample!r} is not one of "
                               f"{', '.join(RESAMPLE)}")

@@ -32,6 +32,7 @@ from utamoe.model.config import UnifiedConfig
 from utamoe.model.unified import UnifiedModel
 from utamoe.text.tokenizer import load_text_tokenizer
 from utamoe.vision.encoders import get_encoder_kind
+from utamoe.vision.tokenizer import VQTokenizer
 
 FORMAT, VERSION = "utamoe-model", 2
 
@@ -47,8 +48,6 @@ RETIRED_KEYS = ("cfg_dropout",)  # in the config of directories saved before it 
 
 def _image_tokenizer_class(kind: str):
     if kind == "VQTokenizer":
-        from utamoe.vision.tokenizer import VQTokenizer
-
         return VQTokenizer
     raise ModelDirError(f"unknown image tokenizer kind {kind!r} in {CONFIG_FILE}")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from utamoe.hf.decoders import grow_vocab
 from utamoe.hf.parts import HFPart
 from utamoe.model.config import UnifiedConfig
 from utamoe.model.unified import UnifiedModel
@@ -72,8 +73,6 @@ def load_janus(path: str | Path, dtype: torch.dtype = torch.float32,
     `vocab_size`, its embedding table and lm_head first grow to it (mean-initialised rows,
     utamoe.model.parts.grow_vocab) for the tokens utamoe's text tokenizer adds."""
     from transformers import JanusForConditionalGeneration
-
-    from utamoe.hf.decoders import grow_vocab
 
     janus = JanusForConditionalGeneration.from_pretrained(str(_janus_dir(path)), dtype=dtype)
     if vocab_size is not None:

@@ -27,6 +27,7 @@ import numpy as np
 
 from utamoe.tasks_exec.executors import ExecContext, ExecRequest, ExecResult, ExecutorError
 from utamoe.tasks_exec.regions import composite
+from utamoe.vision.processor import to_rgb
 
 INSTALL_HINT = "pip install 'utamoe[diffusers]' (or: pip install diffusers)"
 
@@ -93,8 +94,6 @@ class _DiffusersExecutor:
 
 def _uint8(img) -> np.ndarray:
     """A pipeline's image (PIL, or float array in [0, 1]) as HxWx3 uint8."""
-    from utamoe.vision.processor import to_rgb
-
     arr = np.asarray(img)
     if arr.dtype != np.uint8:
         arr = (np.clip(arr.astype(np.float32), 0, 1) * 255).round().astype(np.uint8)
@@ -128,8 +127,6 @@ class DiffusersEdit(_DiffusersExecutor):
 
     def __call__(self, request: ExecRequest) -> ExecResult:
         from PIL import Image
-
-        from utamoe.vision.processor import to_rgb
 
         image = request.need_image()
         if not request.text:

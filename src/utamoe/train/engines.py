@@ -69,6 +69,7 @@ from utamoe.config import ConfigError
 from utamoe.moe import TaskAwareMoE
 from utamoe.moe.blocks import decoder_layers
 from utamoe.moe.context import RoutedModule
+from utamoe.tasks import GROUPS
 
 
 def _env_flag(name: str) -> bool:
@@ -138,8 +139,6 @@ def check_same_groups(accelerator, batch, every_part: bool = False,
       all-reduce) per task group, so every process must hold the same *number* of groups.
     Otherwise nothing is checked (no collective); else one small all-gather per micro-batch."""
     from accelerate.utils import DistributedType
-
-    from utamoe.tasks import GROUPS
 
     if accelerator.num_processes == 1:
         return

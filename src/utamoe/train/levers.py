@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from utamoe.data.sequences import TokenSequence
+from utamoe.data.sequences import Batch, TokenSequence
 from utamoe.tasks import GROUPS, get_task
 
 
@@ -67,8 +67,6 @@ def split_by_group(batch) -> list:
     Each group's loss is a mean over its own tokens, so the sum of the sub-batches' losses is
     the mixed batch's loss (up to the router's auxiliary losses, which are then computed per
     sub-batch): the same step for fewer positions. `train.split_groups`."""
-
-    from utamoe.data.sequences import Batch
 
     und = GROUPS.index("und")
     parts = []

@@ -22,11 +22,14 @@ import fnmatch
 import torch
 from torch import nn
 
+from utamoe.config import ConfigError
+from utamoe.model.unified import UnifiedModel
 from utamoe.moe import MoEConfig, TaskAwareMoE
 from utamoe.moe.blocks import decoder_layers, inner_mlp, set_inner_mlp
 from utamoe.moe.experts import GatedFFN, dense_weights
 from utamoe.moe.upcycle import check_dense_mlp, detect_activation
 from utamoe.tasks import GROUPS, group_index
+from utamoe.vision.mixture import frozen_parameters
 
 SPLIT_CONFIG = dict(routing="task_aware", group_names=GROUPS, num_experts=len(GROUPS),
                     top_k=1, num_shared_experts=0, group_routing="oracle",
@@ -95,8 +98,6 @@ def select_trainable(model: nn.Module, trainable: list[str], frozen: list[str]) 
 
     Parameters that are frozen by construction (the image tokenizer, a LoRA base, the FFN
     stash, a MoVE encoder configured `frozen`) stay frozen whatever the globs say."""
-    from utamoe.vision.mixture import frozen_parameters
-
     always_frozen = ("image_tokenizer.", "ffn_stash.")
     fixed = frozen_parameters(model)  # MoVE encoders configured `frozen`
     names = []
@@ -146,9 +147,6 @@ def preflight(model_config, stages) -> None:
     a copy of the model built on the meta device (no memory, no compute), so a typo in stage
     2's globs is a config error at load, not a crash after stage 1 has trained."""
     import copy
-
-    from utamoe.config import ConfigError
-    from utamoe.model.unified import UnifiedModel
 
     with torch.device("meta"):
         ghost = UnifiedModel.build(copy.deepcopy(model_config))
