@@ -9,7 +9,7 @@
 
 Each user line is a turn; the model answers with the whole conversation as context (the
 `dialog` task's layout, utamoe.data.sequences), and every task span in its answer goes
-through the task router (utamoe.tasks_exec) to its executor, whose images and masks are
+through the span router (utamoe.tasks_exec) to its executor, whose images and masks are
 written as PNGs under the output directory and named on screen; an answer that does not
 parse or an executor that fails is shown as its structured error, never a crash. Images an
 executor produces join the conversation's images, so a later edit works on the latest one;

@@ -1,4 +1,4 @@
-"""UnifiedMLLM's task router and executors (docs/executors.md).
+"""UnifiedMLLM's span router and executors (docs/executors.md).
 
 A model answers with text and task spans (`<edit>make it blue<box>[0.1,0.2,0.5,0.6]</box></edit>`,
 parsed by utamoe.text.spans); `executors` holds the executor contract and the registry (config,

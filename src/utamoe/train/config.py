@@ -55,7 +55,8 @@ class DataConfig:
 class TokenizersConfig:
     image: str | None = None  # a saved image tokenizer dir; None = train one (image_train)
     image_train: dict[str, Any] = field(default_factory=dict)  # TokenizerConfig overrides
-    # 0: train the image tokenizer on the train split's images. N > 0 (ShapesWorld data only):
+    # 0: train the image tokenizer on the train split's images. N > 0 (a benchmark's data with
+    # codec renders, utamoe.benchmarks; ShapesWorld):
     # on N fresh renders covering every colour-shape pair, so that the codec can draw the
     # held-out pairs (it never sees them in any task; docs/tokenizer.md).
     image_train_renders: int = 0
