@@ -1,7 +1,9 @@
 """The `utamoe` command line: one small function per verb, one file per group of verbs.
 
 Each verb registers its arguments in `build_parser` and is run by a `cmd_<verb>`
-function that imports its heavy dependencies lazily, so `utamoe --help` stays fast.
+function; the verbs' modules import what they use at the top (the import graph is what a
+reader sees), except `serve`, which imports FastAPI (the optional `serve` extra) when it runs.
+Every verb that runs a model goes through utamoe.infer.Predictor.
 """
 
 from __future__ import annotations
