@@ -5,8 +5,9 @@
 
 Runs `utamoe.train.Trainer` unchanged, except that every `--every` global steps (and at
 the end of each stage) the model being trained is put in eval mode and the first
-`--max-per-task` test samples of each of `--tasks` are answered greedily and scored with
-`utamoe.eval.run.evaluate_model`. Scoring does not touch the training data stream (batches
+`--max-per-task` test samples of each of `--tasks` are answered and scored with
+`utamoe.eval.run.evaluate_model`, sampled as the demo samples (greedy text; images greedy
+with CFG 1.5: `utamoe.demo.demo_sampling`). Scoring does not touch the training data stream (batches
 are a pure function of their position), so the trained model is the one `utamoe train`
 would give. Writes RUN/curve.jsonl: one record per evaluation with the global step, the
 samples seen (global step x batch size x grad accum), the stage, the wall seconds of
@@ -35,7 +36,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     from utamoe.data.formats import find_benchmark, load_split
-    from utamoe.eval.run import EvalSampling, evaluate_model
+    from utamoe.demo import demo_sampling
+    from utamoe.eval.run import evaluate_model
     from utamoe.infer.predictor import Predictor
     from utamoe.train.config import load_config
     from utamoe.train.trainer import Trainer
@@ -57,7 +59,7 @@ def main(argv=None) -> None:
             clock["train"] += time.perf_counter() - clock["since"]
             model = self.accelerator.unwrap_model(self.prepared)
             res = evaluate_model(Predictor(model, self.text_tokenizer), test,
-                                 EvalSampling(temperature=0.0), max_per_task=args.max_per_task,
+                                 demo_sampling(self.cfg.run.seed), max_per_task=args.max_per_task,
                                  progress=False, benchmark=find_benchmark(args.data))
             model.train()
             t = self.cfg.train

@@ -11,7 +11,12 @@ from utamoe.config import ConfigError
 from utamoe.data.sequences import IGNORE
 from utamoe.model.io import load_model_dir
 from utamoe.train.config import build_config
-from utamoe.train.levers import add_prompt_loss, attention_projections, scale_attention_init
+from utamoe.train.levers import (
+    add_prompt_loss,
+    attention_projections,
+    qk_norms,
+    scale_attention_init,
+)
 from utamoe.train.trainer import Trainer
 from utamoe.vision.aligners import GridPosAligner
 
@@ -80,6 +85,25 @@ def test_qk_init_and_attention_lr_are_applied_by_the_trainer(tiny_assets, tmp_pa
     assert lrs == pytest.approx([3e-3, 12e-3])
     fast = [g for g in opt.param_groups if g["lr"] == pytest.approx(12e-3)][0]
     assert len(fast["params"]) == 2 * len(trainer.model.lm.layers)
+
+
+def test_qk_norm_gain_sharpens_attention_logits_of_a_qk_norm_backbone(tiny_assets, tmp_path):
+    recipe = tiny_recipe(tiny_assets, tmp_path / "r", None, qk_norm_gain=4.0)
+    recipe["model"]["backbone"]["config"].update(model_type="qwen3", head_dim=8)
+    trainer = Trainer(build_config(recipe), tmp_path / "r", progress=False)
+    trainer.setup()
+    norms = qk_norms(trainer.model.lm)
+    assert len(norms) == 2 * len(trainer.model.lm.layers)
+    assert all(torch.equal(m.weight, torch.full_like(m.weight, 2.0)) for m in norms)
+    # the norms scale q and k: the logits of any input are gain x those at weight 1
+    attn = trainer.model.lm.layers[0].self_attn
+    x = torch.randn(1, 5, 8)
+    scaled = attn.q_norm(x) @ attn.k_norm(x).mT
+    for m in norms:
+        m.weight.data.fill_(1.0)
+    torch.testing.assert_close(scaled, 4.0 * (attn.q_norm(x) @ attn.k_norm(x).mT))
+    with pytest.raises(ConfigError, match="query/key norms"):
+        _trainer(tiny_assets, tmp_path / "llama", None, qk_norm_gain=4.0)
 
 
 def test_lever_config_is_validated(tiny_assets, tmp_path):

@@ -73,6 +73,15 @@ class TrainConfig:
     warmup_steps: int = 50
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.95)
+    # "adamw", or "muon": the hidden matrices (2-D weights, and expert banks per expert) on Muon,
+    # embeddings, heads, routers, norms and biases on AdamW (utamoe.train.optim).
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    muon_lr: float = 0.0  # Muon's base rate (AdamW-matched RMS); 0 = the stage's learning rate
+    muon_momentum: float = 0.95
+    # "cosine" (warmup, cosine decay to min_lr_ratio) or "wsd" (warmup, constant, then a
+    # (1 - sqrt) cooldown over the last `decay_frac` of each stage's steps).
+    schedule: Literal["cosine", "wsd"] = "cosine"
+    decay_frac: float = 0.2
     clip_grad: float = 1.0
     # Probability that a generation sample's prompt is replaced by <null> tokens, so the same
     # model also predicts unconditionally (classifier-free guidance at inference).
@@ -87,6 +96,9 @@ class TrainConfig:
     # Understanding tasks whose prompt words get a language-model loss too (e.g. [pope, vqa]).
     prompt_loss_tasks: list[str] = field(default_factory=list)
     qk_init_std: float = 0.0  # > 0: re-draw the backbone's q/k projections from N(0, std^2)
+    # > 0: start QK-norm weights at sqrt(gain): attention logits `gain` x sharper (a learned
+    # temperature; backbones with q_norm/k_norm such as qwen3).
+    qk_norm_gain: float = 0.0
     attn_lr_mult: float = 1.0  # learning-rate multiplier of the backbone's q/k projections
     # A benchmark's data that offers it (ShapesWorld): k extra questions about the same image
     # after each answer (utamoe.train.data): k + 1 answers per image encoding.
@@ -150,6 +162,10 @@ class ExperimentConfig:
         if not (math.isfinite(t.lr) and t.lr > 0) or not 0 <= t.min_lr_ratio <= 1:
             raise ConfigError(f"train.lr must be a finite number > 0 (got {t.lr}) and "
                               f"train.min_lr_ratio in [0, 1] (got {t.min_lr_ratio})")
+        if not (0 < t.decay_frac <= 1 and 0 <= t.muon_momentum < 1 and t.muon_lr >= 0):
+            raise ConfigError(f"train.decay_frac must be in (0, 1] (got {t.decay_frac}), "
+                              f"train.muon_momentum in [0, 1) (got {t.muon_momentum}) and "
+                              f"train.muon_lr >= 0 (got {t.muon_lr}; 0 = the stage's rate)")
         if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
             raise ConfigError(f"train.betas must be two numbers in [0, 1), e.g. [0.9, 0.95]; got "
                               f"{list(t.betas)}")
@@ -177,9 +193,9 @@ class ExperimentConfig:
                               "add --set train.pack=false to use split_groups)")
         if not 0.0 <= t.cfg_dropout < 1.0:
             raise ConfigError(f"train.cfg_dropout must be in [0, 1), got {t.cfg_dropout}")
-        if t.qk_init_std < 0 or t.attn_lr_mult <= 0 or t.extra_questions < 0:
-            raise ConfigError("train.qk_init_std and train.extra_questions must be >= 0, "
-                              "train.attn_lr_mult > 0")
+        if t.qk_init_std < 0 or t.attn_lr_mult <= 0 or t.extra_questions < 0 or t.qk_norm_gain < 0:
+            raise ConfigError("train.qk_init_std, train.qk_norm_gain and train.extra_questions must be "
+                              ">= 0, train.attn_lr_mult > 0")
         for i, st in enumerate(self.stages):
             where = f"stages[{i}] ({st.name})"
             if st.steps < 1:

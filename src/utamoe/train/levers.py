@@ -8,6 +8,11 @@
   signal for the same lookup. Inference is unchanged (the prompt is given).
 - `scale_attention_init`: re-draw the query/key projections with a larger standard
   deviation, so attention scores are not ~0 (uniform attention) at initialisation.
+- `set_qk_norm_gain`: for backbones with QK-norm (Qwen3, Gemma 3), start the query and key
+  norms' weights at sqrt(gain), so attention logits start `gain` times sharper: a lower
+  softmax temperature, the remedy "Eureka-moments in transformers" (Hoffmann et al., ICML
+  2024) found for the plateau of two-step tasks, where near-uniform attention starves the
+  query/key projections of gradient. The weights stay learnable (a learned temperature).
 
 Both are pure functions of their inputs, so batches stay a function of their position
 and resume stays exact.
@@ -18,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from utamoe.config import ConfigError
 from utamoe.data.sequences import Batch, TokenSequence
 from utamoe.tasks import GROUPS, get_task
 
@@ -56,6 +62,25 @@ def scale_attention_init(lm: nn.Module, std: float, generator: torch.Generator |
     for _, m in layers:
         m.weight.normal_(0.0, std, generator=generator)
     return len(layers)
+
+
+def qk_norms(lm: nn.Module) -> list[nn.Module]:
+    """The backbone's per-head query and key norms (Qwen3 / Gemma 3 `q_norm`, `k_norm`)."""
+    return [m for n, m in lm.named_modules() if n.rsplit(".", 1)[-1] in ("q_norm", "k_norm")]
+
+
+@torch.no_grad()
+def set_qk_norm_gain(lm: nn.Module, gain: float) -> int:
+    """Start every query/key norm weight at sqrt(`gain`) (logits x `gain`); returns how many.
+    Gemma's norms compute x * (1 + weight), so their weight becomes sqrt(gain) - 1."""
+    norms = qk_norms(lm)
+    if not norms:
+        raise ConfigError("train.qk_norm_gain needs a backbone with query/key norms (q_norm, "
+                         "k_norm: model_type qwen3 or gemma3_text); this one has none")
+    for m in norms:
+        offset = 1.0 if "Gemma" in type(m).__name__ else 0.0
+        m.weight.fill_(gain ** 0.5 - offset)
+    return len(norms)
 
 
 def split_by_group(batch) -> list:
