@@ -9,8 +9,10 @@ A `Task` says what the rest of the code needs to know about it:
                   "answer"    <bos> <task> [<img> features </img>] prompt <sep> | answer <eos>
                   "generate"  <bos> <task> prompt <img> | codes
                   "edit"      <bos> <task> <img> input codes </img> prompt <img> | codes
-    needs_image whether a record must carry an input image (implied by "edit"; an "answer"
-                task may be text-only, e.g. questions about a written scene description)
+    needs_image whether a record must carry an input image (implied by "edit"). An "answer"
+                task with needs_image=False takes an image when its record has one and none
+                otherwise (questions about a written scene description; free-form
+                instructions, some with an image and some without)
     scorer      the generic scorer: (samples, predictions, ScoreContext) -> TaskScore
     benchmark_scorers
                 scorers that apply only to data of one benchmark, keyed by its name; eval uses
@@ -255,6 +257,13 @@ for _task in (
     Task("dialog", "und", "answer", f"{_U}:dialog_turns", title="Multi-turn dialogue",
          headline={"turn_accuracy": "dialog_turn_acc", "dialog_accuracy": "dialog_acc",
                    "task_turn_accuracy": "dialog_task_turn_acc"}, opt_in=True),
+    # Free-form instruction following (LLaVA, `messages` data; `utamoe data import`): one
+    # question and answer, or a conversation, with or without an image. Opt-in, so that
+    # ShapesWorld runs and their tokenizers stay as they were.
+    Task("instruct", "und", "answer", f"{_S}:free_form", title="Instruction following",
+         headline={"token_f1": "instruct_token_f1", "rouge_l": "instruct_rouge_l",
+                   "bleu4": "instruct_bleu4", "cider": "instruct_cider",
+                   "exact": "instruct_exact"}, needs_image=False, opt_in=True),
 ):
     register_task(_task)
 del _task

@@ -42,6 +42,7 @@ MANIFEST = "dataset.json"
 # Images above this many pixels are refused per record (a decompression bomb, or a photo
 # far larger than any model reads); data.max_image_pixels sets it for a run.
 MAX_IMAGE_PIXELS = 64_000_000
+IMAGE_ROOT = "image_root"  # manifest key: the folder image paths resolve against (image_root())
 RECORD_KEYS = ("id", "task", "group", "prompt", "image", "target", "target_image", "meta", "turns")
 
 OnError = Literal["raise", "skip"]
@@ -189,17 +190,20 @@ def _check_conversation(rec: dict, spec, path: Path, line: int) -> None:
 
 def _image_path(root: Path, rel: str, key: str, path: Path, line: int) -> Path:
     """The file a record's image path names, checked to exist and to stay inside the
-    dataset directory after resolving symlinks (a link out of the dataset is refused)."""
+    dataset directory (or the image root its manifest names) after resolving symlinks (a
+    link out of it is refused)."""
+    where = ("the dataset directory" if root == path.parent
+             else f"the image root {root} (image_root in {MANIFEST})")
     if os.path.isabs(rel) or ".." in Path(rel).parts:
-        raise _fail(path, line, f"'{key}' path '{rel}' must be relative to the dataset "
-                    "directory and stay inside it")
+        raise _fail(path, line, f"'{key}' path '{rel}' must be relative to {where} and stay "
+                    "inside it")
     full = root / rel
     if not full.is_file():
         raise _fail(path, line, f"'{key}' image '{rel}' not found (looked for {full}); fix "
                     "the path or add the file")
     if not full.resolve().is_relative_to(root.resolve()):
-        raise _fail(path, line, f"'{key}' image '{rel}' resolves to {full.resolve()}, outside the "
-                    "dataset directory (a symlink?); copy the file into the dataset")
+        raise _fail(path, line, f"'{key}' image '{rel}' resolves to {full.resolve()}, outside "
+                    f"{where} (a symlink?); copy the file into it")
     return full
 
 
@@ -268,12 +272,13 @@ def load_split(path: str | os.PathLike, on_error: OnError = "raise", load_images
     seen: dict[str, int] = {}
     if not path.is_file():
         raise DataFormatError(path, None, "split file not found; a split is <dir>/<split>.jsonl")
+    root = image_root(path.parent)
     with open(path, "rb") as fh:  # bytes: a bad encoding is reported per line, not fatal
         for lineno, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue  # blank lines (e.g. a trailing newline) carry no record
             try:
-                sample = _parse_line(raw, path, lineno, seen, load_images, max_pixels)
+                sample = _parse_line(raw, path, lineno, seen, load_images, max_pixels, root)
             except DataFormatError as err:
                 if on_error == "raise":
                     raise
@@ -285,18 +290,23 @@ def load_split(path: str | os.PathLike, on_error: OnError = "raise", load_images
     return samples, report
 
 
-def _parse_line(raw: bytes, path: Path, lineno: int, seen: Mapping[str, int],
-                load_images: bool, max_pixels: int) -> Sample:
+def parse_record(raw: bytes, path: Path, lineno: int) -> Any:
+    """One line of a split file as parsed JSON (DataFormatError naming the line if it is not)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise _fail(path, lineno, f"not UTF-8 text ({e.reason}); save the file as UTF-8") from e
     try:
-        rec = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise _fail(path, lineno, f"malformed JSON ({e.msg} at column {e.colno}); each line "
                     "must be one complete JSON object") from e
-    sample = record_to_sample(rec, path.parent, path, lineno, load_images, max_pixels)
+
+
+def _parse_line(raw: bytes, path: Path, lineno: int, seen: Mapping[str, int],
+                load_images: bool, max_pixels: int, root: Path) -> Sample:
+    rec = parse_record(raw, path, lineno)
+    sample = record_to_sample(rec, root, path, lineno, load_images, max_pixels)
     if sample.id in seen:
         raise _fail(path, lineno, f"duplicate id '{sample.id}' (first on line "
                     f"{seen[sample.id]}); ids must be unique within a split")
@@ -319,6 +329,26 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
         raise DataFormatError(path, None, f"format_version {version!r} is newer than this "
                               f"utamoe reads ({FORMAT_VERSION}); upgrade utamoe")
     return manifest
+
+
+def image_root(root: str | os.PathLike) -> Path:
+    """The folder a dataset's image paths resolve against: the dataset directory itself, or the
+    `image_root` its manifest names. A dataset refers to images outside its directory only when
+    its manifest says so explicitly (`utamoe data import --images DIR` writes it, so that a
+    folder of images that already exists is used where it is, not copied); paths still stay
+    inside that root. A relative image_root is relative to the dataset directory."""
+    root = Path(root)
+    external = read_manifest(root).get(IMAGE_ROOT)
+    if external is None:
+        return root
+    if not isinstance(external, str) or not external:
+        raise DataFormatError(root / MANIFEST, None, f"'{IMAGE_ROOT}' must be a folder path (a "
+                              f"string), got {external!r}")
+    folder = root / external  # an absolute path stays absolute
+    if not folder.is_dir():
+        raise DataFormatError(root / MANIFEST, None, f"'{IMAGE_ROOT}' {external} is not a folder "
+                              f"(looked for {folder}); fix it to where the images are")
+    return folder
 
 
 def find_benchmark(root: str | os.PathLike) -> BenchmarkData | None:

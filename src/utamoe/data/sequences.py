@@ -5,7 +5,8 @@ registry (utamoe.tasks):
 
     answer   (caption, vqa, pope, grounding, ...):
              <bos> <task> <img> <und_slot> x P </img> prompt <sep> | answer <eos>
-             (a text-only answer task has no <img> ... </img> block)
+             (an answer task with needs_image=False has the <img> ... </img> block only
+             when its sample has an image)
     generate (t2i): <bos> <task> prompt <img> | code x N
     edit:    <bos> <task> <img> <code_slot> x N (input image codes) </img> instruction <img> | code x N
     conversation (a record with turns, utamoe.data.conversations), any answer task:
@@ -106,7 +107,7 @@ class Encoder:
         if spec.needs_image and image is None and input_codes is None:
             raise ValueError(f"task {task!r} needs an input image")
         if spec.layout == "answer":
-            if spec.needs_image:
+            if spec.needs_image or image is not None:  # needs_image=False: an optional image
                 seq.image = self.process(image)
                 seq.text([sp.image_start] + [sp.und_slot] * self.und_tokens + [sp.image_end])
             seq.prompt_span = (len(seq.input_ids), len(seq.input_ids) + len(words))

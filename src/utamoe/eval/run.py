@@ -105,8 +105,10 @@ def model_predictor(predictor, sampling: EvalSampling) -> PredictFn:
 
     def predict(task: str, batch: list[Sample], offset: int) -> list[Prediction]:
         images = [s.image for s in batch]
-        if any(s.turns is not None for s in batch):
+        if all(s.turns is not None for s in batch):
             return _converse(predictor, task, batch, sampling.text_config(offset))
+        if any(s.turns is not None for s in batch):  # free-form data mixes both kinds
+            return _mixed(predict, task, batch, offset)
         if get_task(task).output == "text":
             return predictor.answer(images, [s.prompt for s in batch], task=task,
                                     sampling=sampling.text_config(offset))
@@ -116,13 +118,21 @@ def model_predictor(predictor, sampling: EvalSampling) -> PredictFn:
     return predict
 
 
+def _mixed(predict, task: str, batch: list[Sample], offset: int) -> list[Prediction]:
+    """A batch of conversations and single prompts (the `instruct` task): each kind predicted
+    as its own batch, the answers back in the batch's order."""
+    kinds = [[i for i, s in enumerate(batch) if (s.turns is not None) == conv] for conv in (True, False)]
+    out: list[Prediction] = [None] * len(batch)
+    for idx in kinds:
+        for i, p in zip(idx, predict(task, [batch[i] for i in idx], offset)):
+            out[i] = p
+    return out
+
+
 def _converse(predictor, task: str, batch: list[Sample], sampling) -> list[Prediction]:
     """A conversation's prediction: its assistant answers, each given the gold history."""
     histories, owner = [], []
     for i, s in enumerate(batch):
-        if s.turns is None:
-            raise ValueError(f"sample {s.id}: task {task!r} mixes conversations and single "
-                             "prompts in one batch; give each task one kind of record")
         for history, _ in exchanges(s.turns):
             histories.append(history)
             owner.append(i)

@@ -10,6 +10,9 @@ read images and captions with its scene parser, utamoe.shapes.scorers).
     box_iou          Acc@IoU>=0.5 and mean IoU of boxes written as text
     caption_generic  exact match, token F1, and BLEU-4 / CIDEr / ROUGE-L from pycocoevalcap
                      (the COCO caption toolkit; the `eval` extra) when it is installed
+    free_form        free-form answers (the `instruct` task): exact match, token F1 and the COCO
+                     toolkit's BLEU-4 / CIDEr / ROUGE-L over every answer, a conversation's
+                     assistant turns each counted as one answer (given the gold history)
     image_similarity PSNR / SSIM against the target image (the prediction resized to it)
 """
 
@@ -20,6 +23,7 @@ import io
 
 import numpy as np
 
+from utamoe.data.conversations import exchanges
 from utamoe.eval import metrics
 from utamoe.tasks import ScoreContext
 from utamoe.vision.processor import to_rgb
@@ -57,6 +61,27 @@ def caption_generic(samples, preds, ctx: ScoreContext) -> dict[str, float]:
            "token_f1": sum(metrics.token_f1(p, g) for p, g in zip(preds, golds)) / n,
            "n": len(golds)}
     out.update(coco_caption_scores(preds, golds))
+    return out
+
+
+def free_form(samples, preds, ctx: ScoreContext) -> dict[str, float]:
+    """Free-form answers: a plain record's prediction is its answer, a conversation's the list
+    of its assistant answers (utamoe.eval.run); every answer is scored against its gold."""
+    answers, golds = [], []
+    for s, p in zip(samples, preds):
+        if s.turns is None:
+            answers.append(p if isinstance(p, str) else "")
+            golds.append(s.target or "")
+            continue
+        got = list(p or []) if not isinstance(p, str) else [p]
+        for k, (_, gold) in enumerate(exchanges(s.turns)):
+            answers.append(got[k] if k < len(got) else "")
+            golds.append(gold.text)
+    n = max(len(golds), 1)
+    out = {"exact": sum(metrics.exact_match(a, g) for a, g in zip(answers, golds)) / n,
+           "token_f1": sum(metrics.token_f1(a, g) for a, g in zip(answers, golds)) / n,
+           "n": len(samples), "answers": len(golds)}
+    out.update(coco_caption_scores(answers, golds))
     return out
 
 

@@ -108,8 +108,10 @@ class Predictor:
         sampling = check_sampling(sampling or SamplingConfig())
         questions = texts(questions, "question")
         self._fits(task, questions, "question", sampling.max_new_tokens)
-        rows = self._images(images, len(questions), "question") if spec.needs_image \
-            else [None] * len(questions)
+        if spec.needs_image:
+            rows = self._images(images, len(questions), "question")
+        else:  # an optional image (utamoe.tasks): None for every row, or one (or None) per row
+            rows = self._optional_images(images, len(questions))
         reqs = [Request(task, q, img, sampling) for q, img in zip(questions, rows)]
         return [r.text for r in self._generate(reqs, shared_sampling=True)]
 
@@ -210,6 +212,19 @@ class Predictor:
             return [self.processor(img) for img in rows]
         except (ValueError, TypeError) as err:
             raise InputError(f"cannot use the image for {what}: {err}") from err
+
+    def _optional_images(self, images, n: int) -> list[np.ndarray | None]:
+        """Images of a task whose image is optional: None, one image for every row, or one
+        image or None per row."""
+        if images is None:
+            return [None] * n
+        if is_one_image(images):
+            return self._images(images, n, "question")
+        rows = list(images)
+        if len(rows) != n:
+            raise InputError(f"{len(rows)} images for {n} questions; give one image, or one "
+                             "(or None) per question")
+        return [None if img is None else self._images(img, 1, "question")[0] for img in rows]
 
     def _fits(self, task: str, prompts: list[str], what: str, new_tokens: int) -> None:
         """A prompt plus what the model must generate has to fit the model's positions."""

@@ -14,6 +14,12 @@ with no texture for an adversary or a VGG feature to sharpen, and what matters
 downstream (colour, shape, size, cell) is exactly what a pixel loss measures; both
 would also cost more CPU time than the whole budget. Dead codes (a known VQ failure)
 are revived every `restart_every` steps from random encoder outputs of the batch.
+
+A dataset too large for memory is given as `DiskImages` (its images read when a step needs
+them, by `workers` processes ahead of the loop): memory then holds one batch, not the dataset.
+Its batches are drawn by their own seeded generator, all up front, so prefetching changes
+nothing; images are not deduplicated by content (that needs every image decoded), only the
+evaluation images are a seeded random subset.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from utamoe.data.formats import load_split
+from utamoe.data.ondisk import HAS_IMAGE, HAS_TARGET_IMAGE, DiskSplit, build_index
 from utamoe.vision.processor import to_rgb
 from utamoe.vision.tokenizer import TokenizerConfig, VQTokenizer
 
@@ -61,8 +68,76 @@ def split_images(data_dir: str | os.PathLike, split: str) -> list[np.ndarray]:
     return dedupe(images)
 
 
+class DiskImages:
+    """The input and target images of a split on disk (utamoe.data.ondisk), read and resized to
+    `size` when asked for: `load(indices)` -> uint8 (n, size, size, 3)."""
+
+    def __init__(self, split: DiskSplit, size: int):
+        flags = split.index.flags
+        self.split, self.size = split, size
+        self.items = np.asarray([(p, k) for p in range(len(flags)) for k, bit in
+                                 enumerate((HAS_IMAGE, HAS_TARGET_IMAGE)) if flags[p] & bit],
+                                np.int64).reshape(-1, 2)
+
+    @classmethod
+    def of_split(cls, path: str | os.PathLike, size: int) -> DiskImages:
+        """The images of a split file (its broken records are left out: `utamoe data check`
+        names them)."""
+        return cls(DiskSplit(build_index(path, on_error="skip")), size)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load(self, indices) -> np.ndarray:
+        out = []
+        for pos, kind in self.items[np.asarray(indices, np.int64)]:
+            s = self.split.read(int(pos))
+            out.append(to_rgb(s.image if kind == 0 else s.target_image, self.size))
+        return np.stack(out)
+
+    def subset(self, n: int, seed: int) -> np.ndarray:
+        """At most n of the images, a seeded random choice, in memory."""
+        pick = np.arange(len(self))
+        if len(pick) > n:
+            pick = np.sort(np.random.default_rng(seed).choice(len(pick), n, replace=False))
+        return self.load(pick) if len(pick) else np.zeros((0, self.size, self.size, 3), np.uint8)
+
+
+class _StepImages(torch.utils.data.Dataset):
+    """Step k -> its batch of images (what a DataLoader's workers compute)."""
+
+    def __init__(self, images: DiskImages, order: torch.Tensor):
+        self.images, self.order = images, order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        return self.images.load(self.order[k].numpy())
+
+
+def _disk_data(data: DiskImages, eval_images, eval_max: int, seed: int, size: int):
+    """(train DiskImages, eval uint8 (M, size, size, 3)): eval from `eval_images` (a DiskImages
+    or arrays), else a held-out 10 % of the train images."""
+    if len(data) == 0:
+        raise ValueError("no training images found in the split")
+    if isinstance(eval_images, DiskImages):
+        return data, eval_images.subset(eval_max, seed)
+    if eval_images is not None:
+        return data, np.stack([to_rgb(img, size) for img in list(eval_images)[:eval_max]])
+    n_eval = max(1, len(data) // 10) if len(data) > 1 else 0
+    held = np.arange(len(data) - n_eval, len(data))
+    if len(held) > eval_max:
+        held = np.sort(np.random.default_rng(seed).choice(held, eval_max, replace=False))
+    evals = data.load(held) if len(held) else data.load([0])
+    data.items = data.items[:len(data) - n_eval]
+    return data, evals
+
+
 def _resolve_data(data, eval_images, eval_max: int, seed: int, size: int):
     """(train uint8 (N, size, size, 3), eval uint8 (M, size, size, 3))."""
+    if isinstance(data, DiskImages):
+        return _disk_data(data, eval_images, eval_max, seed, size)
     if isinstance(data, (str, os.PathLike)):
         root = Path(data)
         train = split_images(root, "train")
@@ -177,16 +252,34 @@ def _progress(enabled: bool):
                     TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not enabled)
 
 
-def fit(model: VQTokenizer, images: np.ndarray, steps: int, batch_size: int, lr: float,
-        seed: int = 0, progress: bool = True) -> dict:
-    """Train `model` in place on uint8 images (N, H, W, 3); returns the training log."""
+def _batches(model: VQTokenizer, images, steps: int, batch_size: int, gen: torch.Generator,
+             workers: int):
+    """The training batches: drawn with `gen` step by step from images in memory, or for a
+    DiskImages from a generator of their own, up front, read by `workers` processes."""
+    if isinstance(images, DiskImages):
+        order = torch.randint(len(images), (steps, batch_size),
+                              generator=torch.Generator().manual_seed(int(gen.initial_seed()) + 1))
+        for batch in torch.utils.data.DataLoader(_StepImages(images, order), batch_size=None,
+                                                 num_workers=workers,
+                                                 generator=torch.Generator().manual_seed(0)):
+            yield model.to_pixels(batch)
+        return
+    data = model.to_pixels(images)  # all in memory: 48x48 images are ~27 KB each as float
+    for _ in range(steps):
+        yield data[torch.randint(len(data), (batch_size,), generator=gen)]
+
+
+def fit(model: VQTokenizer, images, steps: int, batch_size: int, lr: float,
+        seed: int = 0, progress: bool = True, workers: int = 0) -> dict:
+    """Train `model` in place on uint8 images (N, H, W, 3) or a DiskImages; returns the
+    training log."""
     cfg = model.config
     # Flat backgrounds can make GroupNorm outputs (hence activations and gradients)
     # tiny, and denormal floats slow CPU steps 10-100x: denormals are flushed to zero
     # process-wide, on every thread, when utamoe is imported (utamoe/_runtime.py; a
     # call here would reach only this thread, not torch's OpenMP workers).
     gen = torch.Generator().manual_seed(seed)
-    data = model.to_pixels(images)  # all in memory: 48x48 images are ~27 KB each as float
+    batches = _batches(model, images, steps, batch_size, gen, workers)
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99))
     last_restart = int(steps * cfg.restart_until)
     log = {"loss": [], "recon": [], "restarts": [], "revived": 0}
@@ -198,7 +291,7 @@ def fit(model: VQTokenizer, images: np.ndarray, steps: int, batch_size: int, lr:
         for step in range(steps):
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, steps, lr)
-            batch = data[torch.randint(len(data), (batch_size,), generator=gen)]
+            batch = next(batches)
             out = _train_step(model, opt, batch, cfg)
             log["loss"].append(out["loss"])
             log["recon"].append(out["recon"])
@@ -225,14 +318,16 @@ def train_tokenizer(
     seed: int = 0,
     progress: bool = True,
     *,
-    eval_images: Sequence[np.ndarray] | None = None,
+    eval_images: Sequence[np.ndarray] | DiskImages | None = None,
     agreement=None,
     eval_max: int = 200,
+    workers: int = 0,
 ) -> tuple[VQTokenizer, dict[str, Any]]:
     """Train a VQ tokenizer; returns (model, report) and saves both to `out_dir` if given.
 
-    `data`: a dataset directory (train split in, test split -- else val -- evaluated)
-    or uint8 images (N, H, W, 3) (10% held out unless `eval_images` is given).
+    `data`: a dataset directory (train split in, test split -- else val -- evaluated),
+    uint8 images (N, H, W, 3) (10% held out unless `eval_images` is given), or a DiskImages
+    (images read when a step needs them, by `workers` processes; see the module docstring).
     `steps`/`batch_size`/`lr` default to the config's; images are resized to the config's
     image_size. `agreement(original, reconstruction) -> bool` adds its rate to the report
     (ShapesWorld's parse agreement). At most `eval_max` evaluation images are used (a
@@ -248,7 +343,7 @@ def train_tokenizer(
     train, evals = _resolve_data(data, eval_images, eval_max, seed, config.image_size)
     torch.manual_seed(seed)
     model = VQTokenizer(config)
-    log = fit(model, train, steps, batch_size, lr, seed, progress)
+    log = fit(model, train, steps, batch_size, lr, seed, progress, workers)
     metrics = evaluate_tokenizer(model, evals, agreement)
     report = {
         "config": config.to_dict(), "steps": steps, "batch_size": batch_size, "lr": lr,

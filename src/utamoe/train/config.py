@@ -49,6 +49,15 @@ class DataConfig:
     # its generator (same config and split distribution as data.dir's train split) instead of
     # cycling the stored samples; a batch is still a pure function of its position (issue 12).
     stream: bool = False
+    # Where the training split lives during the run (utamoe.train.data): "memory" (every sample
+    # and processed image held, as ShapesWorld always was), "disk" (an index of the split file;
+    # records read, images decoded and VQ codes taken from a file computed once, when a batch
+    # needs them: memory does not grow with the dataset), "auto": memory for a benchmark's
+    # generated data (its manifest names a generator), disk for anything else.
+    loading: Literal["auto", "memory", "disk"] = "auto"
+    # Processes that compute the next batches ahead of the training loop (torch.utils.data);
+    # 0: the loop computes each batch itself. The batches are the same either way.
+    workers: int = 0
 
 
 @dataclass
@@ -175,6 +184,9 @@ class ExperimentConfig:
                 raise ConfigError(f"train.{key} must be >= 0, got {value}")
         if self.run.seed < 0:
             raise ConfigError(f"run.seed must be >= 0, got {self.run.seed}")
+        if self.data.workers < 0:
+            raise ConfigError(f"data.workers must be >= 0 (0: no worker processes), got "
+                              f"{self.data.workers}")
         if self.data.max_image_pixels < 1:
             raise ConfigError(f"data.max_image_pixels must be >= 1, got {self.data.max_image_pixels}")
         _check_backbone(self.model.backbone, "model.backbone")

@@ -25,16 +25,32 @@ A POPE sample carries one answer token, so a batch of 32 probes gives the bindin
 32 bits of gradient per step while it pays for 32 image encodings; k extra questions give
 k + 1 answers per image encoding. Only the answers carry a loss; the first question keeps
 the evaluation layout exactly. Both draw from the batch's own generator.
+
+Data too large for memory (`data.loading: disk`, the default for anything that is not a
+benchmark's generated data) is read from disk when a batch needs it: `TrainData` then holds a
+utamoe.data.ondisk.DiskSplit (an index of the split file) and the record positions per task,
+draws positions exactly as it draws samples held in memory (so both give the same batches),
+reads, validates and processes the chosen records, and takes the codes of their generation
+images from a file computed once (utamoe.train.code_cache). `BatchStream` lets `data.workers`
+processes (torch.utils.data) compute the batches of the next positions ahead of the training
+loop; since a batch is a pure function of its position, which process computes it changes
+nothing. A record that turns out broken only when read (an unreadable image) stops the run with
+its file and line (`on_error: raise`), or (`skip`) is reported on stderr with its file and line
+and the next record of its task is used instead, which keeps the batch a function of its
+position.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections import defaultdict
 
 import numpy as np
+import torch
 
-from utamoe.data.formats import Sample
+from utamoe.data.formats import DataFormatError, Sample
+from utamoe.data.ondisk import DiskSplit
 from utamoe.data.packing import pack
 from utamoe.data.sequences import (
     Batch,
@@ -59,12 +75,23 @@ STREAM_OFFSET = 2**40  # stream sample indices start here, far above any stored 
 
 
 class TrainData:
-    def __init__(self, samples: list[Sample], encoder: Encoder, seed: int, rank: int = 0):
+    """Samples held in memory (a list), or a split read from disk: a DiskSplit with the record
+    positions of each task (`disk_tasks`, utamoe.data.ondisk.SplitIndex.by_task)."""
+
+    def __init__(self, samples: list[Sample] | DiskSplit, encoder: Encoder, seed: int,
+                 rank: int = 0, disk_tasks: dict[str, np.ndarray] | None = None):
         self.encoder, self.seed, self.rank = encoder, seed, rank
         self.by_task: dict[str, list[Sample]] = defaultdict(list)
-        for s in samples:
-            self.by_task[s.task].append(_processed(s, encoder.process))
+        self.disk: DiskSplit | None = None
+        self.disk_tasks: dict[str, np.ndarray] = {}
+        if isinstance(samples, DiskSplit):
+            self.disk, self.disk_tasks = samples, dict(disk_tasks or {})
+        else:
+            for s in samples:
+                self.by_task[s.task].append(_processed(s, encoder.process))
         self.codes: dict[tuple[str, str], list[int]] = {}
+        self.code_cache = None  # utamoe.train.code_cache.CodeCache, for a split on disk
+        self.on_error = "raise"  # a record found broken when read from disk (see the docstring)
         self.prompt_loss_tasks: tuple[str, ...] = ()  # utamoe.train.levers.add_prompt_loss
         # The benchmark the data is from (utamoe.benchmarks.BenchmarkData), whose hooks these
         # use: `stream` draws fresh samples from its generator instead of cycling the dataset
@@ -78,7 +105,41 @@ class TrainData:
         self.pack_tokens: int | None = None
 
     def samples(self) -> list[Sample]:
+        """The samples held in memory (none for a split on disk: it is read batch by batch)."""
         return [s for samples in self.by_task.values() for s in samples]
+
+    def _count(self, task: str) -> int:
+        return len(self.disk_tasks[task]) if self.disk is not None else len(self.by_task[task])
+
+    def _has(self, task: str) -> bool:
+        return bool(self.disk_tasks.get(task) is not None if self.disk is not None
+                    else self.by_task.get(task))
+
+    def _read(self, task: str, i: int) -> tuple[Sample, int]:
+        """Record i of `task` of the split on disk, processed, with its position; a broken one
+        raises, or with on_error "skip" is reported and the task's next record is used."""
+        positions = self.disk_tasks[task]
+        for k in range(len(positions)):
+            pos = int(positions[(i + k) % len(positions)])
+            try:
+                return _processed(self.disk.read(pos), self.encoder.process), pos
+            except DataFormatError as err:
+                if self.on_error == "raise":
+                    raise
+                print(f"[data] skipped (on_error: skip), the next {task} record used instead: "
+                      f"{err}", file=sys.stderr, flush=True)
+        raise DataFormatError(self.disk.index.path, None, f"no {task} record can be read; fix "
+                              "the records reported above")
+
+    def _chosen(self, names: list[str], tasks, rng: np.random.Generator):
+        """The samples of a batch (task indices `tasks` into `names`) and their codes: one
+        draw per sample, the same draws for samples in memory and on disk."""
+        if self.disk is None:
+            return [self.by_task[names[t]][rng.integers(len(self.by_task[names[t]]))]
+                    for t in tasks], self.codes
+        picked = [self._read(names[t], int(rng.integers(self._count(names[t])))) for t in tasks]
+        codes = self.code_cache.lookup(picked) if self.code_cache is not None else {}
+        return [s for s, _ in picked], codes
 
     def code_images(self) -> list[tuple[str, str, np.ndarray]]:
         """The images that become VQ codes (utamoe.data.sequences.code_images)."""
@@ -109,9 +170,10 @@ class TrainData:
     def tasks_available(self, mixture: dict[str, float]) -> dict[str, float]:
         """The mixture restricted to tasks that have samples (error if none do)."""
         live = {t: w for t, w in mixture.items()
-                if w > 0 and (self.by_task.get(t) or (self.stream and t in self.benchmark.stream_tasks()))}
+                if w > 0 and (self._has(t) or (self.stream and t in self.benchmark.stream_tasks()))}
         if not live:
-            have = sorted(t for t, v in self.by_task.items() if v)
+            have = sorted(t for t in (self.disk_tasks if self.disk is not None else self.by_task)
+                          if self._has(t))
             raise ValueError(f"no training samples for any task of the mixture {mixture}; "
                              f"the dataset has: {have}")
         return live
@@ -127,8 +189,7 @@ class TrainData:
             chosen = self._stream_samples([names[t] for t in tasks], rng)
             codes = self._codes_of(chosen)
         else:
-            chosen = [self.by_task[names[t]][rng.integers(len(self.by_task[names[t]]))] for t in tasks]
-            codes = self.codes
+            chosen, codes = self._chosen(names, tasks, rng)
         seqs = training_sequences(self.encoder, chosen, cfg_dropout, rng, codes)
         if self.extra_questions > 0:
             self._add_extra_questions(seqs, chosen, rng)
@@ -148,3 +209,57 @@ class TrainData:
             for question, answer in self.benchmark.extra_questions(sample, rng, self.extra_questions):
                 seq.text(enc.words(question) + [sp.sep])
                 seq.text(enc.words(answer) + [sp.eos], loss=True)
+
+
+class _Positions(torch.utils.data.Dataset):
+    """Item k = the batch at position first + k of one stage (what a worker computes)."""
+
+    def __init__(self, data: TrainData, stage: int, first: int, count: int, args: tuple):
+        self.data, self.stage, self.first, self.count, self.args = data, stage, first, count, args
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, k: int):
+        return self.first + k, self.data.batch(self.stage, self.first + k, *self.args)
+
+
+class BatchStream:
+    """The batches of one stage at positions first, first + 1, ..., first + count - 1:
+    computed by `workers` processes ahead of the loop (torch.utils.data.DataLoader, each
+    worker a whole batch), or by `TrainData.batch` in the loop itself when workers is 0.
+
+    `get(position)` returns the batch at a position; positions only go forward (a step
+    stopped part-way, e.g. by a non-finite loss, skips the rest of its micro-batches)."""
+
+    def __init__(self, data: TrainData, stage: int, first: int, count: int, batch_size: int,
+                 mixture: dict[str, float], cfg_dropout: float, workers: int = 0,
+                 prefetch: int = 2):
+        self.data, self.stage = data, stage
+        self.args = (batch_size, mixture, cfg_dropout)
+        self._it, self._last = None, first - 1
+        if workers > 0 and count > 0:
+            # Its own generator: a loader seeds its workers from the global one otherwise,
+            # which would change every random draw of training after it.
+            loader = torch.utils.data.DataLoader(
+                _Positions(data, stage, first, count, self.args), batch_size=None,
+                num_workers=workers, prefetch_factor=prefetch,
+                generator=torch.Generator().manual_seed(0))
+            self._it = iter(loader)
+
+    def get(self, position: int):
+        if position <= self._last:
+            raise ValueError(f"batch position {position} was already drawn; positions go forward")
+        self._last = position
+        if self._it is None:
+            return self.data.batch(self.stage, position, *self.args)
+        for drawn, batch in self._it:
+            if drawn == position:
+                return batch
+        raise IndexError(f"batch position {position} is past the stage's last position")
+
+    def close(self) -> None:
+        """Stop the workers (they also stop when the stream is garbage-collected)."""
+        it, self._it = self._it, None
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()

@@ -8,17 +8,26 @@ is the model's (`model.image_size`): the VQ codec is trained at it (on ShapesWor
 renders for ShapesWorld data, else on the dataset's own images, resized), and a
 given codec must match it. A benchmark's data (utamoe.benchmarks) may bring its own codec
 renders and reconstruction check.
+
+A split read from disk (`data.loading`, utamoe.train.data) is indexed once (the index saved in
+`<run>/data_cache/`, so a resumed run skips the pass), its texts stream into the text
+tokenizer's trainer, its images into the codec's, and the VQ codes of its generation images
+are computed once into a file there (utamoe.train.code_cache); nothing holds the split.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from utamoe.benchmarks import BenchmarkData, benchmarks
 from utamoe.config import ConfigError
 from utamoe.data.formats import find_benchmark, load_split
+from utamoe.data.ondisk import DiskSplit, SplitIndex, build_index, fingerprint
 from utamoe.fsutil import atomic_directory
 from utamoe.model.janus import janus_config_from_dir, load_janus
 from utamoe.model.unified import UnifiedModel
@@ -26,7 +35,8 @@ from utamoe.tasks import get_task, task_names
 from utamoe.tasks_exec import registered_tags
 from utamoe.text.span_tokens import add_span_tokens, has_span_tokens, strip_span_tokens
 from utamoe.text.tokenizer import SpecialIds, load_text_tokenizer, train_text_tokenizer
-from utamoe.train.codec import split_images, train_tokenizer
+from utamoe.train.code_cache import CodeCache, code_items
+from utamoe.train.codec import DiskImages, split_images, train_tokenizer
 from utamoe.train.config import ExperimentConfig
 from utamoe.train.data import TrainData
 from utamoe.train.progress import bar
@@ -42,11 +52,25 @@ class RunParts:
     skipped: int
 
 
-def load_samples(cfg: ExperimentConfig, log=print):
+def _data_dir(cfg: ExperimentConfig) -> Path:
     root = Path(cfg.data.dir)
     if not root.is_dir():
         raise FileNotFoundError(f"data.dir {root} does not exist (make one with `utamoe data shapes "
-                                f"--out DIR` or point it at a dataset in the utamoe format)")
+                                f"--out DIR` or `utamoe data import`, or point it at a dataset in "
+                                f"the utamoe format)")
+    return root
+
+
+def on_disk(cfg: ExperimentConfig) -> bool:
+    """Whether the run reads its training split from disk (`data.loading`; "auto": a benchmark's
+    generated data is held in memory, anything else is read from disk)."""
+    if cfg.data.loading != "auto":
+        return cfg.data.loading == "disk"
+    return find_benchmark(_data_dir(cfg)) is None
+
+
+def load_samples(cfg: ExperimentConfig, log=print):
+    root = _data_dir(cfg)
     samples, report = load_split(root / f"{cfg.data.train_split}.jsonl", on_error=cfg.data.on_error,
                                  max_pixels=cfg.data.max_image_pixels)
     if report.skipped:
@@ -62,6 +86,51 @@ def load_samples(cfg: ExperimentConfig, log=print):
                 kept.append(s)
         samples = kept
     return samples, report.skipped
+
+
+@dataclass
+class DiskData:
+    """The training split on disk: its index, random access to it, the record positions per
+    task that the run uses, and its texts for the text tokenizer (in file order, as
+    `sample_texts` gives them for samples in memory)."""
+
+    index: SplitIndex
+    split: DiskSplit
+    by_task: dict[str, np.ndarray]
+
+    @property
+    def tasks(self) -> set[str]:
+        return set(self.by_task)
+
+    def texts(self) -> Iterator[str]:
+        for pos in np.sort(np.concatenate(list(self.by_task.values()))):
+            rec = self.split.record(int(pos))
+            turns = rec.get("turns") or []
+            prompt = turns[0]["text"] if turns else rec.get("prompt")
+            yield from (t for t in (prompt, rec.get("target")) if t)
+            yield from (t["text"] for t in turns if t.get("text"))
+
+
+def disk_data(cfg: ExperimentConfig, run_dir: Path, acc, log=print) -> DiskData:
+    """Index the training split once (main process; saved for the other processes and a resumed
+    run) and select what the stages' mixtures use, as `load_samples` does in memory."""
+    path = _data_dir(cfg) / f"{cfg.data.train_split}.jsonl"
+    cache = run_dir / "data_cache" / f"index-{cfg.data.train_split}.npz"
+    index = None
+    if acc.is_main_process:
+        index = SplitIndex.load(cache, path, fingerprint(path)) if path.is_file() else None
+        if index is None:
+            index = build_index(path, on_error=cfg.data.on_error)
+            index.save(cache)
+    acc.wait_for_everyone()
+    if index is None:
+        index = SplitIndex.load(cache, path, fingerprint(path))
+    if index.report.skipped:
+        log(f"[data] {index.report.summary()}")
+    check_mixtures(cfg, set(index.counts()), path, log)
+    wanted = {t for st in cfg.stages for t, w in st.mixture.items() if w > 0}
+    by_task = index.by_task(wanted, cfg.data.max_samples_per_task)
+    return DiskData(index, DiskSplit(index, cfg.data.max_image_pixels), by_task)
 
 
 def check_mixtures(cfg: ExperimentConfig, present: set[str], split: Path, log=print) -> None:
@@ -108,9 +177,14 @@ def sample_texts(samples) -> list[str]:
 def text_tokenizer_for(cfg: ExperimentConfig, samples, run_dir: Path, acc):
     """The run's text tokenizer. Data whose answers hold task spans (UnifiedMLLM) adds the task
     and grounding tokens as never-split tokens (utamoe.text.span_tokens)."""
-    tasks, span_tasks = marker_tasks(samples), registered_tags()
-    texts = sample_texts(samples)
-    spans = has_span_tokens(texts, span_tasks)
+    span_tasks = registered_tags()
+    if isinstance(samples, DiskData):  # streamed from disk, twice: never held
+        present, texts = samples.tasks, samples.texts
+    else:
+        present, corpus = {s.task for s in samples}, sample_texts(samples)
+        texts = lambda: corpus  # noqa: E731
+    tasks = [t for t in task_names() if not get_task(t).opt_in or t in present]
+    spans = has_span_tokens(texts(), span_tasks)
     if cfg.tokenizers.text:
         tok = load_text_tokenizer(cfg.tokenizers.text, tasks=tasks)
         if spans:
@@ -118,7 +192,7 @@ def text_tokenizer_for(cfg: ExperimentConfig, samples, run_dir: Path, acc):
         return tok
 
     def make(path: Path) -> None:
-        corpus = [strip_span_tokens(t, span_tasks) for t in texts] if spans else texts
+        corpus = (strip_span_tokens(t, span_tasks) for t in texts()) if spans else texts()
         tok = train_text_tokenizer(corpus, cfg.tokenizers.text_vocab_size, tasks)
         if spans:
             add_span_tokens(tok, span_tasks)
@@ -143,7 +217,19 @@ def benchmark_with(data_dir, hooks: dict[str, str]) -> BenchmarkData:
     return bench
 
 
-def image_tokenizer_for(cfg: ExperimentConfig, run_dir: Path, acc, progress: bool, log=print):
+def _disk_images(cfg: ExperimentConfig, disk: DiskData) -> tuple[DiskImages, DiskImages | None]:
+    """The codec's images of a split on disk: every image of the train split's valid records,
+    and for evaluation those of the test split (else val; else a held-out part of train)."""
+    size, root = cfg.model.image_size, _data_dir(cfg)
+    train = DiskImages(DiskSplit(disk.index, cfg.data.max_image_pixels), size)
+    for name in ("test", "val"):
+        if (root / f"{name}.jsonl").is_file():
+            return train, DiskImages.of_split(root / f"{name}.jsonl", size)
+    return train, None
+
+
+def image_tokenizer_for(cfg: ExperimentConfig, run_dir: Path, acc, progress: bool, log=print,
+                        disk: DiskData | None = None):
     size = cfg.model.image_size
     if cfg.tokenizers.image:
         tok = VQTokenizer.from_pretrained(cfg.tokenizers.image)
@@ -168,6 +254,11 @@ def image_tokenizer_for(cfg: ExperimentConfig, run_dir: Path, acc, progress: boo
                 log(f"[tokenizer] {cfg.data.dir} is no benchmark's data with codec renders: "
                     f"training the VQ codec on the dataset's own train images (resized to "
                     f"{size}x{size}), not on renders")
+            if disk is not None:
+                images, evals = _disk_images(cfg, disk)
+                train_tokenizer(images, tcfg, out_dir=path, seed=cfg.run.seed, progress=progress,
+                                agreement=agreement, eval_images=evals, workers=cfg.data.workers)
+                return
             train_tokenizer(cfg.data.dir, tcfg, out_dir=path, seed=cfg.run.seed, progress=progress,
                             agreement=agreement)
             return
@@ -203,22 +294,45 @@ def janus_model_for(cfg: ExperimentConfig, text_tok) -> UnifiedModel:
 
 
 def prepare_run(cfg: ExperimentConfig, run_dir: Path, acc, progress: bool = True) -> RunParts:
-    samples, skipped = load_samples(cfg)
+    log = print if acc.is_main_process else (lambda *a: None)
+    disk = disk_data(cfg, run_dir, acc, log) if on_disk(cfg) else None
+    samples, skipped = (disk, disk.index.report.skipped) if disk else load_samples(cfg)
     text_tok = text_tokenizer_for(cfg, samples, run_dir, acc)
     if cfg.model.janus is not None:
         model = janus_model_for(cfg, text_tok)
         image_tok = model.image_tokenizer
     else:
-        image_tok = image_tokenizer_for(cfg, run_dir, acc, progress,
-                                        log=print if acc.is_main_process else (lambda *a: None))
+        image_tok = image_tokenizer_for(cfg, run_dir, acc, progress, log=log, disk=disk)
         model_cfg = dataclasses.replace(
             cfg.model, vocab_size=len(text_tok), num_codes=image_tok.num_codes,
             code_grid=image_tok.grid_size, und_slot_id=SpecialIds.of(text_tok).und_slot)
         preflight(model_cfg, cfg.stages)
         model = UnifiedModel.build(model_cfg, image_tok)
-    data = TrainData(samples, model.sequence_encoder(text_tok), cfg.run.seed, acc.process_index)
+    encoder = model.sequence_encoder(text_tok)
+    if disk is not None:
+        data = TrainData(disk.split, encoder, cfg.run.seed, acc.process_index, disk.by_task)
+        data.on_error = cfg.data.on_error
+        data.code_cache = codes_on_disk(cfg, disk, encoder, image_tok, run_dir, acc, progress)
+        return RunParts(model, text_tok, data, skipped)
+    data = TrainData(samples, encoder, cfg.run.seed, acc.process_index)
     todo = len(data.code_images())
     with bar(unit="img", enabled=progress) as progress_bar:
         job = progress_bar.add_task("encoding images to VQ codes", total=todo)
         data.precompute_codes(image_tok, progress=lambda n: progress_bar.advance(job, n))
     return RunParts(model, text_tok, data, skipped)
+
+
+def codes_on_disk(cfg: ExperimentConfig, disk: DiskData, encoder, image_tok, run_dir: Path, acc,
+                  progress: bool) -> CodeCache:
+    """The VQ codes of the split's generation images, computed once by the main process into
+    `<run>/data_cache/` (resumable; utamoe.train.code_cache)."""
+    cache = CodeCache(run_dir / "data_cache", cfg.data.train_split,
+                      code_items(disk.split, disk.by_task), len(disk.index))
+    if acc.is_main_process:
+        todo = len(cache.items) - cache.done()
+        with bar(unit="img", enabled=progress and todo > 0) as progress_bar:
+            job = progress_bar.add_task("encoding images to VQ codes (once, to disk)", total=todo)
+            cache.build(disk.split, encoder.process, image_tok, cfg.data.workers,
+                        progress=lambda n: progress_bar.advance(job, n))
+    acc.wait_for_everyone()
+    return cache

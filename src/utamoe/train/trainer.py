@@ -41,6 +41,7 @@ from utamoe.train.checkpoint import (
     save_checkpoint,
 )
 from utamoe.train.config import ExperimentConfig, StageConfig, dump_config
+from utamoe.train.data import BatchStream
 from utamoe.train.engines import (
     after_prepare,
     check_same_groups,
@@ -261,7 +262,13 @@ class Trainer:
     def _train_stage(self, index: int, stage: StageConfig, state: TrainState) -> None:
         t = self.cfg.train
         self.prepared.train()
-        with StageProgress(stage.name, stage.steps, state.step, enabled=self.show_progress and self.main) as bar:
+        # A benchmark's streamed samples are encoded by the model's own codec: in this process.
+        workers = 0 if self.data.stream else self.cfg.data.workers
+        self._batches = BatchStream(self.data, index, state.step * t.grad_accum,
+                                    (stage.steps - state.step) * t.grad_accum, t.batch_size,
+                                    stage.mixture, t.cfg_dropout, workers)
+        with StageProgress(stage.name, stage.steps, state.step, enabled=self.show_progress and self.main) as bar, \
+                contextlib.closing(self._batches):
             while state.step < stage.steps:
                 if self._stop_signal is not None:
                     path = self._checkpoint(state)
@@ -279,11 +286,9 @@ class Trainer:
 
     def _step(self, index: int, stage: StageConfig, state: TrainState):
         t, acc = self.cfg.train, self.accelerator
-        cfg_dropout = t.cfg_dropout
         outs, tokens, slots, padded = [], 0, 0, 0.0
         for micro in range(t.grad_accum):
-            batch = self.data.batch(index, state.step * t.grad_accum + micro, t.batch_size,
-                                    stage.mixture, cfg_dropout).to(acc.device)
+            batch = self._batches.get(state.step * t.grad_accum + micro).to(acc.device)
             # a clear error, not a hang: split_groups, or DeepSpeed without every_part (engines.py)
             check_same_groups(acc, batch, self.every_part, t.split_groups)
             parts = [batch]
