@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from utamoe.data.formats import MAX_IMAGE_PIXELS as MAX_PIXELS
 from utamoe.data.formats import (
     DataFormatError,
     LoadReport,
@@ -35,7 +36,6 @@ from utamoe.data.formats import (
     parse_record,
     record_to_sample,
 )
-from utamoe.data.formats import MAX_IMAGE_PIXELS as MAX_PIXELS
 
 HAS_IMAGE, HAS_TARGET_IMAGE, HAS_TURN_IMAGE = 1, 2, 4  # `flags` bits
 INDEX_VERSION = 1
