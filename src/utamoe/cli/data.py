@@ -1,4 +1,5 @@
-"""`utamoe data`: write the ShapesWorld benchmark, or check a dataset directory."""
+"""`utamoe data`: write the ShapesWorld benchmark, import a dataset in the field's formats, or
+check a dataset directory."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 
 from utamoe.data.check import check_dataset, print_check
 from utamoe.data.formats import DataFormatError
+from utamoe.data.importing import KINDS, ImportOptions, ImportReport, run_import
 from utamoe.infer.checks import InputError
 from utamoe.shapes import ShapesWorldConfig, total_samples, write_dataset
 from utamoe.shapes.world import ALL_TASKS, DEFAULT_SIZES
@@ -59,8 +61,77 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 1 if result.n_errors else 0
 
 
+def cmd_data_import(args: argparse.Namespace) -> int:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    opts = ImportOptions(kind=args.kind, split=args.split, images=args.images, task=args.task,
+                         system=args.system, prompt=args.prompt, text_column=args.text_column,
+                         image_column=args.image_column, hf_split=args.hf_split,
+                         test_every=args.test_every)
+    columns = (SpinnerColumn(), TextColumn("{task.description} {task.completed} records"),
+               TimeElapsedColumn())
+    with Progress(*columns, transient=True) as bar:
+        job = bar.add_task(f"importing {args.src}")
+        report = run_import(args.src, args.out, opts, force=args.force,
+                            progress=lambda n: bar.advance(job, n))
+    print_import(report, args.out, opts.split)
+    return 0
+
+
+def print_import(report: ImportReport, out: str, split: str) -> None:
+    """What an import mapped, and the unmappable records by reason with the first ones."""
+    if report.already_done:
+        print("already imported (same source and options); nothing to do (--force redoes it)")
+    if report.resumed_at:
+        print(f"resumed at source record {report.resumed_at}")
+    mapped = "; ".join(f"{s}: " + ", ".join(f"{t} {n}" for t, n in tasks.items())
+                       for s, tasks in report.mapped.items()) or "nothing"
+    print(f"{report.read} source records read from {report.source}: {mapped} "
+          f"({report.conversations} conversations); {report.images_written} images written")
+    if report.image_root:
+        print(f"images are read from {report.image_root} (image_root in dataset.json; not copied)")
+    if report.unmapped:
+        print(f"{report.unmapped} records could not be mapped (all of them, with file and index: "
+              f"{out}/import/{split}.rejected.jsonl):")
+        for reason, n in sorted(report.reasons.items(), key=lambda kv: -kv[1])[:5]:
+            print(f"  {n:>8}  {reason}")
+        for r in report.rejected:
+            print(f"  e.g. {r['source']} record {r['index']}: {r['reason']}")
+    print(f"dataset in {out}; check it with `utamoe data check {out}`")
+
+
+def _add_import_verb(sub: argparse._SubParsersAction) -> None:
+    i = sub.add_parser("import", help="bring LLaVA, messages, text-to-image or Hugging Face data "
+                                      "into the utamoe format (docs/data_format.md)")
+    i.add_argument("--from", dest="kind", required=True, choices=KINDS,
+                   help="source format: llava (JSON/JSONL with conversations), messages "
+                        "(LLaMA-Factory / ms-swift JSONL), t2i (ImageFolder metadata.csv/jsonl, "
+                        "or a .csv/.jsonl/.parquet of image paths and texts), hf (a dataset saved "
+                        "with save_to_disk, or parquet files)")
+    i.add_argument("src", help="source file or folder")
+    i.add_argument("--out", required=True, help="dataset directory to write")
+    i.add_argument("--images", metavar="ROOT", help="folder the source's image paths are relative "
+                   "to (default: the source file's folder); used where it is, never copied")
+    i.add_argument("--split", default="train", help="split to write (default train)")
+    i.add_argument("--test-every", type=int, default=0, metavar="K",
+                   help="put every K-th source record in the test split instead (default 0: none)")
+    i.add_argument("--task", help="task of the records: instruct (default for llava/messages) or "
+                                  "another text task; t2i (default for pairs) or caption")
+    i.add_argument("--system", choices=("prepend", "meta"), default="prepend",
+                   help="system turns: prepend to the first user turn (default) or keep in meta")
+    i.add_argument("--prompt", default="describe the image",
+                   help="prompt of caption records made from pairs (--task caption)")
+    i.add_argument("--text-column", help="text column of pairs (default: text, caption, prompt "
+                                         "or sentence)")
+    i.add_argument("--image-column", help="image column (default: file_name, image, image_path, "
+                                          "path, file or images)")
+    i.add_argument("--hf-split", help="split of a saved DatasetDict to import")
+    i.add_argument("--force", action="store_true", help="replace a split that exists")
+    i.set_defaults(func=cmd_data_import)
+
+
 def _add_data_verb(verbs: argparse._SubParsersAction) -> None:
-    p = verbs.add_parser("data", help="generate or check datasets in the utamoe format")
+    p = verbs.add_parser("data", help="generate, import or check datasets in the utamoe format")
     sub = p.add_subparsers(dest="data_verb", metavar="COMMAND")
     sub.required = True
     s = sub.add_parser("shapes", help="write the ShapesWorld benchmark (see docs/shapesworld.md)")
@@ -75,6 +146,7 @@ def _add_data_verb(verbs: argparse._SubParsersAction) -> None:
                         "edit, and UnifiedMLLM's reason_edit seg layout dialog)")
     s.add_argument("--force", action="store_true", help="overwrite an existing dataset")
     s.set_defaults(func=cmd_data_shapes)
+    _add_import_verb(sub)
     c = sub.add_parser("check", help="validate a dataset directory and summarise it")
     c.add_argument("dir", help="dataset directory (one <split>.jsonl per split)")
     c.add_argument("--max-errors", type=int, default=5,
