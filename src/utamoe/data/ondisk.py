@@ -132,7 +132,7 @@ def build_index(path: str | os.PathLike, on_error: OnError = "raise", max_errors
     report = LoadReport(str(path), max_errors=max_errors)
     offsets, lines, tasks, flags, hashes = [], [], [], [], []
     order: dict[str, int] = {}
-    offset = 0
+    offset, pending = 0, None
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             start, offset = offset, offset + len(raw)
@@ -142,8 +142,9 @@ def build_index(path: str | os.PathLike, on_error: OnError = "raise", max_errors
                 sample = record_to_sample(parse_record(raw, path, lineno), root, path, lineno,
                                           load_images=False)
             except DataFormatError as err:
-                if on_error == "raise":
-                    raise
+                if on_error == "raise":  # after a duplicate id on an earlier line, if any
+                    pending = err
+                    break
                 report.add(err)
                 continue
             offsets.append(start)
@@ -157,6 +158,8 @@ def build_index(path: str | os.PathLike, on_error: OnError = "raise", max_errors
                        np.asarray(tasks, np.int16), np.asarray(flags, np.uint8), list(order),
                        report, fingerprint(path))
     _drop_duplicates(index, np.asarray(hashes, np.int64), on_error)
+    if pending is not None:
+        raise pending
     report.loaded = len(index)
     return index
 
