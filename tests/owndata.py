@@ -49,3 +49,27 @@ def write_digits(root: Path, n_per_task: dict[str, int], size=(28, 28), mode: st
             ]
         (root / f"{split}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     return root
+
+
+def write_llava(root: Path, n: int, size=(32, 32), seed: int = 0) -> Path:
+    """A folder in LLaVA's layout: `images/` and `llava_instruct.json`, a JSON array of records
+    with one or two exchanges about a drawn digit (and every fifth without an image)."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(n):
+        d = int(rng.integers(10))
+        if i % 5 == 4:
+            records.append({"id": f"text-{i}", "conversations": [
+                {"from": "human", "value": f"What comes after {WORDS[d]}?"},
+                {"from": "gpt", "value": WORDS[(d + 1) % 10]}]})
+            continue
+        digit_image(d, rng, size, "RGB").save(root / "images" / f"{i:05d}.jpg")
+        turns = [{"from": "human", "value": "<image>\nWhich digit is drawn?"},
+                 {"from": "gpt", "value": WORDS[d]}]
+        if i % 3 == 0:
+            turns += [{"from": "human", "value": "Is it even?"},
+                      {"from": "gpt", "value": "yes" if d % 2 == 0 else "no"}]
+        records.append({"id": f"{i:05d}", "image": f"{i:05d}.jpg", "conversations": turns})
+    (root / "llava_instruct.json").write_text(json.dumps(records, indent=1))
+    return root

@@ -120,6 +120,8 @@ class CodeCache:
 
     def lookup(self, chosen: list[tuple[Sample, int]]) -> dict[tuple[str, str], list[int]]:
         """{(sample id, kind): codes} of the chosen (sample, record position) pairs."""
+        if not len(self.items):
+            return {}
         if self._codes is None or self._pid != os.getpid():
             self._codes, self._pid = np.load(self.file, mmap_mode="r"), os.getpid()
         out = {}
