@@ -156,3 +156,30 @@ def test_world_config_of(saved, tmp_path):
     assert find_benchmark(saved / "data").config.sizes == {"test": 2, "val": 1}
     assert find_benchmark(tmp_path) is None
     assert len(load_split(saved / "data" / "test.jsonl")[0]) == 12
+
+
+def test_images_are_read_a_batch_at_a_time_and_let_go_for_text_scorers(tmp_path):
+    """A split given without its images (utamoe eval): each batch's images are read for it;
+    a task scored from text alone keeps none after its batch, an image task keeps its samples'
+    images for its scorer; the scores equal those of the split held in memory."""
+    from tests.owndata import write_digits
+    from utamoe.data.formats import with_images
+
+    root = write_digits(tmp_path / "d", {"test": 6})
+    split = root / "test.jsonl"
+    bare, _ = load_split(split, load_images=False)
+    full, _ = load_split(split)
+    seen = []
+
+    def predict(task, batch, start):
+        seen.append((task, [s.image is not None or s.target_image is not None for s in batch]))
+        return [s.target if s.target is not None else s.target_image for s in batch]
+
+    lazy = evaluate_model(None, bare, predict_fn=predict, batch_size=4, progress=False,
+                          load=lambda s: with_images(s, split))
+    ref = evaluate_model(None, full, predict_fn=predict, batch_size=4, progress=False)
+    assert all(all(flags) for _, flags in seen)  # every batch had its images
+    assert lazy.per_task == ref.per_task and lazy.headline == ref.headline
+    by = {s.id: s for s in lazy.samples}
+    assert all(by[s.id].image is None for s in bare if s.task in ("caption", "vqa", "pope"))
+    assert all(by[s.id].target_image is not None for s in bare if s.task == "t2i")

@@ -8,7 +8,13 @@ import argparse
 from utamoe.analysis.report import print_analysis_summary, write_analysis_outputs
 from utamoe.analysis.run import run_analysis
 from utamoe.cli.infer import _add_sampling_args
-from utamoe.data.formats import DataFormatError, find_benchmark, list_splits, load_split
+from utamoe.data.formats import (
+    DataFormatError,
+    find_benchmark,
+    list_splits,
+    load_split,
+    with_images,
+)
 from utamoe.eval.report import print_summary, write_eval_outputs
 from utamoe.eval.run import EvalSampling, evaluate_model
 from utamoe.infer.checks import InputError
@@ -19,13 +25,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import shlex
 
     predictor, samples, data, out = _model_and_split(
-        args, f"eval-{args.split}", batch_size=args.batch_size, max_per_task=args.max_per_task,
+        args, f"eval-{args.split}", load_images=False, batch_size=args.batch_size,
+        max_per_task=args.max_per_task,
         max_new_tokens=args.max_new_tokens)
     sampling = EvalSampling(temperature=args.temperature, top_k=args.top_k,
                             cfg_scale=args.cfg_scale, seed=args.seed,
                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    split = data / f"{args.split}.jsonl"  # images read a batch at a time (evaluate_model)
     result = evaluate_model(predictor, samples, sampling, max_per_task=args.max_per_task,
-                            benchmark=find_benchmark(data))
+                            benchmark=find_benchmark(data), load=lambda s: with_images(s, split))
     result.split, result.model, result.data = args.split, str(args.model), str(data)
     command = ["utamoe", "eval", "--model", str(args.model), "--data", str(data), "--split",
                args.split, "--out", str(out), *sampling.cli_args(), "--device", args.device]
@@ -36,7 +44,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_and_split(args: argparse.Namespace, out_name: str, **counts):
+def _model_and_split(args: argparse.Namespace, out_name: str, load_images: bool = True,
+                     **counts):
     """Check counts >= 1, the split exists; load the model and the split's samples.
 
     Returns (predictor, samples, data dir, output dir)."""
@@ -51,7 +60,7 @@ def _model_and_split(args: argparse.Namespace, out_name: str, **counts):
         raise DataFormatError(data, None, f"no split '{args.split}' here (found: "
                               f"{', '.join(splits) or 'none'}); pass --split with one of them")
     predictor = Predictor.load(args.model, args.device)
-    samples, _ = load_split(data / f"{args.split}.jsonl")
+    samples, _ = load_split(data / f"{args.split}.jsonl", load_images=load_images)
     if not samples:
         raise InputError(f"{data / (args.split + '.jsonl')} has no samples; pass --split with a "
                          "split that has some")

@@ -252,6 +252,18 @@ def record_to_sample(rec: Any, root: Path, path: Path, line: int,
                   target_image_path=rec.get("target_image"), turns=turns)
 
 
+def with_images(sample: Sample, split: str | os.PathLike,
+                max_pixels: int = MAX_IMAGE_PIXELS) -> Sample:
+    """A sample loaded without its images (`load_images=False`) with them read now (errors
+    name the split file and the sample): evaluation reads a batch's images when it needs them."""
+    split = Path(split)
+    try:
+        return record_to_sample(sample.to_record(), image_root(split.parent), split, None, True,
+                                max_pixels)
+    except DataFormatError as err:
+        raise DataFormatError(split, None, f"sample '{sample.id}': {err.message}") from err
+
+
 # ---------------------------------------------------------------- loading
 
 

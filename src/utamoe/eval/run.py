@@ -28,6 +28,7 @@ from typing import Any
 from utamoe.benchmarks import BenchmarkData
 from utamoe.data.conversations import exchanges
 from utamoe.data.formats import Sample
+from utamoe.eval.scorers import TEXT_ONLY
 from utamoe.eval.scoring import context_for, headline_metrics, score_by_task
 from utamoe.infer.sampling import SamplingConfig
 from utamoe.tasks import get_task, task_names
@@ -152,8 +153,10 @@ def span_router_for(predictor, executors: dict | None = None):
 
 
 def _predict_all(by_task: dict[str, list[Sample]], predict_fn: PredictFn, batch_size: int,
-                 progress: bool) -> dict[str, list[Prediction]]:
-    """Predictions per task, batch by batch, under one rich progress bar."""
+                 progress: bool, load=None, text_only=()) -> dict[str, list[Prediction]]:
+    """Predictions per task, batch by batch, under one rich progress bar. With `load` (a sample
+    without images -> with them), each batch's images are read for it; the tasks in `text_only`
+    (scored from text alone) let them go after the batch, the others keep them for scoring."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -178,6 +181,10 @@ def _predict_all(by_task: dict[str, list[Sample]], predict_fn: PredictFn, batch_
             preds: list[Prediction] = []
             for i in range(0, len(samples), batch_size):
                 batch = samples[i:i + batch_size]
+                if load is not None:
+                    batch = [load(s) for s in batch]
+                    if task not in text_only:  # its scorer reads images: keep them
+                        samples[i:i + batch_size] = batch
                 got = list(predict_fn(task, batch, i))
                 if len(got) != len(batch):
                     raise ValueError(f"predict_fn returned {len(got)} predictions for "
@@ -196,14 +203,17 @@ def _predict_all(by_task: dict[str, list[Sample]], predict_fn: PredictFn, batch_
 def evaluate_model(predictor, samples: Sequence[Sample], sampling: EvalSampling | None = None,
                    batch_size: int | None = None, max_per_task: int | None = None,
                    progress: bool = True, benchmark: BenchmarkData | None = None,
-                   predict_fn: PredictFn | None = None, span_router=None) -> EvalResult:
+                   predict_fn: PredictFn | None = None, span_router=None,
+                   load=None) -> EvalResult:
     """Generate and score every task in `samples`; see the module docstring.
 
     `predictor` is a `utamoe.infer.Predictor`; `batch_size` overrides
     `sampling.batch_size` (and is recorded there); `max_per_task` keeps the first N
     samples of each task; `predict_fn` replaces generation with the predictor (then
     `predictor` may be None); `span_router` runs predicted task spans for the scorers that execute
-    them (default: `span_router_for(predictor)`, None without a predictor).
+    them (default: `span_router_for(predictor)`, None without a predictor); `load` reads the
+    images of samples given without them, a batch at a time (`_predict_all`), so a large split
+    of text tasks is evaluated without holding its images.
     """
     import torch
 
@@ -226,7 +236,8 @@ def evaluate_model(predictor, samples: Sequence[Sample], sampling: EvalSampling 
     start = time.perf_counter()
     try:
         with torch.no_grad():
-            preds = _predict_all(by_task, predict_fn, sampling.batch_size, progress)
+            preds = _predict_all(by_task, predict_fn, sampling.batch_size, progress, load,
+                                 _text_scored(by_task, benchmark))
     finally:
         if was_training:
             model.train()
@@ -243,6 +254,12 @@ def evaluate_model(predictor, samples: Sequence[Sample], sampling: EvalSampling 
                       predictions=[p for v in preds.values() for p in v],
                       verdicts=scores.verdicts, notes=_notes(scores.scorers, benchmark),
                       scorers=scores.scorers)
+
+
+def _text_scored(by_task: dict[str, list[Sample]], benchmark: BenchmarkData | None) -> set[str]:
+    """The tasks whose scorer reads no image (utamoe.eval.scorers.TEXT_ONLY)."""
+    ctx = context_for(benchmark)
+    return {t for t in by_task if get_task(t).scorer_for(ctx)[0] in TEXT_ONLY}
 
 
 def _notes(scorers: dict[str, str], benchmark: BenchmarkData | None) -> list[str]:

@@ -28,6 +28,9 @@ from utamoe.eval import metrics
 from utamoe.tasks import ScoreContext
 from utamoe.vision.processor import to_rgb
 
+# The scorers here that read only the samples' texts: evaluation lets a batch's images go
+# after predicting a task scored by one of them (utamoe.eval.run).
+TEXT_ONLY = frozenset({"answer_match", "yes_no", "box_iou", "caption_generic", "free_form"})
 PSNR_CAP = 100.0  # identical images have infinite PSNR; capped so that means stay finite
 
 
