@@ -2,8 +2,10 @@
 
 import json
 
+from tests.owndata import write_digits
 from utamoe.cli import main
-from utamoe.data import load_dataset
+from utamoe.data import load_dataset, ondisk
+from utamoe.data.check_sample import check_sampled
 
 
 def test_shapes_then_check(tmp_path, capsys):
@@ -37,3 +39,32 @@ def test_shapes_then_check(tmp_path, capsys):
 def test_check_rejects_non_datasets(tmp_path, capsys):
     assert main(["data", "check", str(tmp_path)]) == 2
     assert "no <split>.jsonl" in capsys.readouterr().err
+
+
+def test_check_sample_validates_every_record_and_decodes_a_sample(tmp_path, capsys):
+    """--sample N: counts and shares from every record (a broken record anywhere is found),
+    images decoded for N random records per split only."""
+    root = write_digits(tmp_path / "d", {"train": 20})
+    lines = (root / "train.jsonl").read_text().splitlines()
+    lines.append(json.dumps({"id": "bad", "task": "vqa", "group": "und", "prompt": "q",
+                             "target": "a", "image": "images/none.png"}))
+    (root / "train.jsonl").write_text("\n".join(lines) + "\n")
+    decoded = []
+    read = ondisk.DiskSplit.read
+
+    def counting(self, i, load_images=True):
+        decoded.append(i)
+        return read(self, i, load_images)
+
+    ondisk.DiskSplit.read = counting
+    try:
+        result = check_sampled(root, sample=7)
+    finally:
+        ondisk.DiskSplit.read = read
+    assert len(decoded) == 7 and result.sampled == {"train": 7}
+    assert {t: s.count for t, s in result.splits["train"].items()} == {
+        "caption": 20, "vqa": 20, "pope": 20, "t2i": 20}
+    assert result.n_errors == 1 and "images/none.png' not found" in str(result.reports["train"].errors[0])
+    assert main(["data", "check", str(root), "--sample", "5"]) == 1
+    out = capsys.readouterr().out
+    assert "25.0%" in out and "random sample of 5 (train)" in out

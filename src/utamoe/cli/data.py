@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from utamoe.data.check import check_dataset, print_check
+from utamoe.data.check_sample import check_sampled
 from utamoe.data.formats import DataFormatError
 from utamoe.data.importing import KINDS, ImportOptions, ImportReport, run_import
 from utamoe.infer.checks import InputError
@@ -52,8 +53,11 @@ def cmd_data_shapes(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
+    if args.sample is not None and args.sample < 1:
+        raise InputError(f"--sample must be at least 1, got {args.sample}")
     try:
-        result = check_dataset(args.dir, max_errors=args.max_errors)
+        result = (check_dataset(args.dir, max_errors=args.max_errors) if args.sample is None
+                  else check_sampled(args.dir, args.sample, args.seed, args.max_errors))
     except DataFormatError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -151,4 +155,8 @@ def _add_data_verb(verbs: argparse._SubParsersAction) -> None:
     c.add_argument("dir", help="dataset directory (one <split>.jsonl per split)")
     c.add_argument("--max-errors", type=int, default=5,
                    help="error messages to show per split (all are counted)")
+    c.add_argument("--sample", type=int, metavar="N",
+                   help="large datasets: validate every record but decode the images of N random "
+                        "records per split only")
+    c.add_argument("--seed", type=int, default=0, help="which records --sample decodes (default 0)")
     c.set_defaults(func=cmd_data_check)

@@ -1,13 +1,16 @@
 """`utamoe data check`: validate any dataset directory and summarise it per split and task.
 
 Loading runs in skip mode so that one pass finds every broken record; the summary
-shows counts, task groups, image sizes and one example per task, then the first
-errors of each split with file and line, so a user fixing their own data sees
-what is wrong and where without reading the loader.
+shows counts, the share of each task in its split, task groups, image sizes and one example
+per task, then the first errors of each split with file and line, so a user fixing their own
+data sees what is wrong and where without reading the loader. For an imported dataset it also
+says what the import mapped (`import_summary`). A dataset too large to decode every image is
+checked with `--sample N` (utamoe.data.check_sample).
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +41,8 @@ class CheckResult:
     manifest: dict
     splits: dict[str, dict[str, TaskSummary]]
     reports: dict[str, LoadReport]
+    sampled: dict[str, int] | None = None  # split -> records whose images were decoded (--sample)
+    imports: dict[str, dict] = field(default_factory=dict)  # import_summary
 
     @property
     def empty(self) -> list[str]:
@@ -75,7 +80,36 @@ def check_dataset(root: str | Path, max_errors: int = 5) -> CheckResult:
             if (size := _size(s.target_image)) is not None:
                 t.target_sizes[size] += 1
         splits[name] = tasks
-    return CheckResult(str(root), manifest, splits, reports)
+    return CheckResult(str(root), manifest, splits, reports, imports=import_summary(root))
+
+
+def split_names(root: Path) -> list[str]:
+    """The splits of a dataset directory, the usual ones first in their natural order."""
+    names = sorted(list_splits(root), key=lambda n: (SPLIT_ORDER.index(n)
+                                                      if n in SPLIT_ORDER else 99, n))
+    if not names:
+        raise DataFormatError(root, None, "no <split>.jsonl files found; is this a dataset?")
+    return names
+
+
+def import_summary(root: str | Path) -> dict[str, dict]:
+    """split -> what `utamoe data import` wrote into it (the manifest's `imports` and the
+    import's report): format, source, records per task, conversations, records it could not
+    map by reason and the file listing them; {} for a dataset that was not imported."""
+    root = Path(root)
+    out = {}
+    for split, info in (read_manifest(root).get("imports") or {}).items():
+        path = root / "import" / f"{split}.report.json"
+        try:
+            report = json.loads(path.read_text(encoding="utf-8")).get("report", {})
+        except (OSError, ValueError):
+            report = {}
+        out[split] = {"from": info.get("from"), "source": info.get("source"),
+                      "records": info.get("records", {}), "unmapped": info.get("unmapped", 0),
+                      "conversations": report.get("conversations"),
+                      "reasons": report.get("reasons", {}),
+                      "rejected_file": str(root / "import" / f"{split}.rejected.jsonl")}
+    return out
 
 
 def _sizes(c: Counter) -> str:
@@ -100,18 +134,24 @@ def print_check(result: CheckResult, console=None) -> None:
     console = console or Console()
     name = result.manifest.get("name", "dataset")
     table = Table(title=f"{name} at {result.root}")
-    for col in ("split", "task", "group", "samples", "input images", "target images"):
+    for col in ("split", "task", "group", "samples", "share", "input images", "target images"):
         table.add_column(col)
     examples: dict[str, Sample | None] = {}
     for split, tasks in result.splits.items():
+        total = max(1, sum(t.count for t in tasks.values()))
         for task, t in sorted(tasks.items()):
             group = t.example.group if t.example else ""
-            table.add_row(split, task, group, str(t.count), _sizes(t.input_sizes),
-                          _sizes(t.target_sizes))
+            table.add_row(split, task, group, str(t.count), f"{100 * t.count / total:.1f}%",
+                          _sizes(t.input_sizes), _sizes(t.target_sizes))
             examples.setdefault(task, t.example)
         if not tasks:
-            table.add_row(split, "-", "", "0", "-", "-")
+            table.add_row(split, "-", "", "0", "-", "-", "-")
     console.print(table)
+    if result.sampled is not None:
+        console.print("every record validated; images decoded for a random sample of "
+                      + ", ".join(f"{n} ({s})" for s, n in result.sampled.items())
+                      + " records (--sample): image sizes are the sample's")
+    _print_imports(result.imports, console)
     console.print("examples (prompt -> target):")
     for task, sample in examples.items():
         console.print(f"  {task:<10} {_example(sample, 100)}", markup=False, highlight=False)
@@ -126,3 +166,18 @@ def print_check(result: CheckResult, console=None) -> None:
     status = "[green]OK[/green]" if result.n_errors == 0 else f"[red]{result.n_errors} errors[/red]"
     total = sum(t.count for tasks in result.splits.values() for t in tasks.values())
     console.print(f"{total} valid samples in {len(result.splits)} split(s); {status}")
+
+
+def _print_imports(imports: dict[str, dict], console) -> None:
+    for split, info in imports.items():
+        mapped = "; ".join(f"{s}: " + ", ".join(f"{t} {n}" for t, n in tasks.items())
+                           for s, tasks in info["records"].items())
+        conv = f", {info['conversations']} conversations" if info.get("conversations") else ""
+        console.print(f"imported ({split}) from {info['from']} {info['source']}: {mapped}{conv}; "
+                      f"{info['unmapped']} source records not mapped", markup=False,
+                      highlight=False, soft_wrap=True)
+        for reason, n in sorted(info["reasons"].items(), key=lambda kv: -kv[1])[:5]:
+            console.print(f"  {n:>8}  {reason}", markup=False, highlight=False)
+        if info["unmapped"]:
+            console.print(f"  listed with source file and index in {info['rejected_file']}",
+                          markup=False, highlight=False, soft_wrap=True)
