@@ -32,8 +32,12 @@ def test_builtin_tasks_and_their_declarations():
     # UnifiedMLLM's tasks, after the original six, are opt-in: not in a default mixture, and
     # their markers join a run's tokenizer only with their data (so older data and recipes
     # train exactly what they trained before).
-    assert task_names()[6:] == ["reason_edit", "seg", "layout", "dialog"]
-    assert [get_task(t).opt_in for t in task_names()] == [False] * 6 + [True] * 4
+    # instruct (free-form instructions of imported data, issue 26) is opt-in for the same reason.
+    assert task_names()[6:] == ["reason_edit", "seg", "layout", "dialog", "instruct"]
+    assert [get_task(t).opt_in for t in task_names()] == [False] * 6 + [True] * 5
+    instruct = get_task("instruct")
+    assert (instruct.group, instruct.output, instruct.needs_image) == ("und", "text", False)
+    assert instruct.scorer_for(ScoreContext())[0] == "free_form"
     assert default_tasks() == task_names()[:6]
     t2i, edit, vqa = get_task("t2i"), get_task("edit"), get_task("vqa")
     assert (t2i.output, t2i.needs_image, edit.needs_image, vqa.output) == ("image", False, True, "text")

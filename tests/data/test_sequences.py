@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from utamoe.data.conversations import Turn
 from utamoe.data.formats import Sample
 from utamoe.data.sequences import IGNORE, Encoder, collate
 from utamoe.tasks import Task, register_task, unregister_task
@@ -66,3 +67,18 @@ def test_tokenizer_trained_before_a_task_gives_a_clear_error(encoder):
             encoder.prefix("late", "q", np.zeros((16, 16, 3), np.uint8))
     finally:
         unregister_task("late")
+
+
+def test_an_optional_image_is_used_when_the_record_has_one(encoder):
+    """instruct (needs_image=False): an image block only when the sample has an image, and a
+    single answer lays out as the conversation of its two turns does."""
+    tok = train_text_tokenizer(TEXT * 5, vocab_size=280, tasks=["instruct"])
+    enc = Encoder(tok, SpecialIds.of(tok), 4, lambda img: [], ImageProcessor(16))
+    sp, img = enc.special, np.zeros((30, 20, 3), np.uint8)
+    with_image = enc.sample(Sample("a", "instruct", "what color is it ?", image=img, target="red"))
+    text_only = enc.sample(Sample("b", "instruct", "what color is it ?", target="red"))
+    assert with_image.image.shape == (16, 16, 3) and sp.image_start in with_image.input_ids
+    assert text_only.image is None and sp.image_start not in text_only.input_ids
+    conv = enc.conversation("instruct", [Turn("user", "what color is it ?", img),
+                                         Turn("assistant", "red")])
+    assert conv.input_ids == with_image.input_ids and conv.labels() == with_image.labels()
