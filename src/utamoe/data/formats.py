@@ -22,6 +22,7 @@ the skipped samples and keeps the first messages, so nothing is dropped silently
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -201,10 +202,27 @@ def _image_path(root: Path, rel: str, key: str, path: Path, line: int) -> Path:
     if not full.is_file():
         raise _fail(path, line, f"'{key}' image '{rel}' not found (looked for {full}); fix "
                     "the path or add the file")
-    if not full.resolve().is_relative_to(root.resolve()):
+    if _links_below(root, rel) and not full.resolve().is_relative_to(_real(root)):
         raise _fail(path, line, f"'{key}' image '{rel}' resolves to {full.resolve()}, outside "
                     f"{where} (a symlink?); copy the file into it")
     return full
+
+
+@functools.lru_cache(maxsize=64)
+def _real(root: Path) -> Path:
+    return root.resolve()
+
+
+def _links_below(root: Path, rel: str) -> bool:
+    """Whether a component of `rel` below `root` is a symlink (only then can the path lead out
+    of the root: `..` is refused before). The root itself is resolved once (`_real`): a
+    million records need not each resolve a long path."""
+    cur = os.fspath(root)
+    for part in Path(rel).parts:
+        cur = os.path.join(cur, part)
+        if os.path.islink(cur):
+            return True
+    return False
 
 
 def _read_image(root: Path, rel: str, key: str, path: Path, line: int,
