@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests.owndata import write_digits
+from utamoe.cli import main
 from utamoe.shapes import ShapesWorldConfig, render, sample_scene
 from utamoe.shapes.benchmark import parse_agreement
 from utamoe.shapes.benchmark import renders as shapes_images
-from utamoe.train.codec import codebook_usage, train_tokenizer
+from utamoe.train.codec import DiskImages, codebook_usage, train_tokenizer
 from utamoe.vision import TokenizerConfig, VQTokenizer
 
 TINY = TokenizerConfig(hidden_channels=32, latent_channels=32, codebook_size=32, steps=40,
@@ -72,3 +74,25 @@ def test_default_tokenizer_parses_back_99_percent():
                                 seed=0, progress=False, eval_images=test,
                                 agreement=parse_agreement(shapes))
     assert report["eval"]["parse_agreement"] >= 0.99, report["eval"]
+
+
+def test_codec_trains_on_images_read_from_disk_per_step(tmp_path, capsys):
+    """A dataset that is not a benchmark's: the codec reads each step's images from disk (the
+    same batches with worker processes), evaluated on the test split's images."""
+    root = write_digits(tmp_path / "d", {"train": 12, "test": 3}, size=(40, 30), mode="RGB")
+    images = DiskImages.of_split(root / "train.jsonl", 16)
+    assert len(images) == 48 and images.load([0, 47]).shape == (2, 16, 16, 3)
+    cfg = TokenizerConfig(image_size=16, base_channels=8, channel_multiplier=(1, 2),
+                          latent_channels=8, codebook_size=16)
+    runs = []
+    for workers in (0, 2):
+        model, report = train_tokenizer(DiskImages.of_split(root / "train.jsonl", 16), cfg,
+                                        steps=4, batch_size=4, seed=1, progress=False,
+                                        eval_images=DiskImages.of_split(root / "test.jsonl", 16),
+                                        workers=workers)
+        runs.append(report)
+        assert report["train_images"] == 48 and report["eval"]["n_images"] == 12
+    assert runs[0]["final_recon_loss"] == runs[1]["final_recon_loss"]
+    assert main(["tokenizer", "train", "--data", str(root), "--out", str(tmp_path / "vq"),
+                 "--quick", "--steps", "3"]) == 0
+    assert "tokenizer written" in capsys.readouterr().out

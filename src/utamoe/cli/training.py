@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from utamoe.data.formats import find_benchmark
 from utamoe.demo import run_demo
 from utamoe.infer.checks import InputError
-from utamoe.train.codec import format_report, train_tokenizer
+from utamoe.train.codec import DiskImages, format_report, train_tokenizer
 from utamoe.train.config import load_config
 from utamoe.train.run_dir import ARTEFACTS, resume_overrides
 from utamoe.train.trainer import Trainer, TrainingStopped
@@ -15,8 +17,6 @@ from utamoe.vision.tokenizer import TokenizerConfig
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").is_file():
@@ -53,11 +53,23 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     config = TokenizerConfig.quick() if args.quick else TokenizerConfig()
-    _, report = train_tokenizer(args.data, config, out_dir=args.out, steps=args.steps,
-                                batch_size=args.batch_size, seed=args.seed)
+    data, evals = _codec_data(Path(args.data), config.image_size)
+    _, report = train_tokenizer(data, config, out_dir=args.out, steps=args.steps,
+                                batch_size=args.batch_size, seed=args.seed, eval_images=evals,
+                                workers=args.workers)
     print(format_report(report))
     print(f"tokenizer written to {args.out}")
     return 0
+
+
+def _codec_data(root: Path, size: int) -> tuple:
+    """(train data, eval images) of `train_tokenizer`: a benchmark's generated data in memory as
+    always; any other dataset's images read from disk per step (memory independent of size)."""
+    if find_benchmark(root) is not None:
+        return root, None
+    splits = [root / f"{n}.jsonl" for n in ("test", "val") if (root / f"{n}.jsonl").is_file()]
+    return (DiskImages.of_split(root / "train.jsonl", size),
+            DiskImages.of_split(splits[0], size) if splits else None)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -90,4 +102,7 @@ def _add_training_verbs(verbs: argparse._SubParsersAction) -> None:
     tr.add_argument("--batch-size", type=int, help="batch size (default: the config's)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--quick", action="store_true", help="the ~10 s smoke-test setting")
+    tr.add_argument("--workers", type=int, default=0,
+                    help="processes reading images ahead of training (data that is not a "
+                         "benchmark's is read from disk per step; default 0)")
     tr.set_defaults(func=cmd_tokenizer_train)
