@@ -78,3 +78,19 @@ def test_load_rejects_missing_dirs_and_devices(tmp_path):
         Predictor.load(tmp_path / "none")
     with pytest.raises(InputError, match="not a torch device"):
         Predictor.load(tmp_path, device="foo")
+
+
+def test_an_optional_image_is_read_when_given(predictor):
+    """instruct takes an image or none: per question, and the answer with an image is the one the
+    engine gives that image (not the text-only answer, unless the model ignores it)."""
+    if "instruct" not in predictor.tasks:
+        pytest.skip("the tiny model's tokenizer predates the instruct task")
+    img = images(1)[0]
+    greedy = SamplingConfig(max_new_tokens=4)
+    text_only = predictor.answer(None, ["what is it?"], task="instruct", sampling=greedy)
+    mixed = predictor.answer([img, None], ["what is it?", "what is it?"], task="instruct",
+                             sampling=greedy)
+    shared = predictor.answer(img, ["what is it?"], task="instruct", sampling=greedy)
+    assert mixed[1] == text_only[0] and mixed[0] == shared[0]
+    with pytest.raises(InputError, match="2 images for 1 questions"):
+        predictor.answer([img, img], ["q"], task="instruct")

@@ -107,7 +107,7 @@ class Predictor:
             raise InputError(f"task {task!r} produces images; use generate()")
         sampling = check_sampling(sampling or SamplingConfig())
         questions = texts(questions, "question")
-        self._fits(task, questions, "question", sampling.max_new_tokens)
+        self._fits(task, questions, "question", sampling.max_new_tokens, images is not None)
         if spec.needs_image:
             rows = self._images(images, len(questions), "question")
         else:  # an optional image (utamoe.tasks): None for every row, or one (or None) per row
@@ -226,10 +226,13 @@ class Predictor:
                              "(or None) per question")
         return [None if img is None else self._images(img, 1, "question")[0] for img in rows]
 
-    def _fits(self, task: str, prompts: list[str], what: str, new_tokens: int) -> None:
-        """A prompt plus what the model must generate has to fit the model's positions."""
+    def _fits(self, task: str, prompts: list[str], what: str, new_tokens: int,
+              with_image: bool = False) -> None:
+        """A prompt plus what the model must generate has to fit the model's positions (with
+        an image block when the task needs one, or takes an optional one it is given)."""
         spec = task_spec(task)
-        image = blank(self.processor.size) if spec.layout == "answer" and spec.needs_image else None
+        image = blank(self.processor.size) if spec.layout == "answer" and (
+            spec.needs_image or with_image) else None
         codes = [0] * self.code_grid ** 2 if spec.layout == "edit" else None
         for i, text in enumerate(prompts):
             n = len(self.encoder.prefix(task, text, image, input_codes=codes).input_ids)
