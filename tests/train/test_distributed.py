@@ -52,13 +52,19 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "model" / "model.safetensors"))
 
 
+@pytest.mark.parametrize("loading", ["memory", pytest.param("disk", marks=pytest.mark.slow)])
 def test_ddp_two_processes_follow_one_process_with_the_same_global_batch(tiny_assets, tmp_path,
-                                                                          monkeypatch):
+                                                                          monkeypatch, loading):
+    """`disk`: the split read from disk by a worker process on each rank (utamoe.train.data)."""
     from utamoe.train.data import TrainData
     from utamoe.train.trainer import Trainer
 
-    launch_two(tiny_recipe(tiny_assets, tmp_path / "ddp", UTAMOE_STAGES, batch_size=3),
-               tmp_path / "ddp", port=29533)
+    def recipe(out, **train):
+        raw = tiny_recipe(tiny_assets, out, UTAMOE_STAGES, batch_size=3, **train)
+        raw["data"].update(loading=loading, workers=int(loading == "disk"))
+        return raw
+
+    launch_two(recipe(tmp_path / "ddp"), tmp_path / "ddp", port=29533)
 
     draw = TrainData.batch
 
@@ -67,8 +73,7 @@ def test_ddp_two_processes_follow_one_process_with_the_same_global_batch(tiny_as
         return draw(self, stage, position // 2, *args)
 
     monkeypatch.setattr(TrainData, "batch", as_rank)
-    ref_cfg = build_config(tiny_recipe(tiny_assets, tmp_path / "ref", UTAMOE_STAGES, batch_size=3,
-                                       grad_accum=2))
+    ref_cfg = build_config(recipe(tmp_path / "ref", grad_accum=2))
     Trainer(ref_cfg, tmp_path / "ref", progress=False).run()
 
     got, want = curve(tmp_path / "ddp"), curve(tmp_path / "ref")

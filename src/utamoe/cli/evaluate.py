@@ -33,7 +33,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     split = data / f"{args.split}.jsonl"  # images read a batch at a time (evaluate_model)
     result = evaluate_model(predictor, samples, sampling, max_per_task=args.max_per_task,
-                            benchmark=find_benchmark(data), load=lambda s: with_images(s, split))
+                            benchmark=find_benchmark(data),
+                            load=lambda s: with_images(s, split, draft=predictor.processor.size))
     result.split, result.model, result.data = args.split, str(args.model), str(data)
     command = ["utamoe", "eval", "--model", str(args.model), "--data", str(data), "--split",
                args.split, "--out", str(out), *sampling.cli_args(), "--device", args.device]

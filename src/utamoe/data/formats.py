@@ -226,10 +226,10 @@ def _links_below(root: Path, rel: str) -> bool:
 
 
 def _read_image(root: Path, rel: str, key: str, path: Path, line: int,
-                max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+                max_pixels: int = MAX_IMAGE_PIXELS, draft: int | None = None) -> np.ndarray:
     full = _image_path(root, rel, key, path, line)
     try:
-        return read_image(full, max_pixels)
+        return read_image(full, max_pixels, draft)
     except ImageTooLarge as e:
         got = f" ({e.size[0]}x{e.size[1]})" if e.size else ""
         raise _fail(path, line, f"'{key}' image '{rel}' has more than {max_pixels:,} pixels "
@@ -241,14 +241,16 @@ def _read_image(root: Path, rel: str, key: str, path: Path, line: int,
 
 
 def record_to_sample(rec: Any, root: Path, path: Path, line: int,
-                     load_images: bool = True, max_pixels: int = MAX_IMAGE_PIXELS) -> Sample:
-    """Validate one parsed JSON record and build its Sample (raises DataFormatError)."""
+                     load_images: bool = True, max_pixels: int = MAX_IMAGE_PIXELS,
+                     draft: int | None = None) -> Sample:
+    """Validate one parsed JSON record and build its Sample (raises DataFormatError); `draft`:
+    JPEGs decoded at the smallest DCT scale still at least that side (utamoe.vision.images)."""
     _check_fields(rec, path, line)
     turns = None
     if "turns" in rec:
         def read(rel: str, key: str):
             if load_images:
-                return _read_image(root, rel, key, path, line, max_pixels)
+                return _read_image(root, rel, key, path, line, max_pixels, draft)
             _image_path(root, rel, key, path, line)
             return None
 
@@ -259,7 +261,7 @@ def record_to_sample(rec: Any, root: Path, path: Path, line: int,
         if rel is None:
             images[key] = None
         elif load_images:
-            images[key] = _read_image(root, rel, key, path, line, max_pixels)
+            images[key] = _read_image(root, rel, key, path, line, max_pixels, draft)
         else:
             _image_path(root, rel, key, path, line)
             images[key] = None
@@ -271,13 +273,13 @@ def record_to_sample(rec: Any, root: Path, path: Path, line: int,
 
 
 def with_images(sample: Sample, split: str | os.PathLike,
-                max_pixels: int = MAX_IMAGE_PIXELS) -> Sample:
+                max_pixels: int = MAX_IMAGE_PIXELS, draft: int | None = None) -> Sample:
     """A sample loaded without its images (`load_images=False`) with them read now (errors
     name the split file and the sample): evaluation reads a batch's images when it needs them."""
     split = Path(split)
     try:
         return record_to_sample(sample.to_record(), image_root(split.parent), split, None, True,
-                                max_pixels)
+                                max_pixels, draft)
     except DataFormatError as err:
         raise DataFormatError(split, None, f"sample '{sample.id}': {err.message}") from err
 
@@ -286,7 +288,7 @@ def with_images(sample: Sample, split: str | os.PathLike,
 
 
 def load_split(path: str | os.PathLike, on_error: OnError = "raise", load_images: bool = True,
-               max_errors: int = 5, max_pixels: int = MAX_IMAGE_PIXELS,
+               max_errors: int = 5, max_pixels: int = MAX_IMAGE_PIXELS, draft: int | None = None,
                ) -> tuple[list[Sample], LoadReport]:
     """Load one JSONL split file; image paths resolve against its directory.
 
@@ -308,7 +310,7 @@ def load_split(path: str | os.PathLike, on_error: OnError = "raise", load_images
             if not raw.strip():
                 continue  # blank lines (e.g. a trailing newline) carry no record
             try:
-                sample = _parse_line(raw, path, lineno, seen, load_images, max_pixels, root)
+                sample = _parse_line(raw, path, lineno, seen, load_images, max_pixels, root, draft)
             except DataFormatError as err:
                 if on_error == "raise":
                     raise
@@ -334,9 +336,9 @@ def parse_record(raw: bytes, path: Path, lineno: int) -> Any:
 
 
 def _parse_line(raw: bytes, path: Path, lineno: int, seen: Mapping[str, int],
-                load_images: bool, max_pixels: int, root: Path) -> Sample:
+                load_images: bool, max_pixels: int, root: Path, draft: int | None) -> Sample:
     rec = parse_record(raw, path, lineno)
-    sample = record_to_sample(rec, root, path, lineno, load_images, max_pixels)
+    sample = record_to_sample(rec, root, path, lineno, load_images, max_pixels, draft)
     if sample.id in seen:
         raise _fail(path, lineno, f"duplicate id '{sample.id}' (first on line "
                     f"{seen[sample.id]}); ids must be unique within a split")

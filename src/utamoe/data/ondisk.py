@@ -196,10 +196,11 @@ def _drop_duplicates(index: SplitIndex, hashes: np.ndarray, on_error: OnError) -
 
 class DiskSplit:
     """Random access to the records of an indexed split. The file is opened once per process
-    (so a DataLoader's workers each open their own)."""
+    (so a DataLoader's workers each open their own). `draft`: JPEGs decoded at a reduced scale
+    still at least that side (utamoe.vision.images.read_image)."""
 
-    def __init__(self, index: SplitIndex, max_pixels: int = MAX_PIXELS):
-        self.index, self.max_pixels = index, max_pixels
+    def __init__(self, index: SplitIndex, max_pixels: int = MAX_PIXELS, draft: int | None = None):
+        self.index, self.max_pixels, self.draft = index, max_pixels, draft
         self.root = image_root(index.path.parent)
         self._fh, self._pid = None, None
 
@@ -224,4 +225,4 @@ class DiskSplit:
         line = int(self.index.lines[i])
         rec = parse_record(self._raw(i), self.index.path, line)
         return record_to_sample(rec, self.root, self.index.path, line, load_images,
-                                self.max_pixels)
+                                self.max_pixels, self.draft)

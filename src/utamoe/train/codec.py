@@ -61,9 +61,10 @@ def dedupe(images: Sequence[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
-def split_images(data_dir: str | os.PathLike, split: str) -> list[np.ndarray]:
-    """Every input and target image of one split of a dataset directory, deduplicated."""
-    samples, _ = load_split(Path(data_dir) / f"{split}.jsonl")
+def split_images(data_dir: str | os.PathLike, split: str, draft: int | None = None) -> list[np.ndarray]:
+    """Every input and target image of one split of a dataset directory, deduplicated (`draft`:
+    JPEGs decoded at a reduced scale still at least that side, utamoe.vision.images)."""
+    samples, _ = load_split(Path(data_dir) / f"{split}.jsonl", draft=draft)
     images = [img for s in samples for img in (s.image, s.target_image) if img is not None]
     return dedupe(images)
 
@@ -83,7 +84,7 @@ class DiskImages:
     def of_split(cls, path: str | os.PathLike, size: int) -> DiskImages:
         """The images of a split file (its broken records are left out: `utamoe data check`
         names them)."""
-        return cls(DiskSplit(build_index(path, on_error="skip")), size)
+        return cls(DiskSplit(build_index(path, on_error="skip"), draft=size), size)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -140,10 +141,11 @@ def _resolve_data(data, eval_images, eval_max: int, seed: int, size: int):
         return _disk_data(data, eval_images, eval_max, seed, size)
     if isinstance(data, (str, os.PathLike)):
         root = Path(data)
-        train = split_images(root, "train")
+        train = split_images(root, "train", size)
         if eval_images is None:
             eval_split = "test" if (root / "test.jsonl").is_file() else "val"
-            eval_images = split_images(root, eval_split) if (root / f"{eval_split}.jsonl").is_file() else []
+            eval_images = split_images(root, eval_split, size) \
+                if (root / f"{eval_split}.jsonl").is_file() else []
             if not eval_images:  # no test/val split: hold out 10% of train
                 n_eval = max(1, len(train) // 10)
                 train, eval_images = train[:-n_eval] or train, train[-n_eval:]

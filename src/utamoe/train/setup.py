@@ -72,7 +72,7 @@ def on_disk(cfg: ExperimentConfig) -> bool:
 def load_samples(cfg: ExperimentConfig, log=print):
     root = _data_dir(cfg)
     samples, report = load_split(root / f"{cfg.data.train_split}.jsonl", on_error=cfg.data.on_error,
-                                 max_pixels=cfg.data.max_image_pixels)
+                                 max_pixels=cfg.data.max_image_pixels, draft=cfg.model.image_size)
     if report.skipped:
         log(f"[data] {report.summary()}")
     check_mixtures(cfg, {s.task for s in samples}, root / f"{cfg.data.train_split}.jsonl", log)
@@ -130,7 +130,8 @@ def disk_data(cfg: ExperimentConfig, run_dir: Path, acc, log=print) -> DiskData:
     check_mixtures(cfg, set(index.counts()), path, log)
     wanted = {t for st in cfg.stages for t, w in st.mixture.items() if w > 0}
     by_task = index.by_task(wanted, cfg.data.max_samples_per_task)
-    return DiskData(index, DiskSplit(index, cfg.data.max_image_pixels), by_task)
+    return DiskData(index, DiskSplit(index, cfg.data.max_image_pixels, cfg.model.image_size),
+                    by_task)
 
 
 def check_mixtures(cfg: ExperimentConfig, present: set[str], split: Path, log=print) -> None:
@@ -221,7 +222,7 @@ def _disk_images(cfg: ExperimentConfig, disk: DiskData) -> tuple[DiskImages, Dis
     """The codec's images of a split on disk: every image of the train split's valid records,
     and for evaluation those of the test split (else val; else a held-out part of train)."""
     size, root = cfg.model.image_size, _data_dir(cfg)
-    train = DiskImages(DiskSplit(disk.index, cfg.data.max_image_pixels), size)
+    train = DiskImages(DiskSplit(disk.index, cfg.data.max_image_pixels, size), size)
     for name in ("test", "val"):
         if (root / f"{name}.jsonl").is_file():
             return train, DiskImages.of_split(root / f"{name}.jsonl", size)
