@@ -7,6 +7,12 @@ hundreds of GB). A `SplitIndex` keeps per valid record only its byte offset, lin
 which images it has (about 20 bytes a record: 20 MB for a million records), and
 `DiskSplit.read(i)` reads, validates and decodes record i when a batch needs it.
 
+Why an index of the JSONL file and torch.utils.data workers (utamoe.train.data.BatchStream)
+rather than Hugging Face datasets or webdataset shards: a batch is a pure function of its
+position, so training needs random access to record i, which an offset index gives on the
+user's own files as they are; webdataset shards are read in sequence (shuffle buffers, not
+positions), and an Arrow copy (datasets) would duplicate every image of the dataset on disk.
+
 The index pass validates every record as `load_split` does (fields, task, group, that each
 image file exists inside the dataset or its image root, duplicate ids), without decoding an
 image; `on_error` decides what a broken record does (raise, or skip and count it in a
