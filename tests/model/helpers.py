@@ -22,14 +22,21 @@ TEXT = ["what color is the circle ?", "red", "blue", "a red circle at the top le
 DEFAULT = object()
 
 
+# The task markers of the tiny model's tokenizer, pinned as a training run pins its data's: a
+# task registered later (instruct, issue 26) would otherwise grow the vocabulary and re-draw
+# every tiny model's weights. A test of another task passes `tasks`.
+TASKS = ("caption", "vqa", "pope", "grounding", "t2i", "edit", "reason_edit", "seg", "layout",
+         "dialog")
+
+
 def tiny_model(moe: MoEConfig | None = DEFAULT, seed: int = 0, backbone: dict | None = None,
-               **config):
+               tasks=TASKS, **config):
     """(model, text tokenizer, encoder); `moe` defaults to the default TA-MoE, None = dense;
-    `backbone`: the backbone's HF config (default a 2-layer Llama); `config`: more
-    UnifiedConfig fields (move, mole, sentence_encoder, ...)."""
+    `backbone`: the backbone's HF config (default a 2-layer Llama); `tasks`: the tokenizer's
+    task markers; `config`: more UnifiedConfig fields (move, mole, sentence_encoder, ...)."""
     moe = MoEConfig() if moe is DEFAULT else moe
     torch.manual_seed(seed)
-    tok = train_text_tokenizer(TEXT * 10, vocab_size=300)
+    tok = train_text_tokenizer(TEXT * 10, vocab_size=300, tasks=tasks)
     vq = VQTokenizer(TokenizerConfig(base_channels=32, channel_multiplier=(1, 1, 2, 2),
                                      latent_channels=32, codebook_size=32))
     cfg = UnifiedConfig(
