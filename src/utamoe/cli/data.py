@@ -7,6 +7,7 @@ import sys
 
 from utamoe.data.check import check_dataset, print_check
 from utamoe.data.formats import DataFormatError
+from utamoe.fsutil import check_output_dir
 from utamoe.infer.checks import InputError
 from utamoe.shapes import ShapesWorldConfig, total_samples, write_dataset
 from utamoe.shapes.world import ALL_TASKS, DEFAULT_SIZES
@@ -34,6 +35,8 @@ def cmd_data_shapes(args: argparse.Namespace) -> int:
         print(f"error: {out} already holds a dataset; pass --force to overwrite it",
               file=sys.stderr)
         return 1
+    if not args.force:  # a dataset is written into a new or empty folder, never among other files
+        check_output_dir(out, ("dataset.json",), "dataset")
     config = ShapesWorldConfig(seed=args.seed, image_size=args.image_size,
                                sizes={**DEFAULT_SIZES, **_parse_sizes(args.sizes)},
                                tasks=tuple(args.tasks) if args.tasks else ALL_TASKS)

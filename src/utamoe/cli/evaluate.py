@@ -11,6 +11,7 @@ from utamoe.cli.infer import _add_sampling_args
 from utamoe.data.formats import DataFormatError, find_benchmark, list_splits, load_split
 from utamoe.eval.report import print_summary, write_eval_outputs
 from utamoe.eval.run import EvalSampling, evaluate_model
+from utamoe.fsutil import check_output_dir
 from utamoe.infer.checks import InputError
 from utamoe.infer.predictor import Predictor
 
@@ -36,6 +37,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# What each verb writes in --out: an existing directory holding none of them is not replaced.
+OWN_FILES = {"eval": ("metrics.json", "predictions.jsonl"), "analyze": ("conflict.json", "routing.json")}
+
+
 def _model_and_split(args: argparse.Namespace, out_name: str, **counts):
     """Check counts >= 1, the split exists; load the model and the split's samples.
 
@@ -50,12 +55,13 @@ def _model_and_split(args: argparse.Namespace, out_name: str, **counts):
     if args.split not in splits:
         raise DataFormatError(data, None, f"no split '{args.split}' here (found: "
                               f"{', '.join(splits) or 'none'}); pass --split with one of them")
+    out = Path(args.out) if args.out else Path(args.model).resolve().parent / out_name
+    check_output_dir(out, OWN_FILES[args.verb], f"`utamoe {args.verb}` output")
     predictor = Predictor.load(args.model, args.device)
     samples, _ = load_split(data / f"{args.split}.jsonl")
     if not samples:
         raise InputError(f"{data / (args.split + '.jsonl')} has no samples; pass --split with a "
                          "split that has some")
-    out = Path(args.out) if args.out else Path(args.model).resolve().parent / out_name
     return predictor, samples, data, out
 
 

@@ -9,7 +9,7 @@ from utamoe.demo import run_demo
 from utamoe.infer.checks import InputError
 from utamoe.train.codec import format_report, train_tokenizer
 from utamoe.train.config import load_config
-from utamoe.train.run_dir import ARTEFACTS, resume_overrides
+from utamoe.train.run_dir import check_run_dir, resume_overrides
 from utamoe.train.trainer import Trainer, TrainingStopped
 from utamoe.vision.tokenizer import TokenizerConfig
 
@@ -33,11 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             return 2
         cfg = load_config(args.config, args.set)
         run_dir = Path(args.out or cfg.run.out)
-        if any((run_dir / a).exists() for a in ARTEFACTS) and not args.force:
-            print(f"error: {run_dir} already holds a run; continue it with --resume {run_dir} "
-                  f"or pass --force to start over (its checkpoints, tokenizers, log and model "
-                  f"are removed)", file=sys.stderr)
-            return 2
+        check_run_dir(run_dir, args.force)
     try:
         model_dir = Trainer(cfg, run_dir).run(resume=bool(args.resume), fresh=args.force)
     except TrainingStopped as stop:
@@ -54,7 +50,7 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     config = TokenizerConfig.quick() if args.quick else TokenizerConfig()
     _, report = train_tokenizer(args.data, config, out_dir=args.out, steps=args.steps,
-                                batch_size=args.batch_size, seed=args.seed)
+                                batch_size=args.batch_size, seed=args.seed, replace=args.force)
     print(format_report(report))
     print(f"tokenizer written to {args.out}")
     return 0
@@ -90,4 +86,7 @@ def _add_training_verbs(verbs: argparse._SubParsersAction) -> None:
     tr.add_argument("--batch-size", type=int, help="batch size (default: the config's)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--quick", action="store_true", help="the ~10 s smoke-test setting")
+    tr.add_argument("--force", action="store_true",
+                    help="replace whatever is at --out (without it, only an earlier tokenizer or "
+                         "an empty directory is replaced)")
     tr.set_defaults(func=cmd_tokenizer_train)

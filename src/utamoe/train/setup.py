@@ -19,7 +19,7 @@ from pathlib import Path
 from utamoe.benchmarks import BenchmarkData, benchmarks
 from utamoe.config import ConfigError
 from utamoe.data.formats import find_benchmark, load_split
-from utamoe.fsutil import atomic_directory
+from utamoe.fsutil import atomic_directory, holds_format
 from utamoe.model.janus import janus_config_from_dir, load_janus
 from utamoe.model.unified import UnifiedModel
 from utamoe.tasks import get_task, task_names
@@ -122,7 +122,9 @@ def text_tokenizer_for(cfg: ExperimentConfig, samples, run_dir: Path, acc):
         tok = train_text_tokenizer(corpus, cfg.tokenizers.text_vocab_size, tasks)
         if spans:
             add_span_tokens(tok, span_tasks)
-        with atomic_directory(path) as tmp:  # a kill mid-save leaves no half tokenizer
+        own = holds_format("tokenizer_config.json")
+        # a kill mid-save leaves no half tokenizer
+        with atomic_directory(path, own, "a text tokenizer directory") as tmp:
             tok.save_pretrained(str(tmp))
 
     # The run's own tokenizer is loaded as saved: nothing may add a token the model lacks.
