@@ -31,6 +31,7 @@ from pathlib import Path
 from utamoe.config import ConfigError
 from utamoe.hf.decoders import keep_first_layers
 from utamoe.hf.gguf_header import SkippedArray, UnsupportedGGUF, read_header
+from utamoe.hf.local import pretrained
 from utamoe.packages import is_package_spec, package_dir
 
 GGUF_MIN_VERSION = "0.10"
@@ -116,7 +117,7 @@ def _load_with_transformers(file: Path, meta: bool, num_layers: int | None, wher
         if num_layers is not None:
             keep_first_layers(config, num_layers, where)
         return _from_config(config)
-    model = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name)
+    model = pretrained(AutoModelForCausalLM, file.parent, where, gguf_file=file.name)
     if num_layers is not None:
         decoder = model.get_decoder()
         keep_first_layers(model.config, num_layers, where)
@@ -137,7 +138,7 @@ def _gguf_config(file: Path, mtime: float):
     file is read again)."""
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(str(file.parent), gguf_file=file.name)
+    return pretrained(AutoConfig, file.parent, "model.backbone", gguf_file=file.name)
 
 
 # Architectures whose GGUF files the fast path loads: the decoders utamoe upcycles (Llama, Qwen2,
@@ -258,8 +259,8 @@ def load_gguf_tokenizer(file: Path):
     if header is not None:
         cls = TOKENIZER_MAPPING.get(type(config_from_header(header)), None)
         if cls is not None:
-            return cls.from_pretrained(str(file.parent), gguf_file=file.name)
-    return AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
+            return pretrained(cls, file.parent, "tokenizers.text", gguf_file=file.name)
+    return pretrained(AutoTokenizer, file.parent, "tokenizers.text", gguf_file=file.name)
 
 
 def _fast_header(file: Path):

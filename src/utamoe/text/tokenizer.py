@@ -22,7 +22,9 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from utamoe.config import ConfigError
 from utamoe.hf.gguf import gguf_path, load_gguf_tokenizer
+from utamoe.hf.local import pretrained
 from utamoe.tasks import task_names
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -117,7 +119,13 @@ def load_text_tokenizer(path: str | Path, add_tasks: bool = True,
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"text tokenizer directory {path} does not exist")
-        tok = AutoTokenizer.from_pretrained(str(path))
+        try:
+            tok = pretrained(AutoTokenizer, path, "tokenizers.text")
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            if isinstance(err, ConfigError):
+                raise
+            raise ConfigError(f"tokenizers.text {path}: not a tokenizer directory transformers "
+                              f"reads ({type(err).__name__}: {str(err)[:300]})") from err
     wanted = special_tokens(tasks) if add_tasks else BASE_SPECIAL_TOKENS
     missing = [t for t in wanted if t not in tok.get_vocab()]
     if missing:
