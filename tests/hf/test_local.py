@@ -6,6 +6,7 @@ misshaping weights is an error instead of silently random weights."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,8 +18,11 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from utamoe.config import ConfigError
 from utamoe.hf.local import RemoteCodeRefused
 from utamoe.hf.parts import HFPart, build_backbone, build_vision
+from utamoe.model.config import UnifiedConfig
 from utamoe.model.instructions import SentenceEncoder
 from utamoe.text.tokenizer import load_text_tokenizer, train_text_tokenizer
+from utamoe.train.stages import preflight
+from utamoe.vision.mixture import MoVEConfig, VisionExpertConfig
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "utamoe"
 LLAMA = dict(model_type="llama", hidden_size=16, intermediate_size=32, num_hidden_layers=2,
@@ -121,3 +125,13 @@ def test_a_backbone_with_wrong_shapes_or_pickled_weights_is_an_error(tmp_path):
     (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04cos\nsystem\nq\x00.")  # not weights
     with pytest.raises(ConfigError, match="model.backbone.path"):
         build_backbone(HFPart(path=str(pickled)), 64)
+
+
+def test_the_recipe_preflight_takes_vision_paths(tmp_path):
+    """model.vision.path and a MoVE encoder's path, built on the meta device by preflight."""
+    _save({**SIGLIP, "image_size": 48}, tmp_path / "vis", causal=False)
+    base = UnifiedConfig(vision=HFPart(path=str(tmp_path / "vis")), vocab_size=64, num_codes=16,
+                         code_grid=4)
+    preflight(base, [])
+    move = MoVEConfig(encoders=[VisionExpertConfig("sig", path=str(tmp_path / "vis"))])
+    preflight(dataclasses.replace(base, move=move), [])
