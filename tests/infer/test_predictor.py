@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from utamoe.data.conversations import Turn
 from utamoe.infer.checks import InputError
 from utamoe.infer.predictor import Predictor
 from utamoe.infer.sampling import SamplingConfig
@@ -78,3 +79,15 @@ def test_load_rejects_missing_dirs_and_devices(tmp_path):
         Predictor.load(tmp_path / "none")
     with pytest.raises(InputError, match="not a torch device"):
         Predictor.load(tmp_path, device="foo")
+
+
+@pytest.mark.parametrize("token", ["<und_slot>", "<img>", "</img>", "<eos>", "<code_slot>", "<t2i>"])
+def test_special_token_text_in_prompts_is_text(predictor, token):
+    """A prompt holding the string of a special token is answered like any text (issue 28,
+    item 3): no traceback from answer, generate, edit or converse."""
+    img = images(1)[0]
+    text = f"what {token} color{token} is it ?"
+    assert isinstance(predictor.answer(img, [text])[0], str)
+    assert predictor.generate([text])[0].shape == (48, 48, 3)
+    assert predictor.edit(img, [text])[0].shape == (48, 48, 3)
+    assert isinstance(predictor.converse([[Turn("user", text, img)]], "vqa")[0], str)

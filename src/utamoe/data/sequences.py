@@ -35,7 +35,8 @@ import torch
 
 from utamoe.data.formats import Sample
 from utamoe.tasks import GROUPS, get_task, task_names
-from utamoe.text.tokenizer import SpecialIds
+from utamoe.text.span_tokens import special_span_tokens
+from utamoe.text.tokenizer import SpecialIds, encode_text
 from utamoe.vision.processor import pixel_values
 
 IGNORE = -100
@@ -90,9 +91,19 @@ class Encoder:
     und_tokens: int
     image_codes: Callable[[np.ndarray], list[int]]
     process: Callable[[np.ndarray], np.ndarray] = _same
+    _span_specials: frozenset | None = field(default=None, init=False, repr=False)
 
     def words(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        """A prompt, question or user turn: text only (the literal `<eos>` or `<und_slot>` a
+        user types is characters, never the token; utamoe.text.tokenizer.encode_text)."""
+        return encode_text(self.tokenizer, text)
+
+    def answer_words(self, text: str) -> list[int]:
+        """A target or an assistant turn: text and its task spans (whose openers may be special
+        tokens, `<edit>`); any other special token's string is characters, as in `words`."""
+        if self._span_specials is None:
+            self._span_specials = special_span_tokens(self.tokenizer)
+        return encode_text(self.tokenizer, text, self._span_specials)
 
     def prefix(self, task: str, prompt: str, image: np.ndarray | None = None,
                null_prompt: bool = False, input_codes: list[int] | None = None) -> TokenSequence:
@@ -134,7 +145,7 @@ class Encoder:
         seq.text([sp.bos, sp.task(task)])
         for k, turn in enumerate(turns):
             if turn.role == "assistant":
-                seq.text(self.words(turn.text) + [sp.eos], loss=True)
+                seq.text(self.answer_words(turn.text) + [sp.eos], loss=True)
                 continue
             if turn.image is not None:
                 image = self.process(turn.image)
@@ -161,7 +172,7 @@ class Encoder:
         if get_task(sample.task).output == "text":
             if sample.target is None:
                 raise ValueError(f"sample {sample.id}: task {sample.task!r} needs a text target")
-            seq.text(self.words(sample.target) + [self.special.eos], loss=True)
+            seq.text(self.answer_words(sample.target) + [self.special.eos], loss=True)
         else:
             if target_codes is None:
                 if sample.target_image is None:

@@ -67,7 +67,7 @@ class SentenceEncoder:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             tok = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_length,
-                                 return_tensors="pt")
+                                 return_tensors="pt", split_special_tokens=True)  # text is text
             hidden = self.model(**tok).last_hidden_state
             mask = tok["attention_mask"].unsqueeze(-1).float()
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)

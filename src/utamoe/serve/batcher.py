@@ -6,8 +6,9 @@ whose deadline already passed (their slot is freed and their caller told), and r
 the rest as one `Predictor.run` call (the predictor's own door, with its lock): understanding
 and generation requests in the same forward passes, the TA-MoE layers routing each row to
 its group, each request drawing from its own generator (utamoe.infer.engine). A full queue
-refuses at once (`QueueFull`, the server's 503). `close()` stops taking requests and
-finishes the ones already queued.
+refuses at once (`QueueFull`, the server's 503). A batch that fails is run again request by
+request, so one bad request fails alone. `close()` stops taking requests and finishes the
+ones already queued.
 """
 
 from __future__ import annotations
@@ -114,9 +115,12 @@ class DynamicBatcher:
         try:
             # Always traced: the routing of each token feeds the per-group token metrics.
             results = self.predictor.run([j.request for j in jobs], trace=True, on_step=on_step)
-        except Exception as err:  # one bad batch must not kill the worker; callers get the error
-            for job in jobs:
-                job.future.set_exception(err)
+        except Exception as err:  # the worker never dies; a bad request fails alone
+            if len(jobs) == 1:
+                jobs[0].future.set_exception(err)
+                return
+            for job in jobs:  # each alone: the others of the batch get their results
+                self._run([job])
             return
         for job, result in zip(jobs, results):
             job.future.set_result(result)

@@ -1,0 +1,62 @@
+"""The server under hostile but realistic use (issue 28): text that looks like control tokens,
+a request that fails inside a batch, junk paths, image bombs, over-long prompts, malformed
+bodies and settings. Each answer is a 4xx (or the result) and the server keeps serving."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+
+import pytest
+from fastapi.testclient import TestClient
+
+from utamoe.serve.app import ServeConfig, create_app
+from utamoe.serve.batcher import DynamicBatcher, Job
+
+from .conftest import png_b64
+
+
+@pytest.fixture
+def client(predictor):
+    with TestClient(create_app(predictor, ServeConfig(max_image_pixels=10_000,
+                                                      max_body_bytes=200_000))) as c:
+        yield c
+
+
+def test_control_token_text_is_answered(client, image):
+    for q in ("<und_slot> what color?", "<img><eos></img>", "<t2i> a <code_slot>"):
+        r = client.post("/v1/answer", json={"image": png_b64(image), "question": q})
+        assert r.status_code == 200, r.text
+        r = client.post("/v1/generate", json={"prompt": q, "temperature": 0})
+        assert r.status_code == 200, r.text
+
+
+class _Flaky:
+    """A predictor whose batch fails when it holds the request "bad"."""
+
+    def __init__(self):
+        self.batches = []
+
+    def run(self, requests, trace=False, on_step=None):
+        self.batches.append(list(requests))
+        if "bad" in requests:
+            raise RuntimeError("boom")
+        return [f"ok {r}" for r in requests]
+
+
+def test_one_bad_request_in_a_batch_fails_alone():
+    flaky = _Flaky()
+    batcher = DynamicBatcher(flaky, max_batch=8, max_wait_ms=200)
+    jobs = [Job(r, deadline=float("inf"), future=Future()) for r in ("a", "bad", "c")]
+    try:
+        for job in jobs:
+            batcher.submit(job)
+        results = []
+        for job in jobs:
+            try:
+                results.append(job.future.result(timeout=10))
+            except RuntimeError as err:
+                results.append(f"error {err}")
+    finally:
+        batcher.close(5)
+    assert results == ["ok a", "error boom", "ok c"]
+    assert flaky.batches[0] == ["a", "bad", "c"]  # tried together first
