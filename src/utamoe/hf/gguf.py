@@ -128,7 +128,7 @@ def _load_with_transformers(file: Path, meta: bool, num_layers: int | None, wher
 def _from_config(config):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_config(config)
+    return AutoModelForCausalLM.from_config(config, trust_remote_code=False)
 
 
 @functools.lru_cache(maxsize=4)
@@ -215,7 +215,7 @@ def _load_weights(header, config, where: str):
 
     arch = header.metadata["general.architecture"]
     with no_init_weights():
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
     processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=fast_config_dict(header))
     names = _gguf_to_hf_names(model, arch)
     params = dict(model.named_parameters())

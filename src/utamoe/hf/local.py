@@ -29,13 +29,14 @@ class RemoteCodeRefused(ConfigError):
     """A directory that asks to run its own Python code; nothing was loaded from it."""
 
 
-def _has_auto_map(value: Any, depth: int = 0) -> bool:
+def has_auto_map(value: Any, depth: int = 0) -> bool:
+    """Whether a parsed JSON value holds an `auto_map` key at any depth."""
     if depth > 20:  # configs nest a few levels (text_config, vision_config); never deeper
         return False
     if isinstance(value, dict):
-        return "auto_map" in value or any(_has_auto_map(v, depth + 1) for v in value.values())
+        return "auto_map" in value or any(has_auto_map(v, depth + 1) for v in value.values())
     if isinstance(value, list):
-        return any(_has_auto_map(v, depth + 1) for v in value)
+        return any(has_auto_map(v, depth + 1) for v in value)
     return False
 
 
@@ -55,12 +56,21 @@ def refuse_remote_code(path: str | Path, what: str) -> None:
             meta = json.loads(file.read_text(encoding="utf-8"))
         except (OSError, ValueError, RecursionError):
             continue  # not ours to judge: the loader reports a damaged file
-        if _has_auto_map(meta):
+        if has_auto_map(meta):
             raise RemoteCodeRefused(
                 f"{what}: {file} has an `auto_map`, which asks to run Python code shipped in "
                 f"{file.parent}; utamoe never runs code from a model, tokenizer, backbone or "
                 "encoder directory. Use a checkpoint whose architecture transformers provides "
                 "(no auto_map), or convert it to one")
+
+
+def refuse_code_in_config(config: Any, what: str) -> None:
+    """Raise RemoteCodeRefused when a config mapping (a recipe's or a saved model's
+    `config:` of a Hugging Face part) carries an `auto_map`."""
+    if has_auto_map(config):
+        raise RemoteCodeRefused(f"{what}: the config has an `auto_map`, which asks to run Python "
+                                "code from another place; utamoe never runs code named by a "
+                                "config or shipped in a model directory. Remove the auto_map")
 
 
 def pretrained(loader, path: str | Path, what: str, **kwargs):

@@ -22,7 +22,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from utamoe.config import ConfigError
 from utamoe.hf.decoders import grow_vocab, keep_first_layers
 from utamoe.hf.gguf import load_gguf_causal_lm
-from utamoe.hf.local import pretrained
+from utamoe.hf.local import pretrained, refuse_code_in_config
 
 
 @dataclass
@@ -67,11 +67,12 @@ def build_backbone(part: HFPart, vocab_size: int) -> tuple[nn.Module, nn.Module]
         config = _config(path, "model.backbone")
         if part.num_layers is not None:  # the checkpoint's other layers are left unread
             keep_first_layers(config, part.num_layers, "model.backbone")
-        causal = (AutoModelForCausalLM.from_config(config) if meta
+        causal = (AutoModelForCausalLM.from_config(config, trust_remote_code=False) if meta
                   else _weights(AutoModelForCausalLM, path, "model.backbone", config))
     else:
+        refuse_code_in_config(part.config, "model.backbone.config")
         cfg = AutoConfig.for_model(**{**part.config, "vocab_size": vocab_size})
-        causal = AutoModelForCausalLM.from_config(cfg)
+        causal = AutoModelForCausalLM.from_config(cfg, trust_remote_code=False)
     grow_vocab(causal, vocab_size)
     return causal.get_decoder(), causal.get_output_embeddings()
 
@@ -94,7 +95,8 @@ def build_vision(part: HFPart, image_size: int, where: str = "model.vision") -> 
         path = _require_dir(part.path, where)
         config = _config(path, where)
         # On the meta device (the recipe's preflight) the structure is built from the config.
-        model = (AutoModel.from_config(config) if torch.get_default_device().type == "meta"
+        model = (AutoModel.from_config(config, trust_remote_code=False)
+                 if torch.get_default_device().type == "meta"
                  else _weights(AutoModel, path, where, config))
     else:
         given = part.config.get("image_size")
@@ -105,7 +107,8 @@ def build_vision(part: HFPart, image_size: int, where: str = "model.vision") -> 
         if config.get("model_type") == "janus_vision_model":
             model = _janus_vision(config)
         else:
-            model = AutoModel.from_config(AutoConfig.for_model(**config))
+            refuse_code_in_config(config, f"{where}.config")
+            model = AutoModel.from_config(AutoConfig.for_model(**config), trust_remote_code=False)
     # A full CLIP/SigLIP (text + vision) directory: keep the vision tower only.
     model = getattr(model, "vision_model", model) if hasattr(model, "text_model") else model
     if "pixel_values" not in inspect.signature(model.forward).parameters:
