@@ -60,3 +60,18 @@ def test_one_bad_request_in_a_batch_fails_alone():
         batcher.close(5)
     assert results == ["ok a", "error boom", "ok c"]
     assert flaky.batches[0] == ["a", "bad", "c"]  # tried together first
+
+
+def test_junk_paths_do_not_grow_the_metrics(predictor):
+    """Issue 28, item 5: every distinct path was a Prometheus label (unbounded memory from
+    unauthenticated requests, 401s included)."""
+    with TestClient(create_app(predictor, ServeConfig(api_key="k"))) as c:
+        c.get("/health")
+        before = len(c.get("/metrics", headers={"x-api-key": "k"}).text)
+        for i in range(300):
+            c.get(f"/v1/junk{i}")
+            c.post(f"/v1/answer{i}", json={})
+            c.get(f"/health/{i}")
+        text = c.get("/metrics", headers={"x-api-key": "k"}).text
+    assert "junk" not in text and "answer1" not in text and "/health/" not in text
+    assert 'endpoint="other"' in text and len(text) < before + 3000

@@ -124,10 +124,15 @@ def _guard_and_report_errors(app: FastAPI, config: ServeConfig, metrics: ServeMe
     """Every request checked (API key, body size) and timed; every error answered as JSON
     with its status and the fields at fault."""
 
+    routes: set[str] = set()  # the app's own paths: the only values of the endpoint label
+
     @app.middleware("http")
     async def guard(request: Request, call_next):
         start, path = time.perf_counter(), request.url.path
-        endpoint = path if path.startswith(("/v1/", "/health", "/metrics")) else "other"
+        if not routes:
+            routes.update(getattr(r, "path", "") for r in app.routes)
+        # A label per distinct path would let anyone grow /metrics (and memory) without bound.
+        endpoint = path if path in routes else "other"
         try:
             _check_request(request, config)
             response = await call_next(request)
