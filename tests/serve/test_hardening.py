@@ -4,14 +4,20 @@ bodies and settings. Each answer is a 4xx (or the result) and the server keeps s
 
 from __future__ import annotations
 
+import base64
+import threading
+import time
 from concurrent.futures import Future
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from utamoe.serve import handlers
 from utamoe.serve.app import ServeConfig, create_app
 from utamoe.serve.batcher import DynamicBatcher, Job
 
+from ..vision.test_images import ico_bomb
 from .conftest import png_b64
 
 
@@ -75,3 +81,30 @@ def test_junk_paths_do_not_grow_the_metrics(predictor):
         text = c.get("/metrics", headers={"x-api-key": "k"}).text
     assert "junk" not in text and "answer1" not in text and "/health/" not in text
     assert 'endpoint="other"' in text and len(text) < before + 3000
+
+
+def test_an_ico_bomb_is_refused_without_decoding(client):
+    r = client.post("/v1/answer", json={"image": base64.b64encode(ico_bomb()).decode(),
+                                        "question": "what?"})
+    assert r.status_code == 422 and r.json()["error"]["fields"][0]["field"] == "image"
+
+
+def test_images_are_decoded_off_the_event_loop(live, image, monkeypatch):
+    """A slow decode (a large image) must not hold /health or other requests."""
+    real = handlers.decode
+
+    def slow(*args):
+        time.sleep(2.0)
+        return real(*args)
+
+    monkeypatch.setattr(handlers, "decode", slow)
+    with live() as server:
+        t = threading.Thread(target=lambda: httpx.post(
+            server.url + "/v1/answer", json={"image": png_b64(image), "question": "q"}, timeout=30))
+        t.start()
+        time.sleep(0.3)
+        start = time.monotonic()
+        assert httpx.get(server.url + "/health", timeout=30).status_code == 200
+        waited = time.monotonic() - start
+        t.join()
+    assert waited < 1.0, waited

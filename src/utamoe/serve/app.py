@@ -92,7 +92,7 @@ def create_app(predictor, config: ServeConfig | None = None, model_dir: str = ""
 
     @app.post("/v1/answer")
     async def answer_json(body: AnswerRequest):
-        return await h.answer(body, h.decode_image(body.image, "image"))
+        return await h.answer(body, await h.decode_image(body.image, "image"))
 
     @app.post("/v1/generate")
     async def generate_json(body: GenerateRequest):
@@ -101,21 +101,21 @@ def create_app(predictor, config: ServeConfig | None = None, model_dir: str = ""
     @app.post("/v1/edit")
     async def edit_json(body: EditRequest):
         return await h.images(body, "edit", body.instruction, "instruction",
-                              h.decode_image(body.image, "image"))
+                              await h.decode_image(body.image, "image"))
 
     @app.post("/v1/upload/answer")
     async def answer_upload(image: Annotated[UploadFile, File()], question: Annotated[str, Form()],
                             task: Annotated[str, Form()] = "vqa",
                             options: Annotated[str, Form()] = "{}"):
         body = _form_body(AnswerRequest, {"image": "-", "question": question, "task": task}, options)
-        return await h.answer(body, h.decode_image(await image.read(), "image"))
+        return await h.answer(body, await h.decode_image(await image.read(), "image"))
 
     @app.post("/v1/upload/edit")
     async def edit_upload(image: Annotated[UploadFile, File()], instruction: Annotated[str, Form()],
                           options: Annotated[str, Form()] = "{}"):
         body = _form_body(EditRequest, {"image": "-", "instruction": instruction}, options)
         return await h.images(body, "edit", body.instruction, "instruction",
-                              h.decode_image(await image.read(), "image"))
+                              await h.decode_image(await image.read(), "image"))
 
     return app
 

@@ -29,8 +29,11 @@ class Handlers:
     def __init__(self, predictor, config, metrics, state: dict):
         self.predictor, self.config, self.metrics, self.state = predictor, config, metrics, state
 
-    def decode_image(self, data: bytes | str, field: str) -> np.ndarray:
-        return decode(data, field, self.config.max_image_pixels, self.predictor.processor)
+    async def decode_image(self, data: bytes | str, field: str) -> np.ndarray:
+        """The request's image, decoded in a worker thread: decoding takes time (and a large
+        image memory), and on the event loop it would hold every other request, /health too."""
+        return await asyncio.to_thread(decode, data, field, self.config.max_image_pixels,
+                                       self.predictor.processor)
 
     def prompt(self, text: str, field: str) -> str:
         if not text.strip():
