@@ -57,7 +57,7 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    run_demo(args.out, quick=args.quick, seed=args.seed)
+    run_demo(args.out, quick=args.quick, seed=args.seed, force=args.force)
     return 0
 
 
@@ -67,6 +67,8 @@ def _add_training_verbs(verbs: argparse._SubParsersAction) -> None:
     d.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     d.add_argument("--quick", action="store_true", help="same path, tiny sizes (~1 minute)")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--force", action="store_true",
+                   help="start over in a folder that holds a demo of another seed or size")
     d.set_defaults(func=cmd_demo)
     t = verbs.add_parser("train", help="train a model from a YAML recipe (or resume a run)")
     t.add_argument("--config", help="YAML experiment config (see configs/)")

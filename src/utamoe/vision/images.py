@@ -24,7 +24,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from utamoe.vision.processor import to_rgb
 
-
 # Opened without decoding: the header tells the size. (JPEG also opens MPO, many phones' JPEGs.)
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "TGA")
 ORIENTATION = 0x0112  # the EXIF tag a camera sets when the sensor was held sideways
