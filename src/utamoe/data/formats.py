@@ -42,9 +42,14 @@ MANIFEST = "dataset.json"
 # Images above this many pixels are refused per record (a decompression bomb, or a photo
 # far larger than any model reads); data.max_image_pixels sets it for a run.
 MAX_IMAGE_PIXELS = 64_000_000
+# A record longer than this is broken (1 MB of text is ~250k tokens, far past any model's
+# positions); refused before it is parsed, so one pasted file cannot exhaust memory.
+MAX_RECORD_BYTES = 1_000_000
 RECORD_KEYS = ("id", "task", "group", "prompt", "image", "target", "target_image", "meta", "turns")
 
 OnError = Literal["raise", "skip"]
+# A field that marks a record of another format (named in the unknown-field error).
+FOREIGN_FORMATS = {"conversations": "LLaVA-style", "messages": "`messages` (chat) JSONL"}
 
 
 class DataFormatError(ValueError):
@@ -74,6 +79,9 @@ class Sample:
     image_path: str | None = None
     target_image_path: str | None = None
     turns: list[Turn] | None = None
+    # Where the record was read ("path:line"), for errors found after loading (e.g. a sequence
+    # longer than the model's positions); None for generated samples. Not written.
+    source: str | None = field(default=None, compare=False)
 
     @property
     def group(self) -> str:
@@ -134,8 +142,11 @@ def _check_fields(rec: Any, path: Path, line: int) -> None:
         raise _fail(path, line, f"a record must be a JSON object, got {type(rec).__name__}")
     unknown = [k for k in rec if k not in RECORD_KEYS]
     if unknown:
+        foreign = next((f for key, f in FOREIGN_FORMATS.items() if key in rec), None)
+        hint = (f"; this looks like {foreign} data, which is converted to utamoe's format first "
+                "(docs/data_format.md)") if foreign else " (put extra information under 'meta')"
         raise _fail(path, line, f"unknown field(s) {unknown}; valid fields are "
-                    f"{', '.join(RECORD_KEYS)} (put extra information under 'meta')")
+                    f"{', '.join(RECORD_KEYS)}{hint}")
     conversation = "turns" in rec
     for key in ("id", "task", "group") + (() if conversation else ("prompt",)):
         if key not in rec:
@@ -145,6 +156,7 @@ def _check_fields(rec: Any, path: Path, line: int) -> None:
             raise _fail(path, line, f"field '{key}' must be a string, got {rec[key]!r}")
     if not rec["id"]:
         raise _fail(path, line, "field 'id' is empty; give every sample a unique id")
+    _check_unicode(rec, path, line)
     task = rec["task"]
     if not is_task(task):
         raise _fail(path, line, f"unknown task '{task}'; use one of {', '.join(task_names())} "
@@ -172,6 +184,23 @@ def _check_fields(rec: Any, path: Path, line: int) -> None:
                     "path relative to the dataset directory")
 
 
+def _check_unicode(rec: dict, path: Path, line: int) -> None:
+    """Every text field must be encodable text: JSON allows an unpaired surrogate (`"\\ud800"`),
+    which no tokenizer or file can take."""
+    texts = [(k, rec.get(k)) for k in ("id", "prompt", "target", "image", "target_image")]
+    turns = rec.get("turns") if isinstance(rec.get("turns"), list) else []
+    texts += [(f"turns[{k}].{f}", t.get(f)) for k, t in enumerate(turns) if isinstance(t, dict)
+              for f in ("text", "image")]
+    for key, value in texts:
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise _fail(path, line, f"field '{key}' holds an unpaired surrogate "
+                            f"({value[e.start]!r} at character {e.start}); write the text as "
+                            "valid Unicode") from None
+
+
 def _check_conversation(rec: dict, spec, path: Path, line: int) -> None:
     """A conversation record: turns instead of prompt / image / target, on a text task."""
     both = [k for k in ("prompt", "image", "target") if k in rec]
@@ -194,12 +223,21 @@ def _image_path(root: Path, rel: str, key: str, path: Path, line: int) -> Path:
         raise _fail(path, line, f"'{key}' path '{rel}' must be relative to the dataset "
                     "directory and stay inside it")
     full = root / rel
-    if not full.is_file():
+    try:
+        exists, regular = full.exists(), full.is_file()
+        outside = exists and not full.resolve().is_relative_to(root.resolve())
+    except (OSError, ValueError) as e:  # a name too long for the filesystem, a NUL byte
+        raise _fail(path, line, f"'{key}' path '{rel[:60]}{'...' if len(rel) > 60 else ''}' "
+                    f"cannot be used ({getattr(e, 'strerror', None) or e}); fix the path") from None
+    if not exists:
         raise _fail(path, line, f"'{key}' image '{rel}' not found (looked for {full}); fix "
                     "the path or add the file")
-    if not full.resolve().is_relative_to(root.resolve()):
+    if outside:
         raise _fail(path, line, f"'{key}' image '{rel}' resolves to {full.resolve()}, outside the "
                     "dataset directory (a symlink?); copy the file into the dataset")
+    if not regular:
+        kind = "a directory" if full.is_dir() else "not a regular file (a FIFO, device or socket)"
+        raise _fail(path, line, f"'{key}' image '{rel}' is {kind}; give the path of an image file")
     return full
 
 
@@ -245,7 +283,8 @@ def record_to_sample(rec: Any, root: Path, path: Path, line: int,
     return Sample(id=rec["id"], task=rec["task"], prompt=prompt, image=images["image"],
                   target=rec.get("target"), target_image=images["target_image"],
                   meta=dict(rec.get("meta") or {}), image_path=rec.get("image"),
-                  target_image_path=rec.get("target_image"), turns=turns)
+                  target_image_path=rec.get("target_image"), turns=turns,
+                  source=f"{path}:{line}")
 
 
 # ---------------------------------------------------------------- loading
@@ -287,6 +326,9 @@ def load_split(path: str | os.PathLike, on_error: OnError = "raise", load_images
 
 def _parse_line(raw: bytes, path: Path, lineno: int, seen: Mapping[str, int],
                 load_images: bool, max_pixels: int) -> Sample:
+    if len(raw) > MAX_RECORD_BYTES:
+        raise _fail(path, lineno, f"the record is {len(raw):,} bytes; the limit is "
+                    f"{MAX_RECORD_BYTES:,} (far more text than a model reads): split or shorten it")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -296,6 +338,9 @@ def _parse_line(raw: bytes, path: Path, lineno: int, seen: Mapping[str, int],
     except json.JSONDecodeError as e:
         raise _fail(path, lineno, f"malformed JSON ({e.msg} at column {e.colno}); each line "
                     "must be one complete JSON object") from e
+    except (ValueError, RecursionError) as e:  # a 5000-digit number, nesting deeper than Python's stack
+        raise _fail(path, lineno, f"unreadable JSON ({type(e).__name__}: {str(e)[:120]}); "
+                    "numbers of at most 4300 digits and nesting of a few levels") from e
     sample = record_to_sample(rec, path.parent, path, lineno, load_images, max_pixels)
     if sample.id in seen:
         raise _fail(path, lineno, f"duplicate id '{sample.id}' (first on line "

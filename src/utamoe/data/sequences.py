@@ -27,6 +27,7 @@ images of any size and mode are accepted.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
@@ -104,6 +105,15 @@ class Encoder:
         if self._span_specials is None:
             self._span_specials = special_span_tokens(self.tokenizer)
         return encode_text(self.tokenizer, text, self._span_specials)
+
+    def lengths(self, samples: Sequence[Sample], codes: int) -> list[int]:
+        """Tokens in each sample's training sequence (an image is `codes` VQ codes), counted
+        without processing or encoding any image: what must fit the model's positions."""
+        counter = dataclasses.replace(self, process=_same, image_codes=lambda img: [0] * codes)
+        counter._span_specials = self._span_specials
+        blank = [0] * codes
+        return [len(counter.sample(s, target_codes=blank, input_codes=blank).input_ids)
+                for s in samples]
 
     def prefix(self, task: str, prompt: str, image: np.ndarray | None = None,
                null_prompt: bool = False, input_codes: list[int] | None = None) -> TokenSequence:

@@ -23,9 +23,11 @@ built from the config, with no weights.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib
+import struct
 from pathlib import Path
 
 from utamoe.config import ConfigError
@@ -99,13 +101,28 @@ def load_gguf_causal_lm(path: str, gguf_file: str, where: str = "model.backbone"
     Other architectures, and files that scanner does not read, load through transformers."""
     file = gguf_path(path, gguf_file, where)
     require_gguf(where, file)
-    header = _fast_header(file)
-    if header is not None:
-        config = config_from_header(header)
-        if num_layers is not None:
-            keep_first_layers(config, num_layers, where)
-        return _from_config(config) if meta else _load_weights(header, config, where)
-    return _load_with_transformers(file, meta, num_layers, where)
+    with reading(file, where):
+        header = _fast_header(file)
+        if header is not None:
+            config = config_from_header(header)
+            if num_layers is not None:
+                keep_first_layers(config, num_layers, where)
+            return _from_config(config) if meta else _load_weights(header, config, where)
+        return _load_with_transformers(file, meta, num_layers, where)
+
+
+@contextlib.contextmanager
+def reading(file: Path, where: str):
+    """Errors of reading a GGUF file (damaged, truncated, not GGUF, an architecture no loader
+    knows) as one ConfigError naming the file and the config key."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, RuntimeError, OSError, KeyError, IndexError, EOFError, struct.error) as err:
+        raise ConfigError(f"{where}: the GGUF file {file} cannot be read ({type(err).__name__}: "
+                          f"{str(err)[:300]}); it is damaged or truncated, not a GGUF file, or "
+                          "holds an architecture transformers does not load") from err
 
 
 def _load_with_transformers(file: Path, meta: bool, num_layers: int | None, where: str):
@@ -255,12 +272,13 @@ def load_gguf_tokenizer(file: Path):
     from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING
 
     require_gguf("tokenizers.text", file)
-    header = _fast_header(file)
-    if header is not None:
-        cls = TOKENIZER_MAPPING.get(type(config_from_header(header)), None)
-        if cls is not None:
-            return pretrained(cls, file.parent, "tokenizers.text", gguf_file=file.name)
-    return pretrained(AutoTokenizer, file.parent, "tokenizers.text", gguf_file=file.name)
+    with reading(file, "tokenizers.text"):
+        header = _fast_header(file)
+        if header is not None:
+            cls = TOKENIZER_MAPPING.get(type(config_from_header(header)), None)
+            if cls is not None:
+                return pretrained(cls, file.parent, "tokenizers.text", gguf_file=file.name)
+        return pretrained(AutoTokenizer, file.parent, "tokenizers.text", gguf_file=file.name)
 
 
 def _fast_header(file: Path):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from utamoe.benchmarks import BenchmarkData, benchmarks
 from utamoe.config import ConfigError
-from utamoe.data.formats import find_benchmark, load_split
+from utamoe.data.formats import DataFormatError, find_benchmark, load_split
 from utamoe.fsutil import atomic_directory, holds_format
 from utamoe.model.janus import janus_config_from_dir, load_janus
 from utamoe.model.unified import UnifiedModel
@@ -204,6 +204,31 @@ def janus_model_for(cfg: ExperimentConfig, text_tok) -> UnifiedModel:
     return model
 
 
+def fitting(samples, encoder, model: UnifiedModel, on_error: str, log=print):
+    """(the samples whose training sequence fits the model's positions, how many did not): one
+    that does not is a DataFormatError naming its record (`data.on_error: raise`), or is skipped
+    and counted (`skip`), never trained on past the positions."""
+    limit = getattr(model.lm.config, "max_position_embeddings", None)
+    if not limit:
+        return samples, 0
+    kept, errors = [], []
+    for sample, n in zip(samples, encoder.lengths(samples, model.config.code_grid ** 2)):
+        if n <= limit:
+            kept.append(sample)
+            continue
+        path, _, line = (sample.source or "").rpartition(":")
+        err = DataFormatError(path or f"sample {sample.id}", int(line) if line.isdigit() else None,
+                              f"sample {sample.id!r} is {n} tokens long; the model has {limit} "
+                              "positions (max_position_embeddings): shorten it or split it")
+        if on_error == "raise":
+            raise err
+        errors.append(err)
+    if errors:
+        log(f"[data] {len(errors)} sample(s) longer than the model's {limit} positions skipped; "
+            f"first: {errors[0]}")
+    return kept, len(errors)
+
+
 def prepare_run(cfg: ExperimentConfig, run_dir: Path, acc, progress: bool = True) -> RunParts:
     samples, skipped = load_samples(cfg)
     text_tok = text_tokenizer_for(cfg, samples, run_dir, acc)
@@ -218,9 +243,12 @@ def prepare_run(cfg: ExperimentConfig, run_dir: Path, acc, progress: bool = True
             code_grid=image_tok.grid_size, und_slot_id=SpecialIds.of(text_tok).und_slot)
         preflight(model_cfg, cfg.stages)
         model = UnifiedModel.build(model_cfg, image_tok)
-    data = TrainData(samples, model.sequence_encoder(text_tok), cfg.run.seed, acc.process_index)
+    encoder = model.sequence_encoder(text_tok)
+    samples, too_long = fitting(samples, encoder, model, cfg.data.on_error,
+                                log=print if acc.is_main_process else (lambda *a: None))
+    data = TrainData(samples, encoder, cfg.run.seed, acc.process_index)
     todo = len(data.code_images())
     with bar(unit="img", enabled=progress) as progress_bar:
         job = progress_bar.add_task("encoding images to VQ codes", total=todo)
         data.precompute_codes(image_tok, progress=lambda n: progress_bar.advance(job, n))
-    return RunParts(model, text_tok, data, skipped)
+    return RunParts(model, text_tok, data, skipped + too_long)
