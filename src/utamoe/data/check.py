@@ -1,6 +1,8 @@
 """`utamoe data check`: validate any dataset directory and summarise it per split and task.
 
-Loading runs in skip mode so that one pass finds every broken record; the summary
+Loading runs in skip mode so that one pass finds every broken record; images are decoded one
+at a time and only their sizes kept (the rest of reading a dataset at scale is the streaming
+data path's); the summary
 shows counts, task groups, image sizes and one example per task, then the first
 errors of each split with file and line, so a user fixing their own data sees
 what is wrong and where without reading the loader.
@@ -19,6 +21,7 @@ from utamoe.data.formats import (
     list_splits,
     load_split,
     read_manifest,
+    read_record_image,
 )
 
 SPLIT_ORDER = ("train", "val", "test", "heldout")
@@ -65,17 +68,36 @@ def check_dataset(root: str | Path, max_errors: int = 5) -> CheckResult:
         raise DataFormatError(root, None, "no <split>.jsonl files found; is this a dataset?")
     splits, reports = {}, {}
     for name in names:
-        samples, reports[name] = load_split(root / f"{name}.jsonl", "skip", max_errors=max_errors)
+        # Records first (fields, paths: no pixels), then each image decoded alone and only its
+        # size kept: memory does not grow with the number or the size of the images.
+        samples, reports[name] = load_split(root / f"{name}.jsonl", "skip", load_images=False,
+                                            max_errors=max_errors)
         tasks: dict[str, TaskSummary] = {}
         for s in samples:
+            try:
+                sizes = _image_sizes(s, root)
+            except DataFormatError as err:
+                reports[name].add(err)
+                reports[name].loaded -= 1
+                continue
             t = tasks.setdefault(s.task, TaskSummary(example=s))
             t.count += 1
-            if (size := _size(s.image)) is not None:
-                t.input_sizes[size] += 1
-            if (size := _size(s.target_image)) is not None:
-                t.target_sizes[size] += 1
+            for key, counter in (("image", t.input_sizes), ("target_image", t.target_sizes)):
+                if key in sizes:
+                    counter[sizes[key]] += 1
         splits[name] = tasks
     return CheckResult(str(root), manifest, splits, reports)
+
+
+def _image_sizes(sample: Sample, root: Path) -> dict[str, str]:
+    """"WxH" of the sample's input and target images, each decoded (a damaged file is found) and
+    dropped; a conversation's turn images are decoded too."""
+    path, _, line = (sample.source or "").rpartition(":")
+    where = (Path(path), int(line) if line.isdigit() else None)
+    paths = {"image": sample.image_path, "target_image": sample.target_image_path}
+    paths.update({f"turns[{k}].image": t.image_path for k, t in enumerate(sample.turns or ())})
+    return {key: _size(read_record_image(root, rel, key, *where))
+            for key, rel in paths.items() if rel is not None}
 
 
 def _sizes(c: Counter) -> str:
@@ -95,19 +117,20 @@ def _example(s: Sample | None, width: int = 60) -> str:
 def print_check(result: CheckResult, console=None) -> None:
     """Print the summary table and the errors with rich."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console()
     name = result.manifest.get("name", "dataset")
-    table = Table(title=f"{name} at {result.root}")
+    table = Table(title=escape(f"{name} at {result.root}"))  # a name is text, not rich markup
     for col in ("split", "task", "group", "samples", "input images", "target images"):
         table.add_column(col)
     examples: dict[str, Sample | None] = {}
     for split, tasks in result.splits.items():
         for task, t in sorted(tasks.items()):
             group = t.example.group if t.example else ""
-            table.add_row(split, task, group, str(t.count), _sizes(t.input_sizes),
-                          _sizes(t.target_sizes))
+            table.add_row(*map(escape, (split, task, group, str(t.count), _sizes(t.input_sizes),
+                                        _sizes(t.target_sizes))))
             examples.setdefault(task, t.example)
         if not tasks:
             table.add_row(split, "-", "", "0", "-", "-")
@@ -117,12 +140,13 @@ def print_check(result: CheckResult, console=None) -> None:
         console.print(f"  {task:<10} {_example(sample, 100)}", markup=False, highlight=False)
     for split, report in result.reports.items():
         if report.skipped:
-            console.print(f"[red]{split}: {report.skipped} broken record(s) skipped; first "
+            console.print(f"[red]{escape(split)}: {report.skipped} broken record(s) skipped; first "
                           f"{len(report.errors)}:[/red]")
             for err in report.errors:
                 console.print(f"  {err}", markup=False, highlight=False, soft_wrap=True)
     for name in result.empty:
-        console.print(f"[red]split '{name}' has no samples[/red] (an empty or blank-only file)")
+        console.print(f"[red]split '{escape(name)}' has no samples[/red] (an empty or blank-only "
+                      "file)")
     status = "[green]OK[/green]" if result.n_errors == 0 else f"[red]{result.n_errors} errors[/red]"
     total = sum(t.count for tasks in result.splits.values() for t in tasks.values())
     console.print(f"{total} valid samples in {len(result.splits)} split(s); {status}")

@@ -219,6 +219,8 @@ def _check_conversation(rec: dict, spec, path: Path, line: int) -> None:
 def _image_path(root: Path, rel: str, key: str, path: Path, line: int) -> Path:
     """The file a record's image path names, checked to exist and to stay inside the
     dataset directory after resolving symlinks (a link out of the dataset is refused)."""
+    if "\x00" in rel:
+        raise _fail(path, line, f"'{key}' path {rel!r} contains a NUL character; fix the path")
     if os.path.isabs(rel) or ".." in Path(rel).parts:
         raise _fail(path, line, f"'{key}' path '{rel}' must be relative to the dataset "
                     "directory and stay inside it")
@@ -241,8 +243,10 @@ def _image_path(root: Path, rel: str, key: str, path: Path, line: int) -> Path:
     return full
 
 
-def _read_image(root: Path, rel: str, key: str, path: Path, line: int,
-                max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+def read_record_image(root: Path, rel: str, key: str, path: Path, line: int,
+                      max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """The image a record's field `key` names (checked as `_image_path` does), decoded; an
+    error names the record's file and line."""
     full = _image_path(root, rel, key, path, line)
     try:
         return read_image(full, max_pixels)
@@ -264,7 +268,7 @@ def record_to_sample(rec: Any, root: Path, path: Path, line: int,
     if "turns" in rec:
         def read(rel: str, key: str):
             if load_images:
-                return _read_image(root, rel, key, path, line, max_pixels)
+                return read_record_image(root, rel, key, path, line, max_pixels)
             _image_path(root, rel, key, path, line)
             return None
 
@@ -275,7 +279,7 @@ def record_to_sample(rec: Any, root: Path, path: Path, line: int,
         if rel is None:
             images[key] = None
         elif load_images:
-            images[key] = _read_image(root, rel, key, path, line, max_pixels)
+            images[key] = read_record_image(root, rel, key, path, line, max_pixels)
         else:
             _image_path(root, rel, key, path, line)
             images[key] = None

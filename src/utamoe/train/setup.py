@@ -20,6 +20,7 @@ from utamoe.benchmarks import BenchmarkData, benchmarks
 from utamoe.config import ConfigError
 from utamoe.data.formats import DataFormatError, find_benchmark, load_split
 from utamoe.fsutil import atomic_directory, holds_format
+from utamoe.hf.gguf import gguf_path
 from utamoe.model.janus import janus_config_from_dir, load_janus
 from utamoe.model.unified import UnifiedModel
 from utamoe.tasks import get_task, task_names
@@ -229,7 +230,31 @@ def fitting(samples, encoder, model: UnifiedModel, on_error: str, log=print):
     return kept, len(errors)
 
 
+def check_recipe_files(cfg: ExperimentConfig) -> None:
+    """Every path and file the recipe names, read before the first long step (loading the data,
+    training tokenizers: minutes): a broken backbone, encoder or tokenizer path is reported
+    now. The model is tried on the meta device with stand-in tokenizer sizes (only configs and
+    GGUF headers are read); `prepare_run` tries it again with the real ones."""
+    t, m = cfg.tokenizers, cfg.model
+    if t.image and not Path(t.image).is_dir():
+        raise ConfigError(f"tokenizers.image {t.image}: no such directory (a saved VQ tokenizer, "
+                          "e.g. RUN/image_tokenizer); or leave it out to train one")
+    if t.text and t.text.endswith(".gguf"):
+        folder, _, name = t.text.rpartition("/")
+        gguf_path(folder or ".", name, "tokenizers.text")
+    elif t.text and not Path(t.text).is_dir():
+        raise ConfigError(f"tokenizers.text {t.text}: no such directory (a tokenizer directory or "
+                          "DIR/NAME.gguf); or leave it out to train one")
+    if m.janus is not None:
+        janus_config_from_dir(m.janus)
+        return
+    stand_in = dataclasses.replace(m, vocab_size=max(t.text_vocab_size, 64), num_codes=16,
+                                   code_grid=4, und_slot_id=0)
+    preflight(stand_in, cfg.stages)
+
+
 def prepare_run(cfg: ExperimentConfig, run_dir: Path, acc, progress: bool = True) -> RunParts:
+    check_recipe_files(cfg)
     samples, skipped = load_samples(cfg)
     text_tok = text_tokenizer_for(cfg, samples, run_dir, acc)
     if cfg.model.janus is not None:
