@@ -5,6 +5,7 @@ bodies and settings. Each answer is a 4xx (or the result) and the server keeps s
 from __future__ import annotations
 
 import base64
+import socket
 import threading
 import time
 from concurrent.futures import Future
@@ -13,6 +14,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from utamoe.cli import main
 from utamoe.serve import handlers
 from utamoe.serve.app import ServeConfig, create_app
 from utamoe.serve.batcher import DynamicBatcher, Job
@@ -108,3 +110,71 @@ def test_images_are_decoded_off_the_event_loop(live, image, monkeypatch):
         waited = time.monotonic() - start
         t.join()
     assert waited < 1.0, waited
+
+
+def test_every_error_has_the_documented_shape(client, image):
+    """Issue 28, item 16: 404, 405 and unparsable bodies were {"detail": ...}."""
+    for r in (client.get("/nope"), client.get("/v1/answer"),
+              client.post("/v1/answer", content=b"{not json", headers={"content-type": "application/json"})):
+        assert 400 <= r.status_code < 500 and set(r.json()) == {"error"}, r.text
+        assert r.json()["error"]["message"]
+
+
+def test_base64_with_line_breaks_is_an_image(client, image, predictor):
+    b64 = png_b64(image)
+    wrapped = "\n".join(b64[i:i + 76] for i in range(0, len(b64), 76)) + "\n"  # `base64 img.png`
+    r = client.post("/v1/answer", json={"image": wrapped, "question": "what color is the circle ?"})
+    assert r.status_code == 200 and r.json()["answer"] == predictor.answer(image, ["what color is the circle ?"])[0]
+
+
+def test_more_images_than_the_queue_holds_is_a_4xx_not_retry(predictor):
+    with TestClient(create_app(predictor, ServeConfig(queue_size=3))) as c:
+        r = c.post("/v1/generate", json={"prompt": "a red circle", "num_images": 4})
+        assert r.status_code == 422 and "num_images" in r.text and "Retry-After" not in r.headers
+
+
+def test_a_long_request_is_a_4xx(client):
+    r = client.post("/v1/generate", json={"prompt": "\U0001F600" * 1000})  # 1000 chars, 4000 bytes
+    assert r.status_code == 422 and "positions" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("flag, value", [("--timeout", "nan"), ("--timeout", "0"),
+                                         ("--timeout", "-1"), ("--port", "99999"),
+                                         ("--max-wait-ms", "inf")])
+def test_bad_serve_settings_are_errors(tmp_path, capsys, flag, value):
+    assert main(["serve", "--model", str(tmp_path), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and flag in err and "Traceback" not in err
+
+
+def test_a_stalled_body_is_cut_off(live):
+    with live(body_timeout_s=0.5) as server, socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100\r\n\r\n{\"prompt\": ")
+        s.settimeout(10)
+        reply = b""
+        while b'"error"' not in reply and (chunk := s.recv(4096)):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 408") and b'"error"' in reply
+
+
+def test_a_client_that_goes_away_frees_its_queue_slots(live, predictor, image, monkeypatch):
+    real = predictor.run
+
+    def slow(requests, **kw):
+        time.sleep(1.5)
+        return real(requests, **kw)
+
+    monkeypatch.setattr(predictor, "run", slow)
+    body = {"prompt": "a red circle", "num_images": 2, "temperature": 0}
+    with live(max_batch=1, queue_size=2) as server:
+        first = threading.Thread(target=lambda: httpx.post(server.url + "/v1/generate",
+                                                           json={"prompt": "x"}, timeout=30))
+        first.start()
+        time.sleep(0.3)  # the first is running; the next two images would wait
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(server.url + "/v1/generate", json=body, timeout=0.5)  # gives up, leaves
+        time.sleep(0.6)
+        r = httpx.post(server.url + "/v1/generate", json=body, timeout=30)
+        first.join()
+    assert r.status_code == 200, r.text  # not 503: the slots of the one who left were freed

@@ -51,7 +51,14 @@ class Handlers:
         except InputError as err:
             raise APIError(422, f"{field}: {err}", [{"field": field, "message": str(err)}]) from None
 
-    async def run(self, gen: list[Request], body, stream: bool, shape):
+    async def run(self, gen: list[Request], body, stream: bool, shape, client=None):
+        """Queue the requests, wait for their results within the deadline (freeing their slots
+        if it passes or `client`, the HTTP request, disconnects) and shape them."""
+        batcher = self.state["batcher"]
+        if len(gen) > batcher.queue_size:  # would be refused at any load: not "retry shortly"
+            raise APIError(422, f"{len(gen)} images is more than this server queues at once "
+                           f"({batcher.queue_size}, --queue-size); ask for fewer",
+                           [{"field": "num_images", "message": f"at most {batcher.queue_size}"}])
         timeout = min(body.timeout_s or self.config.timeout_s, self.config.timeout_s)
         deadline = time.monotonic() + timeout
         loop = asyncio.get_running_loop()
@@ -62,17 +69,20 @@ class Handlers:
         futures = []
         try:
             for job in jobs:
-                futures.append(asyncio.wrap_future(self.state["batcher"].submit(job)))
+                futures.append(asyncio.wrap_future(batcher.submit(job)))
         except QueueFull as err:
             for f in futures:
                 f.cancel()
             raise APIError(503, f"busy: {err}; retry shortly", headers={"Retry-After": "1"}) from None
 
         async def results():
-            _, pending = await asyncio.wait(futures, timeout=timeout)
+            try:
+                pending = await _wait(futures, timeout, client)
+            finally:  # a timeout, a client gone, a cancelled handler: free the queued slots
+                if not all(f.done() for f in futures):
+                    for job in jobs:
+                        job.future.cancel()  # still queued: the batcher skips it
             if pending:
-                for job in jobs:
-                    job.future.cancel()  # still queued: the batcher skips it and frees the slot
                 raise APIError(504, f"no result within {timeout:g} s (the request's deadline)")
             try:
                 done = [f.result() for f in futures]
@@ -90,15 +100,17 @@ class Handlers:
                               cfg_scale=1.0 if text else body.cfg_scale,
                               max_new_tokens=getattr(body, "max_new_tokens", 32))
 
-    async def answer(self, body: AnswerRequest, image: np.ndarray):
+    async def answer(self, body: AnswerRequest, image: np.ndarray, client=None):
         if self.predictor.tasks.get(body.task) != "text":
             raise APIError(422, f"task {body.task!r} is not a text task this model knows",
                            [{"field": "task", "message": "use one of /health's tasks.text"}])
         question = self.prompt(body.question, "question")
         gen = [self.request(body.task, question, "question", image, self.sampling(body, True))]
-        return await self.run(gen, body, body.stream, lambda r: {"answer": r[0].text, "task": body.task})
+        return await self.run(gen, body, body.stream,
+                              lambda r: {"answer": r[0].text, "task": body.task}, client)
 
-    async def images(self, body, task: str, text: str, field: str, image: np.ndarray | None):
+    async def images(self, body, task: str, text: str, field: str, image: np.ndarray | None,
+                     client=None):
         text = self.prompt(text, field)
         base = self.sampling(body, False)
         gen = [self.request(task, text, field, image,
@@ -112,7 +124,21 @@ class Handlers:
                 out["groups"] = self.predictor.group_names
             return out
 
-        return await self.run(gen, body, body.stream, shape)
+        return await self.run(gen, body, body.stream, shape, client)
+
+
+async def _wait(futures: list, timeout: float, client) -> set:
+    """Wait for `futures` until `timeout`; returns those still pending. A client that goes away
+    (checked every 0.25 s) ends the wait (499, nginx's "client closed request": nobody reads it)."""
+    end = time.monotonic() + timeout
+    while True:
+        left = end - time.monotonic()
+        step = left if client is None else min(left, 0.25)
+        _, pending = await asyncio.wait(futures, timeout=max(step, 0))
+        if not pending or left <= step:
+            return pending
+        if await client.is_disconnected():
+            raise APIError(499, "the client disconnected before its result was ready")
 
 
 def _png(image: np.ndarray) -> str:
