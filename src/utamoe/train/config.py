@@ -357,17 +357,29 @@ def read_yaml(path: Path, seen: tuple = ()) -> dict:
         raise ConfigError(f"{path}: `extends` loops back to itself")
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid YAML ({_where(err)}); a recipe is a YAML mapping of "
+                          "sections (see configs/)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     base = data.pop("extends", None)
     if base is None:
         return data
+    if not isinstance(base, str) or Path(base).suffix not in (".yaml", ".yml"):
+        raise ConfigError(f"{path}: `extends` must name a .yaml recipe file, got {base!r}")
     base_path = path.parent / base
     if not base_path.is_file():
         raise ConfigError(f"{path}: extends {base}, but {base_path} does not exist")
     return _deep_merge(read_yaml(base_path, (*seen, path.resolve())), data)
+
+
+def _where(err: Exception) -> str:
+    """Where a YAML file is broken and how, without quoting it: the file may not be a recipe at
+    all (an `extends` pointing at a private file must not print its lines)."""
+    mark = getattr(err, "problem_mark", None)
+    at = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "unreadable"
+    problem = getattr(err, "problem", None) or type(err).__name__
+    return f"{problem} at {at}"
 
 
 def load_config(path: str, overrides: list[str] | None = None) -> ExperimentConfig:
