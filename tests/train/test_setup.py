@@ -1,21 +1,26 @@
-"""What a run checks before its first long step (issue 28, items 9 and 12): every path and file
-the recipe names, before tokenizers train; every sample's sequence against the model's
-positions, an over-long one an error naming its file and line (or skipped and counted)."""
+"""What a run checks before its first long step (issue 28, items 9, 11 and 12): every path and
+file the recipe names, before tokenizers train; every sample's sequence against the model's
+positions, an over-long one an error naming its file and line (or skipped and counted); a run
+of an older utamoe resumes, its parameter names converted."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 from utamoe.config import ConfigError
 from utamoe.data.formats import DataFormatError, load_split
+from utamoe.model.io import load_model_dir
 from utamoe.train import setup
-from utamoe.train.config import build_config
+from utamoe.train.checkpoint import latest_checkpoint
+from utamoe.train.config import build_config, load_config
+from utamoe.train.trainer import Trainer
 
 from ..model.helpers import tiny_model
-from .conftest import tiny_recipe
+from .conftest import Killed, tiny_recipe
 
 
 def _records(root, prompts):
@@ -60,3 +65,43 @@ def test_a_broken_backbone_path_is_reported_before_tokenizers_train(tiny_assets,
     raw["tokenizers"]["text"] = str(tmp_path / "no-such-tokenizer")
     with pytest.raises(ConfigError, match="tokenizers.text .*no-such-tokenizer"):
         setup.prepare_run(build_config(raw), tmp_path / "run", acc=None)
+
+
+def _as_format_1(name: str) -> str:
+    """A current parameter name (or glob) as model format 1 spelled it."""
+    return name.replace("und_encoder.aligner.", "und_aligner.").replace("und_encoder.tower.",
+                                                                          "und_encoder.")
+
+
+def test_a_run_of_an_older_utamoe_resumes_converted(tiny_assets, tmp_path, monkeypatch, capsys):
+    """Issue 28, item 11: a run made by the previous release (format-1 parameter names in its
+    checkpoint and its config's globs) was refused, blaming "a typo" in a glob."""
+    stages = [{"name": "pretrain", "steps": 4},
+              {"name": "aligners", "steps": 2, "trainable": ["und_encoder.aligner.*", "gen_head.*"]}]
+    cfg = build_config(tiny_recipe(tiny_assets, tmp_path / "a", stages))
+    whole = Trainer(cfg, tmp_path / "a", progress=False).run()
+    run = tmp_path / "b"
+    original, calls = Trainer._step, {"n": 0}
+
+    def dying_step(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise Killed
+        return original(self, *args)
+
+    monkeypatch.setattr(Trainer, "_step", dying_step)
+    with pytest.raises(Killed):
+        Trainer(build_config(tiny_recipe(tiny_assets, run, stages)), run, progress=False).run()
+    monkeypatch.setattr(Trainer, "_step", original)
+    # Make it an older utamoe's run: its config's globs and its checkpoint's names.
+    (run / "config.yaml").write_text(_as_format_1((run / "config.yaml").read_text()))
+    ckpt = latest_checkpoint(run / "checkpoints")
+    state = torch.load(ckpt / "pytorch_model.bin", weights_only=True)
+    torch.save({_as_format_1(k): v for k, v in state.items()}, ckpt / "pytorch_model.bin")
+    assert "und_aligner.*" in (run / "config.yaml").read_text()
+
+    resumed = Trainer(load_config(str(run / "config.yaml")), run, progress=False).run(resume=True)
+    assert "written by an older utamoe" in capsys.readouterr().out
+    assert (ckpt / "pytorch_model.bin.old-names").is_file()
+    a, b = load_model_dir(whole)[0].state_dict(), load_model_dir(resumed)[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # as if it had never stopped

@@ -212,15 +212,18 @@ V1_RENAMES = ((re.compile(r"^und_aligner\."), "und_encoder.aligner."),
               (re.compile(r"\.mlp\.base\."), ".mlp.experts.base."))
 
 
+def current_name(key: str) -> str:
+    """A parameter name (or a glob of them) of model format 1 in the current layout."""
+    for old, new in V1_RENAMES:
+        key, n = old.subn(new, key)
+        if n and old.pattern.startswith("^"):
+            break
+    return key
+
+
 def _load_version_1(model: UnifiedModel, weights: Path, device: str) -> None:
     """Weights of a version-1 directory, renamed to the current module layout."""
-    renamed = {}
-    for key, value in load_file(str(weights), device=device).items():
-        for old, new in V1_RENAMES:
-            key, n = old.subn(new, key)
-            if n and old.pattern.startswith("^"):
-                break
-        renamed[key] = value
+    renamed = {current_name(key): value for key, value in load_file(str(weights), device=device).items()}
     view = _without_image_tokenizer(model)
     missing, unexpected = view.load_state_dict(renamed, strict=False)
     tied = {"lm_head.weight"} if model.lm_head.weight is model.lm.get_input_embeddings().weight else set()

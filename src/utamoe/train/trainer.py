@@ -32,10 +32,12 @@ import torch
 from accelerate import DistributedDataParallelKwargs
 from accelerate.utils import set_seed
 
-from utamoe.model.io import save_model_dir
+from utamoe.model.io import current_name, save_model_dir
 from utamoe.model.unified import UnifiedOutput
 from utamoe.train.checkpoint import (
+    OldNames,
     complete_checkpoints,
+    convert_old_names,
     latest_checkpoint,
     read_state,
     save_checkpoint,
@@ -235,11 +237,7 @@ class Trainer:
                 after_prepare(self.accelerator, self.prepared, self.model)
                 self.sched = sched
                 if index == resume_stage:
-                    try:
-                        self.accelerator.load_state(str(ckpt))
-                    except Exception as err:  # truncated / garbage files: try an older one
-                        raise CheckpointDamaged(f"{ckpt.name} cannot be loaded ({type(err).__name__}: "
-                                                f"{str(err)[:200]})") from err
+                    self._load_checkpoint(ckpt)
                     with warnings.catch_warnings():  # "scheduler stepped before optimizer": intended
                         warnings.simplefilter("ignore", UserWarning)
                         for _ in range(state.step):  # the schedule is a function of the step count
@@ -252,6 +250,36 @@ class Trainer:
                 signal.signal(sig, handler)
             self.log.close()
         return self._finish()
+
+    def _load_checkpoint(self, ckpt: Path) -> None:
+        """Accelerate's state from `ckpt`; a checkpoint of an older utamoe (model format 1
+        parameter names) is converted first where the renaming is mechanical."""
+        try:
+            self.accelerator.load_state(str(ckpt))
+            return
+        except Exception as err:  # truncated / garbage files, or another utamoe's names
+            first = err
+        expected = set(self.accelerator.unwrap_model(self.prepared).state_dict())
+        older, converted = "", None
+        try:
+            converted = convert_old_names(ckpt, expected, current_name) if self.main else None
+        except OldNames as err:
+            older = f" (written by an older utamoe: {err})"
+        except Exception:  # unreadable: the original error says more
+            pass
+        self.accelerator.wait_for_everyone()
+        if converted:
+            print(f"[resume] {ckpt.name} was written by an older utamoe (model format 1 parameter "
+                  f"names): renamed in {converted.name}, the original kept as "
+                  f"{converted.name}.old-names", flush=True)
+        if not older:  # every process: the main one may have converted the file
+            try:
+                self.accelerator.load_state(str(ckpt))
+                return
+            except Exception as err:
+                first = err
+        raise CheckpointDamaged(f"{ckpt.name} cannot be loaded{older} ({type(first).__name__}: "
+                                f"{str(first)[:200]})") from first
 
     def _on_signal(self, signum, frame) -> None:
         self._stop_signal = signum
