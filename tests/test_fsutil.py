@@ -1,17 +1,31 @@
-"""Directory writes never delete what they do not own (issue 28, items 1 and 17): every command
-that writes a directory refuses an existing one of another kind unless told to replace it,
-and what it writes is readable as any directory the user makes (the umask, not 0700)."""
+"""Directory writes never delete what they do not own (issue 28, items 1, 14 and 17): every
+command that writes a directory refuses an existing one of another kind unless told to replace
+it, what it writes is readable as any directory the user makes (the umask, not 0700), and a full
+disk is said in words, the last checkpoint kept."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
 
 import pytest
+from accelerate import Accelerator
 
 from utamoe.cli import main
-from utamoe.fsutil import NotOurs, atomic_directory, check_output_dir, holds_format
+from utamoe.demo import QUICK_OVERRIDES
+from utamoe.fsutil import (
+    NotOurs,
+    WriteFailed,
+    atomic_directory,
+    check_output_dir,
+    disk_errors,
+    holds_format,
+)
+from utamoe.train.checkpoint import latest_checkpoint
+
+from .owndata import write_digits
 
 
 def _dataset(root):
@@ -91,3 +105,39 @@ def test_commands_refuse_to_write_over_a_dataset(tmp_path, capsys, argv):
     assert code == 2 and err.startswith("error:") and str(data) in err, err
     assert sorted(p.relative_to(data).as_posix() for p in data.rglob("*")) == before
     assert (data / "train.jsonl").read_text() == '{"id": "a"}\n'
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at inline_container.cc:659] . PytorchStreamWriter failed writing "
+                 "file data/3: file write failed"),
+    RuntimeError("basic_ios::clear: iostream error"),
+    OSError(errno.ENOSPC, "No space left on device"),
+])
+def test_a_full_disk_is_named_in_words(tmp_path, error):
+    """Issue 28, item 14: torch's C++ writer reported a full disk as basic_ios::clear or
+    inline_container.cc tracebacks that never said "disk"."""
+    said = r"cannot write the checkpoint to .*(disk is full|write failed) \(\d+ MB free\)"
+    with pytest.raises(WriteFailed, match=said), disk_errors(tmp_path, "the checkpoint"):
+        raise error
+    with pytest.raises(ValueError, match="unrelated"), disk_errors(tmp_path, "x"):
+        raise ValueError("unrelated")
+
+
+def test_a_full_disk_during_training_keeps_the_checkpoint_and_says_resume(tmp_path, capsys, monkeypatch):
+    data = write_digits(tmp_path / "d", {"train": 8})
+    sets = [f"data.dir={data}", *QUICK_OVERRIDES, "train.ckpt_every=4"]
+    real, saves = Accelerator.save_state, {"n": 0}
+
+    def full_after_one(self, *args, **kwargs):
+        saves["n"] += 1
+        if saves["n"] > 1:
+            raise RuntimeError("[enforce fail at inline_container.cc:659] . PytorchStreamWriter "
+                               "failed writing file data/0: file write failed")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", full_after_one)
+    run = tmp_path / "run"
+    code = main(["train", "--config", "utamoe", "--out", str(run), *[a for s in sets for a in ("--set", s)]])
+    err = capsys.readouterr().err
+    assert code == 2 and "disk" in err and f"--resume {run}" in err and "Traceback" not in err, err
+    assert latest_checkpoint(run / "checkpoints").name == "step-4"

@@ -18,6 +18,7 @@ before its long work starts.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -27,6 +28,44 @@ from contextlib import contextmanager
 from pathlib import Path
 
 IsOwn = Callable[[Path], bool]
+
+
+class WriteFailed(OSError):
+    """A save that could not be written (a full disk, most often); what was saved before is
+    untouched. The message names the path, the free space and what to do."""
+
+
+# How a full disk shows up when the writer is not Python's own file object: torch.save's C++
+# stream (inline_container.cc, basic_ios::clear) and safetensors' Rust writer.
+_WRITE_FAILURES = ("No space left", "StorageFull", "file write failed", "basic_ios::clear",
+                   "inline_container", "PytorchStreamWriter failed", "Disk quota")
+
+
+@contextmanager
+def disk_errors(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Turn a failed write of `what` under `path` (ENOSPC, or a C++ / Rust writer's own error)
+    into WriteFailed saying so in words; any other error passes unchanged."""
+    try:
+        yield
+    except Exception as err:
+        full = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+        if not full and (isinstance(err, OSError) or
+                         not any(m in str(err) for m in _WRITE_FAILURES)):
+            raise
+        raise WriteFailed(f"cannot write {what} to {path}: {_free(Path(path))}; free some space "
+                          "(nothing saved before was lost)") from err
+
+
+def _free(path: Path) -> str:
+    """How much room the disk of `path` has, in words."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return "the write failed (is the disk full?)"
+    state = "the disk is full" if free < 256 * 2**20 else "the write failed"
+    return f"{state} ({free / 2**20:.0f} MB free)"
 
 
 class NotOurs(FileExistsError):

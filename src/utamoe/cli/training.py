@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from utamoe.demo import run_demo
+from utamoe.fsutil import WriteFailed
 from utamoe.infer.checks import InputError
 from utamoe.train.codec import format_report, train_tokenizer
 from utamoe.train.config import load_config
@@ -39,6 +40,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingStopped as stop:
         print(f"stopped: {stop}", file=sys.stderr)
         return 3
+    except WriteFailed as err:  # a full disk: the last complete checkpoint is intact
+        print(f"error: {err}; then continue with `utamoe train --resume {run_dir}`",
+              file=sys.stderr)
+        return 2
     print(f"model written to {model_dir}")
     return 0
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from safetensors.torch import load_file, load_model, save_model
 
 from utamoe.config import from_dict, to_dict
-from utamoe.fsutil import atomic_directory, holds_format
+from utamoe.fsutil import atomic_directory, disk_errors, holds_format
 from utamoe.hf.local import has_auto_map
 from utamoe.hf.parts import HFPart
 from utamoe.model.config import UnifiedConfig
@@ -90,8 +90,9 @@ def save_model_dir(model: UnifiedModel, out_dir: str | Path, text_tokenizer=None
                    replace: bool = False) -> Path:
     """Write the model directory atomically; an existing `out_dir` is replaced only when it is a
     utamoe model directory or empty (else utamoe.fsutil.NotOurs), or with `replace`."""
-    with atomic_directory(out_dir, holds_format(CONFIG_FILE, FORMAT), "a utamoe model directory",
-                          replace) as tmp:
+    with disk_errors(out_dir, "the model"), \
+            atomic_directory(out_dir, holds_format(CONFIG_FILE, FORMAT), "a utamoe model directory",
+                             replace) as tmp:
         tok = model.image_tokenizer
         meta = {"format": FORMAT, "version": VERSION, "config": to_dict(_frozen_parts(model)),
                 "image_tokenizer": type(tok).__name__ if tok is not None else None}

@@ -15,6 +15,8 @@ import os
 import shutil
 from pathlib import Path
 
+from utamoe.fsutil import disk_errors
+
 STATE_FILE = "trainer_state.json"
 LATEST = "latest"
 
@@ -34,10 +36,12 @@ def save_checkpoint(accelerator, root: Path, name: str, state: dict, keep: int =
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=False)
+    with disk_errors(root, f"checkpoint {name}"):
+        accelerator.save_state(str(tmp), safe_serialization=False)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _write_atomic(tmp / STATE_FILE, json.dumps(state, indent=2))
+        with disk_errors(root, f"checkpoint {name}"):
+            _write_atomic(tmp / STATE_FILE, json.dumps(state, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         _write_atomic(root / LATEST, name + "\n")

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from utamoe.config import ConfigError, from_dict, to_dict
-from utamoe.fsutil import atomic_directory, holds_format
+from utamoe.fsutil import atomic_directory, disk_errors, holds_format
 
 CONFIG_FILE = "tokenizer_config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -323,7 +323,8 @@ class VQTokenizer(nn.Module):
         utamoe.fsutil.NotOurs), or with `replace`."""
         from safetensors.torch import save_file
 
-        with atomic_directory(directory, IS_OWN, "a VQ image tokenizer directory", replace) as tmp:
+        with disk_errors(directory, "the VQ tokenizer"), \
+                atomic_directory(directory, IS_OWN, "a VQ image tokenizer directory", replace) as tmp:
             state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
             meta = {"format": FORMAT_NAME, "version": 1, "config": self.config.to_dict()}
