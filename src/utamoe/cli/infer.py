@@ -134,6 +134,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if args.image:
         session.attach(read_image(args.image))
     tty = sys.stdin.isatty()
+    if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 become U+FFFD, not a crash
+        sys.stdin.reconfigure(errors="replace")
     run_chat(session, sys.stdin, print, read_image,
              prompt=(lambda: print("you> ", end="", flush=True)) if tty else (lambda: None))
     return 0
