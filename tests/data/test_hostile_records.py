@@ -38,12 +38,20 @@ HOSTILE = {
     "a FIFO as image": json.dumps({"id": "a", "task": "caption", "group": "und", "prompt": "p",
                                    "target": "t", "image": "fifo"}),
     "llava record": json.dumps({"id": "a", "image": "x.png", "conversations": []}),
+    "box out of range in a turn": json.dumps({
+        "id": "a", "task": "dialog", "group": "und",
+        "turns": [{"role": "user", "text": "segment it", "image": "x.png"},
+                  {"role": "assistant", "text": "<seg>the circle<box>[0.0,0.0,2.0,0.5]</box></seg>"}]}),
+    "unclosed span in a target": json.dumps({"id": "a", "task": "grounding", "group": "und",
+                                             "prompt": "where?", "image": "x.png",
+                                             "target": "<seg>the circle<box>[0.1,0.1,0.2,0.2]</box>"}),
 }
 WHAT = {"deep nesting": "unreadable JSON", "5000-digit number": "unreadable JSON",
         "long image path": "cannot be used", "NUL in a path": "NUL character",
         "lone surrogate": "unpaired surrogate", "huge record": "the limit is 1,000,000",
         "a directory as image": "is a directory", "a FIFO as image": "not a regular file",
-        "llava record": "LLaVA-style"}
+        "llava record": "LLaVA-style", "box out of range in a turn": "turns[1].text",
+        "unclosed span in a target": "field 'target': <seg> at 0 is never closed"}
 
 
 @pytest.fixture

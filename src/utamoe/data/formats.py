@@ -34,6 +34,7 @@ import numpy as np
 from utamoe.benchmarks import BenchmarkData, benchmark_of_manifest
 from utamoe.data.conversations import Turn, check_turns, load_turns
 from utamoe.tasks import get_task, is_task, task_names
+from utamoe.text.spans import parse_response
 from utamoe.vision.images import ImageTooLarge, ImageUnreadable, read_image
 
 FORMAT_NAME = "utamoe-dataset"
@@ -172,6 +173,7 @@ def _check_fields(rec: Any, path: Path, line: int) -> None:
         raise _fail(path, line, "field 'meta' must be a JSON object")
     if conversation:
         _check_conversation(rec, spec, path, line)
+        _check_spans(rec, path, line)
         return
     if spec.needs_image and not rec.get("image"):
         raise _fail(path, line, f"task '{task}' needs an input image: set 'image' to a PNG "
@@ -182,6 +184,7 @@ def _check_fields(rec: Any, path: Path, line: int) -> None:
     if spec.output == "image" and not rec.get("target_image"):
         raise _fail(path, line, f"missing target: task '{task}' needs 'target_image', a PNG "
                     "path relative to the dataset directory")
+    _check_spans(rec, path, line)
 
 
 def _check_unicode(rec: dict, path: Path, line: int) -> None:
@@ -199,6 +202,23 @@ def _check_unicode(rec: dict, path: Path, line: int) -> None:
                 raise _fail(path, line, f"field '{key}' holds an unpaired surrogate "
                             f"({value[e.start]!r} at character {e.start}); write the text as "
                             "valid Unicode") from None
+
+
+def _check_spans(rec: dict, path: Path, line: int) -> None:
+    """Task spans and boxes in answers (a text target, assistant turns) must be what the span
+    router accepts at inference (utamoe.text.spans): a box outside [0, 1], an unclosed or
+    mismatched span is an error here, not a surprise after training. Tags are the registered
+    tasks' names; a tag the data layer cannot judge (an executor's own) is left alone."""
+    answers = [("target", rec.get("target"))]
+    turns = rec.get("turns") or []
+    answers += [(f"turns[{k}].text", t["text"]) for k, t in enumerate(turns) if t["role"] == "assistant"]
+    for key, text in answers:
+        if not isinstance(text, str) or "<" not in text:
+            continue
+        errors = [e for e in parse_response(text, task_names()).errors if e.kind != "unknown_tag"]
+        if errors:
+            raise _fail(path, line, f"field '{key}': {errors[0].message} ({errors[0].kind}); the "
+                        "span router would refuse this answer at inference, fix the span")
 
 
 def _check_conversation(rec: dict, spec, path: Path, line: int) -> None:
