@@ -156,3 +156,17 @@ def test_world_config_of(saved, tmp_path):
     assert find_benchmark(saved / "data").config.sizes == {"test": 2, "val": 1}
     assert find_benchmark(tmp_path) is None
     assert len(load_split(saved / "data" / "test.jsonl")[0]) == 12
+
+
+def test_tasks_the_model_never_trained_on_are_named(saved, tmp_path):
+    """Issue 28 (also noticed): a UnifiedMLLM model was scored 0 on POPE, a task its mixtures
+    omit, without a word. The model directory records the tasks its training saw."""
+    model, tok, _ = tiny_model()
+    save_model_dir(model, tmp_path / "m", tok, trained_tasks=["vqa", "caption"])
+    predictor = Predictor.load(tmp_path / "m")
+    assert predictor.trained_tasks == ["caption", "vqa"]
+    samples = [s for s in load_split(saved / "data" / "test.jsonl")[0] if s.task in ("vqa", "pope")]
+    result = evaluate_model(predictor, samples, progress=False, predict_fn=oracle)
+    assert any("never trained on pope" in n for n in result.notes), result.notes
+    assert not any("vqa" in n for n in result.notes if "never trained" in n)
+    assert Predictor.load(saved / "run" / "model").trained_tasks is None  # not recorded: no note

@@ -105,3 +105,5 @@ def test_a_run_of_an_older_utamoe_resumes_converted(tiny_assets, tmp_path, monke
     assert (ckpt / "pytorch_model.bin.old-names").is_file()
     a, b = load_model_dir(whole)[0].state_dict(), load_model_dir(resumed)[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)  # as if it had never stopped
+    trained = json.loads((resumed / "utamoe.json").read_text())["trained_tasks"]
+    assert "vqa" in trained and trained == sorted(trained)  # what eval's notes read

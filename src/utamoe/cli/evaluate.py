@@ -83,8 +83,9 @@ def _add_eval_verb(verbs: argparse._SubParsersAction) -> None:
     e.add_argument("--max-per-task", type=int, help="evaluate the first N samples of each task")
     e.add_argument("--batch-size", type=int, default=32, help="samples per generation batch "
                    "(default 32; image seeds depend on it)")
-    e.add_argument("--max-new-tokens", type=int, default=48,
-                   help="longest text answer in tokens (default 48)")
+    e.add_argument("--max-new-tokens", type=int, default=96,
+                   help="longest text answer in tokens (default 96: a task-span answer with two "
+                        "boxes is about 45)")
     _add_sampling_args(e, temperature=1.0, cfg_scale=3.0)
     e.set_defaults(func=cmd_eval)
 

@@ -4,6 +4,7 @@ and the sampling arguments they (and `eval`) share."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -62,8 +63,6 @@ def output_paths(out: str, n_prompts: int, n_images: int):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from PIL import Image
 
     if args.num_images < 1:
@@ -119,6 +118,12 @@ def _add_inference_verbs(verbs: argparse._SubParsersAction) -> None:
     c.add_argument("--task", default="dialog", help="the conversation task (default dialog)")
     c.add_argument("--executor", action="append", default=[], metavar="TASK=SPEC",
                    help="executor of a task span, e.g. edit=model_edit (docs/executors.md)")
+    c.add_argument("--max-new-tokens", type=int, default=96,
+                   help="longest answer in tokens (default 96: a span answer with two boxes is "
+                        "about 45)")
+    c.add_argument("--executor-timeout", type=float, default=300.0,
+                   help="seconds an executor may run before its span is reported as timed out "
+                        "(default 300)")
     _add_sampling_args(c, temperature=0.0, cfg_scale=None)
     c.set_defaults(func=cmd_chat)
 
@@ -126,10 +131,14 @@ def _add_inference_verbs(verbs: argparse._SubParsersAction) -> None:
 def cmd_chat(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    if args.max_new_tokens < 1 or not args.executor_timeout > 0:
+        raise InputError("--max-new-tokens must be at least 1 and --executor-timeout > 0")
     predictor = Predictor.load(args.model, args.device)
-    reply = model_reply(predictor, args.task, _sampling(args))
+    sampling = dataclasses.replace(_sampling(args), max_new_tokens=args.max_new_tokens)
+    reply = model_reply(predictor, args.task, sampling)
     specs = dict(item.partition("=")[::2] for item in args.executor)
-    router = SpanRouter(executors_from_config(specs, ExecContext(predictor, args.device)))
+    router = SpanRouter(executors_from_config(specs, ExecContext(predictor, args.device)),
+                        timeout_s=args.executor_timeout)
     session = ChatSession(reply, router, Path(args.out))
     if args.image:
         session.attach(read_image(args.image))

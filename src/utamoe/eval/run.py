@@ -53,7 +53,7 @@ class EvalSampling:
 
     text_temperature: float = 0.0  # 0 = greedy
     text_top_k: int = 0
-    max_new_tokens: int = 48
+    max_new_tokens: int = 96  # a span answer with two boxes is ~45 tokens; 48 cut them
     temperature: float = 1.0  # images
     top_k: int = 0
     cfg_scale: float = 3.0
@@ -231,7 +231,8 @@ def evaluate_model(predictor, samples: Sequence[Sample], sampling: EvalSampling 
                       counts={t: len(v) for t, v in by_task.items()}, seconds=seconds,
                       sampling=sampling, samples=ordered,
                       predictions=[p for v in preds.values() for p in v],
-                      verdicts=scores.verdicts, notes=_notes(scores.scorers, benchmark),
+                      verdicts=scores.verdicts,
+                      notes=_notes(scores.scorers, benchmark) + _untrained(predictor, by_task),
                       scorers=scores.scorers)
 
 
@@ -240,6 +241,17 @@ def _notes(scorers: dict[str, str], benchmark: BenchmarkData | None) -> list[str
             "has one") if benchmark is not None \
         else "no benchmark's data (its manifest names none): generic scorers only"
     return [f"scored as {kind}; " + ", ".join(f"{t}: {n}" for t, n in scorers.items())]
+
+
+def _untrained(predictor, by_task: dict) -> list[str]:
+    """A note naming the evaluated tasks the model was never trained on (its directory records
+    what training saw): their numbers measure nothing learned."""
+    trained = getattr(predictor, "trained_tasks", None)
+    missing = [t for t in by_task if trained is not None and t not in trained]
+    if not missing:
+        return []
+    return [f"never trained on {', '.join(missing)} (no stage of its recipe had them in its "
+            "mixture): those numbers measure nothing the model learned"]
 
 
 def _group(samples: Sequence[Sample], max_per_task: int | None) -> dict[str, list[Sample]]:

@@ -47,7 +47,7 @@ from utamoe.infer.checks import (
 )
 from utamoe.infer.engine import CellConstraint, Engine, Request, Result
 from utamoe.infer.sampling import SamplingConfig
-from utamoe.model.io import load_model_dir
+from utamoe.model.io import load_model_dir, read_config
 
 
 class Predictor:
@@ -60,6 +60,8 @@ class Predictor:
         self.processor = model.processor
         self.engine = Engine(self.model, self.encoder)
         self._lock = threading.Lock()
+        # The tasks the model's training saw (from its directory; None when not recorded).
+        self.trained_tasks: list[str] | None = None
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu") -> Predictor:
@@ -76,7 +78,9 @@ class Predictor:
         if model.image_tokenizer is None:
             raise InputError(f"{path} has no image_tokenizer/ directory; it cannot read or draw "
                              "images")
-        return cls(model, tok)
+        predictor = cls(model, tok)
+        predictor.trained_tasks = read_config(path)[1].get("trained_tasks")
+        return predictor
 
     # ------------------------------------------------------------------ what the model knows
 

@@ -87,15 +87,19 @@ def _frozen_parts(model: UnifiedModel) -> UnifiedConfig:
 
 
 def save_model_dir(model: UnifiedModel, out_dir: str | Path, text_tokenizer=None,
-                   replace: bool = False) -> Path:
+                   replace: bool = False, trained_tasks: list[str] | None = None) -> Path:
     """Write the model directory atomically; an existing `out_dir` is replaced only when it is a
-    utamoe model directory or empty (else utamoe.fsutil.NotOurs), or with `replace`."""
+    utamoe model directory or empty (else utamoe.fsutil.NotOurs), or with `replace`.
+    `trained_tasks` (the tasks its training saw) is recorded, so that evaluation can say which
+    scores measure nothing learned."""
     with disk_errors(out_dir, "the model"), \
             atomic_directory(out_dir, holds_format(CONFIG_FILE, FORMAT), "a utamoe model directory",
                              replace) as tmp:
         tok = model.image_tokenizer
         meta = {"format": FORMAT, "version": VERSION, "config": to_dict(_frozen_parts(model)),
                 "image_tokenizer": type(tok).__name__ if tok is not None else None}
+        if trained_tasks is not None:
+            meta["trained_tasks"] = sorted(trained_tasks)
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
         save_model(_without_image_tokenizer(model), str(tmp / WEIGHTS_FILE))
         if tok is not None:

@@ -385,7 +385,9 @@ class Trainer:
             del model.ffn_stash
         out = self.run_dir / "model"
         if self.main:
-            save_model_dir(model, out, self.text_tokenizer)
+            trained = [t for t in self.data.by_task
+                       if any(st.mixture.get(t, 0) > 0 for st in self.cfg.stages)]
+            save_model_dir(model, out, self.text_tokenizer, trained_tasks=trained)
             if self.log.path.is_file():
                 plot_losses(self.log.path, self.run_dir / "loss.png")
         self.accelerator.wait_for_everyone()
