@@ -14,6 +14,9 @@ from PIL import Image
 from utamoe.cli import main
 from utamoe.data.check import check_dataset
 from utamoe.data.formats import MAX_RECORD_BYTES, load_split
+from utamoe.model.io import save_model_dir
+
+from ..model.helpers import tiny_model
 
 
 def _ok(i: int) -> str:
@@ -97,3 +100,19 @@ def test_data_check_keeps_sizes_not_pixels(tmp_path):
         tracemalloc.stop()
     assert result.splits["train"]["caption"].input_sizes == {"1500x1500": 6}
     assert peak < 3 * 1500 * 1500 * 3, peak  # six decoded images are 40 MB; one is 6.75 MB
+
+
+def test_data_check_with_a_model_finds_records_past_its_positions(dataset, tmp_path, capsys):
+    """Issue 28, item 9: records longer than the model's positions passed `data check`."""
+    model, tok, _ = tiny_model()  # 256 positions
+    save_model_dir(model, tmp_path / "m", tok)
+    long_turns = [{"role": r, "text": "what color is the circle ?" if r == "user" else "red"}
+                  for _ in range(40) for r in ("user", "assistant")]
+    long_turns[0]["image"] = "x.png"
+    lines = [_ok(0), json.dumps({"id": "talk", "task": "vqa", "group": "und", "turns": long_turns})]
+    (dataset / "train.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["data", "check", str(dataset)]) == 0  # without a model: nothing to measure
+    capsys.readouterr()
+    assert main(["data", "check", str(dataset), "--model", str(tmp_path / "m")]) == 1
+    out = capsys.readouterr().out.replace("\n", "")
+    assert "train.jsonl:2: sample 'talk' is" in out and "the model has 256 positions" in out

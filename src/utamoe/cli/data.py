@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 from utamoe.data.check import check_dataset, print_check
 from utamoe.data.formats import DataFormatError
 from utamoe.fsutil import check_output_dir
 from utamoe.infer.checks import InputError
+from utamoe.infer.predictor import Predictor
 from utamoe.shapes import ShapesWorldConfig, total_samples, write_dataset
 from utamoe.shapes.world import ALL_TASKS, DEFAULT_SIZES
 
@@ -53,8 +55,13 @@ def cmd_data_shapes(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
+    lengths = limit = None
+    if args.model:  # sequence lengths against this model's tokenizer and positions
+        predictor = Predictor.load(args.model)
+        limit = getattr(predictor.model.lm.config, "max_position_embeddings", None)
+        lengths = functools.partial(predictor.encoder.lengths, codes=predictor.code_grid ** 2)
     try:
-        result = check_dataset(args.dir, max_errors=args.max_errors)
+        result = check_dataset(args.dir, max_errors=args.max_errors, lengths=lengths, limit=limit)
     except DataFormatError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -82,4 +89,6 @@ def _add_data_verb(verbs: argparse._SubParsersAction) -> None:
     c.add_argument("dir", help="dataset directory (one <split>.jsonl per split)")
     c.add_argument("--max-errors", type=int, default=5,
                    help="error messages to show per split (all are counted)")
+    c.add_argument("--model", help="also check that every sample fits this model's positions "
+                                   "(a model directory; its tokenizer counts the tokens)")
     c.set_defaults(func=cmd_data_check)

@@ -11,6 +11,7 @@ what is wrong and where without reading the loader.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,9 +57,12 @@ def _size(img) -> str | None:
     return None if img is None else f"{img.shape[1]}x{img.shape[0]}"
 
 
-def check_dataset(root: str | Path, max_errors: int = 5) -> CheckResult:
+def check_dataset(root: str | Path, max_errors: int = 5,
+                  lengths: Callable[[list[Sample]], list[int]] | None = None,
+                  limit: int | None = None) -> CheckResult:
     """Load every split in skip mode and summarise it (raises DataFormatError only when the
-    directory itself is not a dataset)."""
+    directory itself is not a dataset). With `lengths` (samples -> their sequences' token
+    counts for a model) and `limit` (its positions), a longer sample is a broken record."""
     root = Path(root)
     manifest = read_manifest(root)
     # The usual splits first, in their natural order, then any others.
@@ -73,8 +77,11 @@ def check_dataset(root: str | Path, max_errors: int = 5) -> CheckResult:
         samples, reports[name] = load_split(root / f"{name}.jsonl", "skip", load_images=False,
                                             max_errors=max_errors)
         tasks: dict[str, TaskSummary] = {}
-        for s in samples:
+        counts = lengths(samples) if lengths is not None and limit else [0] * len(samples)
+        for s, n in zip(samples, counts):
             try:
+                if limit and n > limit:
+                    raise _too_long(s, n, limit)
                 sizes = _image_sizes(s, root)
             except DataFormatError as err:
                 reports[name].add(err)
@@ -87,6 +94,13 @@ def check_dataset(root: str | Path, max_errors: int = 5) -> CheckResult:
                     counter[sizes[key]] += 1
         splits[name] = tasks
     return CheckResult(str(root), manifest, splits, reports)
+
+
+def _too_long(sample: Sample, n: int, limit: int) -> DataFormatError:
+    path, _, line = (sample.source or "").rpartition(":")
+    return DataFormatError(path, int(line) if line.isdigit() else None,
+                           f"sample {sample.id!r} is {n} tokens long; the model has {limit} "
+                           "positions (max_position_embeddings): shorten it or split it")
 
 
 def _image_sizes(sample: Sample, root: Path) -> dict[str, str]:

@@ -112,7 +112,7 @@ class Encoder:
         counter = dataclasses.replace(self, process=_same, image_codes=lambda img: [0] * codes)
         counter._span_specials = self._span_specials
         blank = [0] * codes
-        return [len(counter.sample(s, target_codes=blank, input_codes=blank).input_ids)
+        return [len(counter.sample(_with_images(s), target_codes=blank, input_codes=blank).input_ids)
                 for s in samples]
 
     def prefix(self, task: str, prompt: str, image: np.ndarray | None = None,
@@ -190,6 +190,19 @@ class Encoder:
                 target_codes = self.image_codes(self.process(sample.target_image))
             seq.codes(target_codes, self.special.code_slot, loss=True)
         return seq
+
+
+_PLACEHOLDER = np.zeros((1, 1, 3), np.uint8)
+
+
+def _with_images(sample: Sample) -> Sample:
+    """A sample loaded without its images (paths only), with a placeholder where a turn's image
+    is, so that counting its sequence counts that image's slots."""
+    if not sample.turns or all(t.image is not None or t.image_path is None for t in sample.turns):
+        return sample
+    turns = [dataclasses.replace(t, image=_PLACEHOLDER) if t.image is None and t.image_path
+             else t for t in sample.turns]
+    return dataclasses.replace(sample, turns=turns)
 
 
 def training_sequences(encoder: Encoder, samples: list[Sample], cfg_dropout: float,
