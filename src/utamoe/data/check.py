@@ -21,8 +21,10 @@ from utamoe.data.formats import (
     Sample,
     list_splits,
     load_split,
+    located,
     read_manifest,
     read_record_image,
+    too_long,
 )
 
 SPLIT_ORDER = ("train", "val", "test", "heldout")
@@ -81,7 +83,7 @@ def check_dataset(root: str | Path, max_errors: int = 5,
         for s, n in zip(samples, counts):
             try:
                 if limit and n > limit:
-                    raise _too_long(s, n, limit)
+                    raise too_long(s, n, limit)
                 sizes = _image_sizes(s, root)
             except DataFormatError as err:
                 reports[name].add(err)
@@ -96,18 +98,11 @@ def check_dataset(root: str | Path, max_errors: int = 5,
     return CheckResult(str(root), manifest, splits, reports)
 
 
-def _too_long(sample: Sample, n: int, limit: int) -> DataFormatError:
-    path, _, line = (sample.source or "").rpartition(":")
-    return DataFormatError(path, int(line) if line.isdigit() else None,
-                           f"sample {sample.id!r} is {n} tokens long; the model has {limit} "
-                           "positions (max_position_embeddings): shorten it or split it")
-
-
 def _image_sizes(sample: Sample, root: Path) -> dict[str, str]:
     """"WxH" of the sample's input and target images, each decoded (a damaged file is found) and
     dropped; a conversation's turn images are decoded too."""
-    path, _, line = (sample.source or "").rpartition(":")
-    where = (Path(path), int(line) if line.isdigit() else None)
+    path, line = located(sample)
+    where = (Path(path), line)
     paths = {"image": sample.image_path, "target_image": sample.target_image_path}
     paths.update({f"turns[{k}].image": t.image_path for k, t in enumerate(sample.turns or ())})
     return {key: _size(read_record_image(root, rel, key, *where))

@@ -110,6 +110,19 @@ class Sample:
         return rec
 
 
+def located(sample: Sample) -> tuple[str, int | None]:
+    """(file, line) of a loaded sample's record, for an error found after loading."""
+    path, _, line = (sample.source or "").rpartition(":")
+    return path or f"sample {sample.id}", int(line) if line.isdigit() else None
+
+
+def too_long(sample: Sample, n: int, limit: int) -> DataFormatError:
+    """The error of a sample whose sequence (`n` tokens) is over a model's `limit` positions."""
+    return DataFormatError(*located(sample), f"sample {sample.id!r} is {n} tokens long; the "
+                           f"model has {limit} positions (max_position_embeddings): shorten "
+                           "it or split it")
+
+
 @dataclass
 class LoadReport:
     """What loading one file did: how many samples loaded and skipped, the first errors."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from utamoe.benchmarks import BenchmarkData, benchmarks
 from utamoe.config import ConfigError
-from utamoe.data.formats import DataFormatError, find_benchmark, load_split
+from utamoe.data.formats import find_benchmark, load_split, too_long
 from utamoe.fsutil import atomic_directory, holds_format
 from utamoe.hf.gguf import gguf_path
 from utamoe.model.janus import janus_config_from_dir, load_janus
@@ -217,10 +217,7 @@ def fitting(samples, encoder, model: UnifiedModel, on_error: str, log=print):
         if n <= limit:
             kept.append(sample)
             continue
-        path, _, line = (sample.source or "").rpartition(":")
-        err = DataFormatError(path or f"sample {sample.id}", int(line) if line.isdigit() else None,
-                              f"sample {sample.id!r} is {n} tokens long; the model has {limit} "
-                              "positions (max_position_embeddings): shorten it or split it")
+        err = too_long(sample, n, limit)
         if on_error == "raise":
             raise err
         errors.append(err)
