@@ -150,21 +150,27 @@ def _png(image: np.ndarray) -> str:
 
 
 async def _sse(events: asyncio.Queue, result):
-    """Server-sent events: every step event as it comes, then the result (or the error)."""
+    """Server-sent events: every step event as it comes, then the result (or the error). A
+    client that goes away closes this generator: the result's wait is cancelled with it, which
+    frees the request's queue slots."""
     task = asyncio.ensure_future(result)
-    while True:
-        getter = asyncio.ensure_future(events.get())
-        done, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
-        if getter in done:
-            k, (kind, value) = getter.result()
-            yield f"event: {kind}\ndata: {json.dumps({'index': k, kind: value})}\n\n"
-            continue
-        getter.cancel()
-        while not events.empty():
-            k, (kind, value) = events.get_nowait()
-            yield f"event: {kind}\ndata: {json.dumps({'index': k, kind: value})}\n\n"
-        try:
-            yield f"event: result\ndata: {json.dumps(task.result())}\n\n"
-        except APIError as err:
-            yield f"event: error\ndata: {json.dumps({'status': err.status, 'message': err.message})}\n\n"
-        return
+    try:
+        while True:
+            getter = asyncio.ensure_future(events.get())
+            done, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                k, (kind, value) = getter.result()
+                yield f"event: {kind}\ndata: {json.dumps({'index': k, kind: value})}\n\n"
+                continue
+            getter.cancel()
+            while not events.empty():
+                k, (kind, value) = events.get_nowait()
+                yield f"event: {kind}\ndata: {json.dumps({'index': k, kind: value})}\n\n"
+            try:
+                yield f"event: result\ndata: {json.dumps(task.result())}\n\n"
+            except APIError as err:
+                yield (f"event: error\ndata: "
+                       f"{json.dumps({'status': err.status, 'message': err.message})}\n\n")
+            return
+    finally:
+        task.cancel()
