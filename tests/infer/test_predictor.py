@@ -78,3 +78,22 @@ def test_load_rejects_missing_dirs_and_devices(tmp_path):
         Predictor.load(tmp_path / "none")
     with pytest.raises(InputError, match="not a torch device"):
         Predictor.load(tmp_path, device="foo")
+
+
+def test_results_count_their_tokens_and_say_whether_they_stopped(predictor):
+    from utamoe.data.conversations import Turn
+
+    img = images(1)[0]
+    turns = [Turn("user", "what color is the circle ?", img)]
+    req = predictor.conversation_request(turns, "dialog", SamplingConfig(max_new_tokens=3))
+    gen = predictor.request("t2i", "a red circle")
+    text, image = predictor.run([req, gen])
+    assert 1 <= text.tokens <= 3 and (text.stopped or text.tokens == 3)
+    assert text.text == predictor.converse([turns], "dialog", SamplingConfig(max_new_tokens=3))[0]
+    assert image.tokens == predictor.code_grid ** 2 and not image.stopped
+    assert predictor.prompt_tokens(req) == len(predictor.encoder.conversation("dialog", turns).input_ids)
+    assert predictor.prompt_tokens(gen) == len(predictor.encoder.prefix("t2i", "a red circle").input_ids)
+    with pytest.raises(InputError, match="must end with a user turn"):
+        predictor.conversation_request([Turn("user", "hi"), Turn("assistant", "yes")])
+    with pytest.raises(InputError, match="produces images"):
+        predictor.conversation_request(turns, "t2i")

@@ -122,19 +122,7 @@ class Predictor:
         if spec.output != "text":
             raise InputError(f"task {task!r} produces images; a conversation is a text task")
         sampling = check_sampling(sampling or SamplingConfig())
-        reqs = []
-        for i, turns in enumerate(histories):
-            turns = [checked_turn(t, self.processor, i) for t in turns]
-            if not turns or turns[-1].role != "user":
-                raise InputError(f"conversation {i + 1} must end with a user turn to answer")
-            try:
-                n = len(self.encoder.conversation(task, turns).input_ids)
-            except ValueError as err:
-                raise InputError(f"conversation {i + 1}: {err}") from None
-            self._check_length(n, sampling.max_new_tokens, f"conversation {i + 1} takes {n} "
-                               "tokens; with {new} to generate that is over the model's {limit} "
-                               "positions; start a new conversation")
-            reqs.append(Request(task, turns=turns, sampling=sampling))
+        reqs = [self._conversation(task, turns, sampling, i) for i, turns in enumerate(histories)]
         if not reqs:
             raise InputError("give at least one conversation")
         return [r.text for r in self._generate(reqs, shared_sampling=True)]
@@ -181,6 +169,29 @@ class Predictor:
         return Request(task, prompt, image, sampling, input_codes=input_codes,
                        constraint=constraint)
 
+    def conversation_request(self, turns: Sequence, task: str = "dialog",
+                             sampling: SamplingConfig | None = None) -> Request:
+        """A checked request for `run` whose answer is the next assistant turn of `turns` (the
+        same checks as `converse`: roles, images, the model's task marker, length)."""
+        if task not in self.encoder.special.tasks:
+            raise InputError(f"task {task!r} is not a task this model knows (it has markers for "
+                             f"{', '.join(self.encoder.special.tasks)})")
+        if task_spec(task).output != "text":
+            raise InputError(f"task {task!r} produces images; a conversation is a text task")
+        return self._conversation(task, turns, check_sampling(sampling or SamplingConfig()), 0)
+
+    def prompt_tokens(self, request: Request) -> int:
+        """How many tokens the model reads before it answers `request` (its prompt's sequence:
+        markers, text and image slots or codes), as an API's usage counts them."""
+        codes = request.input_codes
+        if codes is None and request.image is not None and task_spec(request.task).layout == "edit":
+            codes = [0] * self.code_grid ** 2  # an edit reads its input image as a code grid
+        # Tokenising only (no model call), so no lock: a server asks this while a batch runs.
+        if request.turns is not None:
+            return len(self.encoder.conversation(request.task, request.turns).input_ids)
+        return len(self.encoder.prefix(request.task, request.prompt, request.image,
+                                       input_codes=codes).input_ids)
+
     def run(self, requests: Sequence[Request], *, trace: bool = False,
             on_step: Callable[[int, tuple], None] | None = None) -> list[Result]:
         """Requests (from `request`) decoded together in one batch, each drawing from its own
@@ -198,6 +209,20 @@ class Predictor:
     def _generate(self, requests: list[Request], **options) -> list[Result]:
         with self._lock, torch.no_grad():
             return self.engine.generate(requests, **options)
+
+    def _conversation(self, task: str, turns: Sequence, sampling: SamplingConfig,
+                      i: int) -> Request:
+        turns = [checked_turn(t, self.processor, i) for t in turns]
+        if not turns or turns[-1].role != "user":
+            raise InputError(f"conversation {i + 1} must end with a user turn to answer")
+        try:
+            n = len(self.encoder.conversation(task, turns).input_ids)
+        except ValueError as err:
+            raise InputError(f"conversation {i + 1}: {err}") from None
+        self._check_length(n, sampling.max_new_tokens, f"conversation {i + 1} takes {n} "
+                           "tokens; with {new} to generate that is over the model's {limit} "
+                           "positions; start a new conversation")
+        return Request(task, turns=turns, sampling=sampling)
 
     def _images(self, images, n: int, what: str) -> list[np.ndarray]:
         """One image for every row, or one per row; each converted by the processor."""
