@@ -97,3 +97,22 @@ def test_results_count_their_tokens_and_say_whether_they_stopped(predictor):
         predictor.conversation_request([Turn("user", "hi"), Turn("assistant", "yes")])
     with pytest.raises(InputError, match="produces images"):
         predictor.conversation_request(turns, "t2i")
+
+
+def test_loglikelihood_ranks_the_greedy_answer_first_in_any_batch(predictor):
+    img, q = images(1)[0], "what color is the circle ?"
+    first = predictor.answer(img, q, sampling=SamplingConfig(max_new_tokens=1))[0]
+    options = ["red", "blue", "yes", "no", "circle"]
+    if first not in options:
+        options.append(first)
+    scores = predictor.loglikelihood("vqa", [q] * len(options), options, img)
+    best = max(range(len(options)), key=lambda i: scores[i][0])
+    assert options[best] == first and scores[best][1]
+    assert all(lp < 0 for lp, _ in scores)
+    assert [g for _, g in scores] == [o == first for o in options]
+    alone = predictor.loglikelihood("vqa", q, options[0], img)[0]
+    assert alone[0] == pytest.approx(scores[0][0], abs=1e-4)  # padding changes nothing
+    two = predictor.loglikelihood("vqa", q, "red blue", img)[0][0]
+    assert two < scores[options.index("red")][0]  # one more token, less likely
+    with pytest.raises(InputError, match="produces images"):
+        predictor.loglikelihood("t2i", "x", "y")

@@ -47,6 +47,7 @@ from utamoe.infer.checks import (
 )
 from utamoe.infer.engine import CellConstraint, Engine, Request, Result
 from utamoe.infer.sampling import SamplingConfig
+from utamoe.infer.scoring import Continuation, continuation_logprobs
 from utamoe.model.io import load_model_dir
 
 
@@ -197,6 +198,26 @@ class Predictor:
         """Requests (from `request`) decoded together in one batch, each drawing from its own
         generator, so each gets what it would get alone (utamoe.infer.engine)."""
         return self._generate(list(requests), trace=trace, on_step=on_step)
+
+    def loglikelihood(self, task: str, prompts: Sequence[str] | str,
+                      continuations: Sequence[str] | str, images=None) -> list[tuple[float, bool]]:
+        """(log-probability, is greedy) of each continuation after its prompt of a text `task`,
+        one image for all or one per prompt (utamoe.infer.scoring): what multiple-choice
+        evaluation asks (score each option, take the most likely)."""
+        spec = task_spec(task)
+        if spec.output != "text":
+            raise InputError(f"task {task!r} produces images; only text answers are scored")
+        prompts = texts(prompts, "prompt")
+        continuations = [continuations] if isinstance(continuations, str) else list(continuations)
+        if len(continuations) != len(prompts):
+            raise InputError(f"{len(continuations)} continuations for {len(prompts)} prompts")
+        rows = self._images(images, len(prompts), "prompt") if spec.needs_image \
+            else [None] * len(prompts)
+        for p, c in zip(prompts, continuations):
+            self._fits(task, [p], "prompt", len(self.encoder.words(c)))
+        items = [Continuation(task, p, c, img) for p, c, img in zip(prompts, continuations, rows)]
+        with self._lock:
+            return continuation_logprobs(self.model, self.encoder, items)
 
     def image_codes(self, image) -> list[int]:
         """An image's VQ codes at the model's size (raster order)."""
