@@ -9,6 +9,8 @@
     POST /v1/edit        {"image": base64, "instruction": ..., same sampling fields}
     POST /v1/upload/answer, /v1/upload/edit   the same as multipart forms with an image file
     GET  /docs           OpenAPI docs (FastAPI's), /openapi.json the schema
+    GET  /v1/models, POST /v1/chat/completions, /v1/images/generations, /v1/images/edits
+                         OpenAI-compatible (serve/openai_routes.py)
 
 `"stream": true` turns a response into server-sent events: `token` events (the answer
 so far) or `progress` events (codes done of the grid), then one `result` event.
@@ -38,6 +40,7 @@ from utamoe.serve.batcher import DynamicBatcher
 from utamoe.serve.errors import APIError, error_response
 from utamoe.serve.handlers import Handlers
 from utamoe.serve.metrics import ServeMetrics
+from utamoe.serve.openai_routes import add_openai_routes
 from utamoe.serve.schemas import AnswerRequest, EditRequest, GenerateRequest
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -117,6 +120,7 @@ def create_app(predictor, config: ServeConfig | None = None, model_dir: str = ""
         return await h.images(body, "edit", body.instruction, "instruction",
                               h.decode_image(await image.read(), "image"))
 
+    add_openai_routes(app, h, predictor)  # /v1/models, /v1/chat/completions, /v1/images/*
     return app
 
 
@@ -164,9 +168,12 @@ def _form_body(model, fields: dict, options: str):
 
 
 def _check_request(request: Request, config: ServeConfig) -> None:
+    # The key comes as X-API-Key or, as OpenAI's clients send it, `Authorization: Bearer KEY`.
+    bearer = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
     if config.api_key and request.url.path.startswith(("/v1/", "/metrics")) \
-            and request.headers.get("x-api-key") != config.api_key:
-        raise APIError(401, "missing or wrong X-API-Key header")
+            and config.api_key not in (request.headers.get("x-api-key"), bearer):
+        raise APIError(401, "missing or wrong API key (send X-API-Key: KEY or "
+                       "Authorization: Bearer KEY)")
     if request.method in ("POST", "PUT"):
         length = request.headers.get("content-length")
         if length is None:
