@@ -52,6 +52,7 @@ from utamoe.train.engines import (
 )
 from utamoe.train.levers import scale_attention_init, set_qk_norm_gain, split_by_group
 from utamoe.train.logs import CollapseWatch, MetricsLog, plot_losses, step_metrics
+from utamoe.train.reporters import check_report_to, open_reporters
 from utamoe.train.optim import build_optimizer, lr_lambda
 from utamoe.train.progress import StageProgress
 from utamoe.train.run_dir import RunLock, clean_start
@@ -110,6 +111,7 @@ class Trainer:
 
     def setup(self) -> None:
         acc = self.accelerator
+        check_report_to(self.cfg.train.report_to)  # a missing logger fails now, not after setup
         set_seed(self.cfg.run.seed)
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -121,7 +123,9 @@ class Trainer:
         self.model, self.text_tokenizer, self.data = run.model, run.text_tokenizer, run.data
         self._apply_levers()
         self.model.to(acc.device)
-        self.log = MetricsLog(self.run_dir, enabled=self.main)
+        reporters = open_reporters(self.cfg.train.report_to, self.run_dir, asdict(self.cfg),
+                                   self.cfg.train.wandb_project) if self.main else []
+        self.log = MetricsLog(self.run_dir, enabled=self.main, reporters=reporters)
         self.collapse = CollapseWatch(self.cfg.train.collapse_share, self.cfg.train.collapse_patience)
 
     def _apply_levers(self) -> None:
@@ -345,7 +349,9 @@ class Trainer:
         rec.update({k: round(v, 4) for k, v in (packing or {}).items()})
         rec["global_loss"] = self._global_loss
         self.log.write(rec)
-        self.collapse.update(rec)
+        alert = self.collapse.update(rec)
+        if alert:
+            self.log.alert(alert, state.global_step)
 
     def _checkpoint(self, state: TrainState) -> Path:
         name = f"step-{state.global_step}"
