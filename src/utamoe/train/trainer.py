@@ -52,9 +52,9 @@ from utamoe.train.engines import (
 )
 from utamoe.train.levers import scale_attention_init, set_qk_norm_gain, split_by_group
 from utamoe.train.logs import CollapseWatch, MetricsLog, plot_losses, step_metrics
-from utamoe.train.reporters import check_report_to, open_reporters
 from utamoe.train.optim import build_optimizer, lr_lambda
 from utamoe.train.progress import StageProgress
+from utamoe.train.reporters import check_report_to, open_reporters
 from utamoe.train.run_dir import RunLock, clean_start
 from utamoe.train.setup import benchmark_with, prepare_run
 from utamoe.train.stages import add_lora, apply_surgery, merge_lora, select_trainable
