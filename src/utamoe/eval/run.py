@@ -30,6 +30,7 @@ from utamoe.data.conversations import exchanges
 from utamoe.data.formats import Sample
 from utamoe.eval.scoring import context_for, headline_metrics, score_by_task
 from utamoe.infer.sampling import SamplingConfig
+from utamoe.progress import Progress
 from utamoe.tasks import get_task, task_names
 from utamoe.tasks_exec import ExecContext, SpanRouter, executors_from_config
 
@@ -147,7 +148,6 @@ def _predict_all(by_task: dict[str, list[Sample]], predict_fn: PredictFn, batch_
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
-        Progress,
         TaskProgressColumn,
         TextColumn,
         TimeElapsedColumn,
@@ -160,7 +160,7 @@ def _predict_all(by_task: dict[str, list[Sample]], predict_fn: PredictFn, batch_
     total = sum(len(v) for v in by_task.values())
     out: dict[str, list[Prediction]] = {}
     start = time.perf_counter()
-    with Progress(*columns, disable=not progress, transient=False) as bar:
+    with Progress(*columns, disable=not progress, transient=False, unit="sample") as bar:
         job = bar.add_task("eval", total=total, rate="")
         done = 0
         for task, samples in by_task.items():

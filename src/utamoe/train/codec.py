@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from utamoe.data.formats import load_split
+from utamoe.progress import Progress
 from utamoe.vision.processor import to_rgb
 from utamoe.vision.tokenizer import TokenizerConfig, VQTokenizer
 
@@ -166,7 +167,6 @@ def _progress(enabled: bool):
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
-        Progress,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
