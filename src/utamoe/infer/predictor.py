@@ -97,6 +97,31 @@ class Predictor:
         moe = self.model.config.moe
         return list(moe.group_names) if moe is not None else []
 
+    @property
+    def precision(self) -> dict[str, str]:
+        """The device and dtype the model computes in (what an evaluation records)."""
+        param = next(self.model.parameters())
+        return {"device": str(param.device), "dtype": str(param.dtype).removeprefix("torch.")}
+
+    def prompt_template(self, task: str) -> str:
+        """What the model reads for a prompt of `task`, as tokens: markers, `{prompt}` where the
+        prompt's words go, runs of image slots as `<slot> x N` (docs and evaluation records)."""
+        spec = task_spec(task)
+        image = blank(self.processor.size) if spec.layout == "answer" and spec.needs_image else None
+        codes = [0] * self.code_grid ** 2 if spec.layout == "edit" else None
+        seq = self.encoder.prefix(task, "x", image, input_codes=codes)
+        tokens = self.tokenizer.convert_ids_to_tokens(seq.input_ids)
+        start, end = seq.prompt_span
+        tokens[start:end] = ["{prompt}"]
+        out: list[str] = []
+        for tok in tokens:
+            if out and out[-1].split(" x ")[0] == tok and tok.startswith("<"):
+                n = int(out[-1].split(" x ")[1]) if " x " in out[-1] else 1
+                out[-1] = f"{tok} x {n + 1}"
+            else:
+                out.append(tok)
+        return " ".join(out)
+
     # ------------------------------------------------------------------ the plain calls
 
     def answer(self, images, questions: Sequence[str] | str, task: str = "vqa",
