@@ -75,7 +75,8 @@ class Progress(rich.progress.Progress):
                                       else f"{1 / speed:.2f} s/{self.unit}")
         parts = [f"{task.description}: {done}", rate, f"{_clock(task.elapsed)} elapsed"]
         parts.append(end if end else f"{_clock(task.time_remaining)} left")
-        parts += [f"{k} {v}" for k, v in task.fields.items() if v not in ("", None)]
+        parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                  for k, v in task.fields.items() if v not in ("", None)]
         stamp = datetime.datetime.now().strftime("%H:%M:%S")
         self.console.file.write(f"[{stamp}] {', '.join(parts)}\n")
         self.console.file.flush()
