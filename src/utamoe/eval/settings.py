@@ -8,7 +8,7 @@ be reproduced.
     settings = eval_settings("utamoe eval", predictor, tasks, sampling.to_dict())
 
 `utamoe eval` writes it as `settings` in metrics.json, the GenEval and DPG-Bench writers into
-their output folder (utamoe.eval.geneval), and the lmms-eval model logs it (utamoe.eval.lmms).
+their output folder (utamoe.eval.image_benchmarks), and the lmms-eval model logs it (utamoe.eval.lmms).
 """
 
 from __future__ import annotations
