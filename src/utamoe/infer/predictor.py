@@ -98,6 +98,18 @@ class Predictor:
         return list(moe.group_names) if moe is not None else []
 
     @property
+    def default_text_task(self) -> str:
+        """The text task a chat or a harness uses when none is named: `dialog` when the model has
+        conversations, else `vqa`, else its first text task."""
+        text = [t for t, out in self.tasks.items() if out == "text"]
+        for task in ("dialog", "vqa"):
+            if task in text:
+                return task
+        if not text:
+            raise InputError("the model has no text task; it cannot answer")
+        return text[0]
+
+    @property
     def precision(self) -> dict[str, str]:
         """The device and dtype the model computes in (what an evaluation records)."""
         param = next(self.model.parameters())

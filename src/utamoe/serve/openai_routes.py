@@ -113,10 +113,7 @@ def chat_task(predictor, model_id: str) -> str:
     """The text task a chat model id names (see the module docstring)."""
     tasks = predictor.tasks
     if model_id == MODEL_ID:
-        for task in ("dialog", "vqa"):
-            if tasks.get(task) == "text":
-                return task
-        return next(t for t, out in tasks.items() if out == "text")
+        return predictor.default_text_task
     name, _, task = model_id.partition(":")
     if name != MODEL_ID or task not in tasks:
         raise _not_found(model_id)
