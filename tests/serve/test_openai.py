@@ -181,3 +181,31 @@ def test_the_api_key_is_openais_bearer_header(live, image):
         out = right.chat.completions.create(model="utamoe:vqa", messages=[_user(Q, image)],
                                             max_tokens=2)
         assert out.choices[0].message.content is not None
+
+
+def test_chat_can_return_the_experts_trace_and_run_task_spans(client, predictor, image):
+    out = client.chat.completions.create(model="utamoe:vqa", messages=[_user(Q, image)],
+                                         temperature=0, max_tokens=4,
+                                         extra_body={"trace": True, "execute_spans": True})
+    body = out.model_dump()
+    assert body["groups"] == predictor.group_names
+    trace = body["choices"][0]["trace"]
+    assert len(trace) == out.usage.completion_tokens and {"group", "experts"} <= set(trace[0]["layers"][0])
+    assert isinstance(body["choices"][0]["spans"], list)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="utamoe:vqa", messages=[_user(Q, image)], stream=True,
+                                       extra_body={"trace": True})
+    assert err.value.body["param"] == "stream"
+
+
+def test_task_spans_run_through_their_executors_and_errors_stay_per_span(predictor, image):
+    import asyncio
+
+    from utamoe.serve.spans import SpanRunner
+
+    spans = asyncio.run(SpanRunner(predictor).run(
+        "sure <t2i>a red circle</t2i> and <bogus>x</bogus>", [image]))
+    drawn, bad = spans
+    assert drawn["tag"] == "t2i" and drawn["error"] is None and len(drawn["images"]) == 1
+    assert _pixels(drawn["images"][0]).shape == (predictor.processor.size,) * 2 + (3,)
+    assert bad["images"] == [] and bad["error"]["kind"] in ("unknown_tag", "stray_closer")

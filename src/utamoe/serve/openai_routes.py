@@ -43,6 +43,7 @@ from utamoe.serve.openai_schemas import (
     ImagePart,
     Message,
 )
+from utamoe.serve.spans import SpanRunner
 
 MODEL_ID = "utamoe"
 FINGERPRINT = f"utamoe-{__version__}"
@@ -58,6 +59,7 @@ class _RunOptions:
 
 def add_openai_routes(app: FastAPI, h, predictor) -> None:
     """The OpenAI-compatible routes on `app`, built on the app's Handlers `h`."""
+    spans = SpanRunner(predictor)
 
     @app.get("/v1/models")
     async def models():
@@ -74,7 +76,7 @@ def add_openai_routes(app: FastAPI, h, predictor) -> None:
     @_openai_errors
     async def chat(request: Request):
         body = _validated(ChatRequest, await _json(request))
-        return await chat_completion(h, predictor, body)
+        return await chat_completion(h, predictor, body, spans)
 
     @app.post("/v1/images/generations")
     @_openai_errors
@@ -126,8 +128,11 @@ def chat_task(predictor, model_id: str) -> str:
 # ---------------------------------------------------------------------- chat
 
 
-async def chat_completion(h, predictor, body: ChatRequest):
+async def chat_completion(h, predictor, body: ChatRequest, spans: SpanRunner | None = None):
     task = chat_task(predictor, body.model)
+    if body.stream and (body.trace or body.execute_spans):
+        raise _bad("stream", "trace and execute_spans come with the whole answer; leave stream "
+                   "out to use them")
     turns = _turns(h, body.messages)
     max_tokens = body.max_completion_tokens or body.max_tokens or 32
     base = SamplingConfig(temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
@@ -138,10 +143,10 @@ async def chat_completion(h, predictor, body: ChatRequest):
 
     def shape(results):
         return {"texts": [r.text for r in results], "tokens": [r.tokens for r in results],
-                "stopped": [r.stopped for r in results]}
+                "stopped": [r.stopped for r in results], "traces": [r.trace for r in results]}
 
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-    native = await h.run(gen, _RunOptions(), body.stream, shape)
+    native = await h.run(gen, _RunOptions(trace=body.trace), body.stream, shape)
     if body.stream:
         return StreamingResponse(_chunks(native.body_iterator, body, cid, created, prompt_tokens),
                                  media_type="text/event-stream")
@@ -151,9 +156,17 @@ async def chat_completion(h, predictor, body: ChatRequest):
         choices.append({"index": j, "message": {"role": "assistant", "content": text,
                                                 "refusal": None},
                         "logprobs": None, "finish_reason": _finish(stopped or hit)})
-    return {"id": cid, "object": "chat.completion", "created": created, "model": body.model,
-            "system_fingerprint": FINGERPRINT, "choices": choices,
-            "usage": _usage(prompt_tokens, sum(native["tokens"]))}
+        if body.trace:
+            choices[-1]["trace"] = native["traces"][j]
+        if body.execute_spans and spans is not None:
+            images = [t.image for t in turns if t.image is not None]
+            choices[-1]["spans"] = await spans.run(text, images)
+    out = {"id": cid, "object": "chat.completion", "created": created, "model": body.model,
+           "system_fingerprint": FINGERPRINT, "choices": choices,
+           "usage": _usage(prompt_tokens, sum(native["tokens"]))}
+    if body.trace:
+        out["groups"] = predictor.group_names
+    return out
 
 
 def _turns(h, messages: list[Message]) -> list[Turn]:

@@ -5,8 +5,9 @@ as OpenAI documents them, so the official clients and the harnesses built on the
 Unknown fields are refused (a 400 naming the field), as OpenAI does. Parameters a utamoe model
 has no use for are accepted only at the value that means "off" (`frequency_penalty: 0`,
 `logprobs: false`, `response_format: {"type": "text"}`, ...): a client that asks for more gets
-a 400 saying so, never a silent skip. Extensions beyond OpenAI's fields: `top_k`, and for
-images `cfg_scale`, `seed`, `temperature`, `top_k`, `top_p`, and `trace` (the experts view).
+a 400 saying so, never a silent skip. Extensions beyond OpenAI's fields: `top_k`, `trace` (the experts
+view) and `execute_spans` (task spans run, serve/spans.py) for chats; for images `cfg_scale`,
+`seed`, `temperature`, `top_k`, `top_p` and `trace`.
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ class ChatRequest(_Strict):
     top_logprobs: int | None = None
     response_format: dict | None = None
     reasoning_effort: str | None = None
+    trace: bool = Field(False, description="extension: each answer token's expert group and "
+                                           "experts per MoE layer (choices[j].trace; not streamed)")
+    execute_spans: bool = Field(False, description="extension: run the answer's task spans "
+                                                   "(choices[j].spans; not streamed)")
 
     @field_validator("stop")
     @classmethod
