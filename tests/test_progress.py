@@ -9,8 +9,10 @@ import subprocess
 import sys
 import time
 
+import pytest
 from rich.console import Console
 
+from utamoe.config import ConfigError
 from utamoe.progress import Progress
 
 
@@ -61,3 +63,9 @@ def test_the_cli_prints_progress_lines_into_a_pipe(tmp_path):
                                                       "PYTHONPATH": ":".join(sys.path)})
     assert out.returncode == 0, out.stderr
     assert re.search(r"ShapesWorld: \d+/\d+ \(\d+%\)", out.stdout), out.stdout
+
+
+def test_a_bad_interval_in_the_environment_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("UTAMOE_PROGRESS_SECONDS", "often")
+    with pytest.raises(ConfigError, match="UTAMOE_PROGRESS_SECONDS='often'"):
+        Progress(console=Console(file=io.StringIO()))

@@ -19,6 +19,19 @@ import time
 
 import rich.progress
 
+from utamoe.config import ConfigError
+
+
+def _every_s() -> float:
+    raw = os.environ.get("UTAMOE_PROGRESS_SECONDS", "30")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise ConfigError(f"UTAMOE_PROGRESS_SECONDS={raw!r}: give a number of seconds >= 0")
+    return value
+
 
 def _clock(seconds: float | None) -> str:
     return "?" if seconds is None else str(datetime.timedelta(seconds=int(seconds)))
@@ -33,8 +46,7 @@ class Progress(rich.progress.Progress):
         if self.plain:
             self.disable = True  # rich draws nothing; the tasks still count and time themselves
         self.unit = unit
-        self.every_s = every_s if every_s is not None else \
-            float(os.environ.get("UTAMOE_PROGRESS_SECONDS", "30"))
+        self.every_s = every_s if every_s is not None else _every_s()
         self._last: dict[rich.progress.TaskID, float] = {}
         self._ended: set[rich.progress.TaskID] = set()
 
