@@ -147,6 +147,7 @@ class StageConfig:
     lora: LoraStageConfig | None = None  # LoRA (PEFT) on these modules, merged at stage end
     lr: float | None = None  # None = train.lr
     warmup_steps: int | None = None
+    optimizer: Literal["adamw", "muon"] | None = None  # None = train.optimizer
 
 
 @dataclass

@@ -162,7 +162,7 @@ class Trainer:
     def _optimizer(self, stage: StageConfig):
         t = self.cfg.train
         select_trainable(self.model, stage.trainable, stage.frozen)
-        opt = build_optimizer(self.model, t, stage.lr or t.lr)
+        opt = build_optimizer(self.model, t, stage.lr or t.lr, stage.optimizer)
         warmup = t.warmup_steps if stage.warmup_steps is None else stage.warmup_steps
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lr_lambda(warmup, stage.steps, t.min_lr_ratio, t.schedule, t.decay_frac))
