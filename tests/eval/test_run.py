@@ -133,6 +133,19 @@ def test_cli_eval_writes_all_outputs(saved, capsys):
     assert metrics["sampling"] | {"seed": 7, "cfg_scale": 2.0, "top_k": 8,
                                   "batch_size": 4} == metrics["sampling"]
     assert metrics["counts"] == {t: 2 for t in WORLD.tasks} and metrics["seconds"] > 0
+    settings = metrics["settings"]
+    assert settings["harness"] == "utamoe eval" and settings["seed"] == 7
+    assert settings["cfg_scale"] == 2.0 and settings["max_new_tokens"] == 8
+    assert settings["text_temperature"] == 0.0 and settings["prompt_rewriting"] == "off"
+    assert settings["precision"] == {"device": "cpu", "dtype": "float32"}
+    assert settings["prompt_templates"]["vqa"].startswith("<bos> <vqa> <img> <und_slot> x ")
+    assert settings["prompt_templates"]["t2i"] == "<bos> <t2i> {prompt} <img>"
+    import torch
+
+    import utamoe
+
+    assert settings["versions"]["torch"] == torch.__version__
+    assert settings["versions"]["utamoe"] == utamoe.__version__
     report = (out_dir / "report.md").read_text()
     assert "## Sampling settings" in report and "--seed 7" in report and "cfg_scale | 2.0" in report
     from PIL import Image

@@ -11,6 +11,7 @@ from utamoe.data.formats import DataFormatError
 from utamoe.fsutil import check_output_dir
 from utamoe.infer.checks import InputError
 from utamoe.infer.predictor import Predictor
+from utamoe.progress import Progress
 from utamoe.shapes import ShapesWorldConfig, total_samples, write_dataset
 from utamoe.shapes.world import ALL_TASKS, DEFAULT_SIZES
 
@@ -30,7 +31,7 @@ def cmd_data_shapes(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
 
     out = Path(args.out)
     if out.exists() and any(out.glob("*.jsonl")) and not args.force:
@@ -44,7 +45,7 @@ def cmd_data_shapes(args: argparse.Namespace) -> int:
                                tasks=tuple(args.tasks) if args.tasks else ALL_TASKS)
     start = time.perf_counter()
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns) as bar:
+    with Progress(*columns, unit="sample") as bar:
         job = bar.add_task("ShapesWorld", total=total_samples(config))
         counts = write_dataset(out, config, progress=lambda n: bar.advance(job, n))
     seconds = time.perf_counter() - start

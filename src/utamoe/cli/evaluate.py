@@ -22,7 +22,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     predictor, samples, data, out = _model_and_split(
         args, f"eval-{args.split}", batch_size=args.batch_size, max_per_task=args.max_per_task,
         max_new_tokens=args.max_new_tokens)
-    sampling = EvalSampling(temperature=args.temperature, top_k=args.top_k,
+    sampling = EvalSampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             cfg_scale=args.cfg_scale, seed=args.seed,
                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     result = evaluate_model(predictor, samples, sampling, max_per_task=args.max_per_task,

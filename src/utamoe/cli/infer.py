@@ -22,6 +22,8 @@ def _add_sampling_args(p: argparse.ArgumentParser, temperature: float, cfg_scale
     p.add_argument("--temperature", type=float, default=temperature,
                    help=f"sampling temperature, 0 = greedy (default {temperature})")
     p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="keep the most likely tokens holding this probability mass (1 = all)")
     if cfg_scale is not None:
         p.add_argument("--cfg-scale", type=float, default=cfg_scale,
                        help=f"classifier-free guidance scale, 1 = none (default {cfg_scale})")
@@ -30,7 +32,7 @@ def _add_sampling_args(p: argparse.ArgumentParser, temperature: float, cfg_scale
 
 
 def _sampling(args: argparse.Namespace):
-    return SamplingConfig(temperature=args.temperature, top_k=args.top_k,
+    return SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                           cfg_scale=getattr(args, "cfg_scale", 1.0), seed=args.seed)
 
 

@@ -9,6 +9,8 @@
     POST /v1/edit        {"image": base64, "instruction": ..., same sampling fields}
     POST /v1/upload/answer, /v1/upload/edit   the same as multipart forms with an image file
     GET  /docs           OpenAPI docs (FastAPI's), /openapi.json the schema
+    GET  /v1/models, POST /v1/chat/completions, /v1/images/generations, /v1/images/edits
+                         OpenAI-compatible (serve/openai_routes.py)
 
 `"stream": true` turns a response into server-sent events: `token` events (the answer
 so far) or `progress` events (codes done of the grid), then one `result` event.
@@ -41,6 +43,7 @@ from utamoe.serve.errors import APIError, error_response
 from utamoe.serve.guard import Guard
 from utamoe.serve.handlers import Handlers
 from utamoe.serve.metrics import ServeMetrics
+from utamoe.serve.openai_routes import add_openai_routes
 from utamoe.serve.schemas import AnswerRequest, EditRequest, GenerateRequest
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -121,6 +124,7 @@ def create_app(predictor, config: ServeConfig | None = None, model_dir: str = ""
         return await h.images(body, "edit", body.instruction, "instruction",
                               await h.decode_image(await image.read(), "image"), request)
 
+    add_openai_routes(app, h, predictor)  # /v1/models, /v1/chat/completions, /v1/images/*
     return app
 
 

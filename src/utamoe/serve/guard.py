@@ -76,9 +76,12 @@ class Guard:
 
 
 def check_request(request: Request, config) -> None:
+    # The key comes as X-API-Key or, as OpenAI's clients send it, `Authorization: Bearer KEY`.
+    bearer = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
     if config.api_key and request.url.path.startswith(("/v1/", "/metrics")) \
-            and request.headers.get("x-api-key") != config.api_key:
-        raise APIError(401, "missing or wrong X-API-Key header")
+            and config.api_key not in (request.headers.get("x-api-key"), bearer):
+        raise APIError(401, "missing or wrong API key (send X-API-Key: KEY or "
+                       "Authorization: Bearer KEY)")
     if request.method in ("POST", "PUT"):
         length = request.headers.get("content-length")
         if length is None:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from utamoe.data.formats import load_split
 from utamoe.fsutil import check_replaceable
+from utamoe.progress import Progress
 from utamoe.vision.processor import to_rgb
 from utamoe.vision.tokenizer import IS_OWN as TOKENIZER_IS_OWN
 from utamoe.vision.tokenizer import TokenizerConfig, VQTokenizer
@@ -168,7 +169,6 @@ def _progress(enabled: bool):
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
-        Progress,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,

@@ -88,6 +88,10 @@ class TrainConfig:
     cfg_dropout: float = 0.1
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
     log_every: int = 10
+    # Where the logged metrics go besides RUN/metrics.jsonl: any of "tensorboard", "wandb"
+    # (utamoe.train.reporters); a named one that is not installed stops the run at its start.
+    report_to: list[str] = field(default_factory=list)
+    wandb_project: str = "utamoe"
     ckpt_every: int = 200
     max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
     collapse_share: float = 0.9  # warn when one expert serves this share of its group's tokens
@@ -143,6 +147,7 @@ class StageConfig:
     lora: LoraStageConfig | None = None  # LoRA (PEFT) on these modules, merged at stage end
     lr: float | None = None  # None = train.lr
     warmup_steps: int | None = None
+    optimizer: Literal["adamw", "muon"] | None = None  # None = train.optimizer
 
 
 @dataclass

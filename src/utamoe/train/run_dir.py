@@ -25,10 +25,11 @@ from pathlib import Path
 from utamoe.config import ConfigError
 
 ARTEFACTS = ("checkpoints", "image_tokenizer", "text_tokenizer", "model", "metrics.jsonl",
-             "loss.png", "tensorboard", "config.yaml")
+             "loss.png", "tensorboard", "wandb", "wandb_run_id", "config.yaml")
 # Keys `--set` may change on `--resume`: they do not change what the run computes.
 RESUME_SAFE = ("train.log_every", "train.ckpt_every", "train.max_bad_steps",
-               "train.collapse_share", "train.collapse_patience")
+               "train.collapse_share", "train.collapse_patience", "train.report_to",
+               "train.wandb_project")
 
 
 class RunLocked(ConfigError):

@@ -56,6 +56,7 @@ from utamoe.train.levers import scale_attention_init, set_qk_norm_gain, split_by
 from utamoe.train.logs import CollapseWatch, MetricsLog, plot_losses, step_metrics
 from utamoe.train.optim import build_optimizer, lr_lambda
 from utamoe.train.progress import StageProgress
+from utamoe.train.reporters import check_report_to, open_reporters
 from utamoe.train.run_dir import RunLock, clean_start
 from utamoe.train.setup import benchmark_with, prepare_run
 from utamoe.train.stages import add_lora, apply_surgery, merge_lora, select_trainable
@@ -112,6 +113,7 @@ class Trainer:
 
     def setup(self) -> None:
         acc = self.accelerator
+        check_report_to(self.cfg.train.report_to)  # a missing logger fails now, not after setup
         set_seed(self.cfg.run.seed)
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -123,7 +125,9 @@ class Trainer:
         self.model, self.text_tokenizer, self.data = run.model, run.text_tokenizer, run.data
         self._apply_levers()
         self.model.to(acc.device)
-        self.log = MetricsLog(self.run_dir, enabled=self.main)
+        reporters = open_reporters(self.cfg.train.report_to, self.run_dir, asdict(self.cfg),
+                                   self.cfg.train.wandb_project) if self.main else []
+        self.log = MetricsLog(self.run_dir, enabled=self.main, reporters=reporters)
         self.collapse = CollapseWatch(self.cfg.train.collapse_share, self.cfg.train.collapse_patience)
 
     def _apply_levers(self) -> None:
@@ -160,7 +164,7 @@ class Trainer:
     def _optimizer(self, stage: StageConfig):
         t = self.cfg.train
         select_trainable(self.model, stage.trainable, stage.frozen)
-        opt = build_optimizer(self.model, t, stage.lr or t.lr)
+        opt = build_optimizer(self.model, t, stage.lr or t.lr, stage.optimizer)
         warmup = t.warmup_steps if stage.warmup_steps is None else stage.warmup_steps
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lr_lambda(warmup, stage.steps, t.min_lr_ratio, t.schedule, t.decay_frac))
@@ -373,7 +377,9 @@ class Trainer:
         rec.update({k: round(v, 4) for k, v in (packing or {}).items()})
         rec["global_loss"] = self._global_loss
         self.log.write(rec)
-        self.collapse.update(rec)
+        alert = self.collapse.update(rec)
+        if alert:
+            self.log.alert(alert, state.global_step)
 
     def _checkpoint(self, state: TrainState) -> Path:
         name = f"step-{state.global_step}"
