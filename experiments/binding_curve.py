@@ -10,8 +10,8 @@ the end of each stage) the model being trained is put in eval mode and the first
 with CFG 1.5: `utamoe.demo.demo_sampling`). Scoring does not touch the training data stream (batches
 are a pure function of their position), so the trained model is the one `utamoe train`
 would give. Writes RUN/curve.jsonl: one record per evaluation with the global step, the
-samples seen (global step x batch size x grad accum), the stage, the wall seconds of
-training so far (evaluation excluded) and the metrics. experiments/plot_binding_curve.py
+samples seen (global step x batch size x grad accum), the stage, the wall and CPU seconds
+of training so far (evaluation excluded) and the metrics. experiments/plot_binding_curve.py
 draws the figure.
 """
 
@@ -52,11 +52,14 @@ def main(argv=None) -> None:
     curve = out / "curve.jsonl"
     out.mkdir(parents=True, exist_ok=True)
     curve.write_text("")
-    clock = {"train": 0.0, "since": time.perf_counter()}
+    # wall seconds, and CPU seconds of the process (all threads): on a shared machine the CPU
+    # time is what the same work costs on a quiet one
+    clock = {"train": 0.0, "since": time.perf_counter(), "cpu": 0.0, "cpu_since": time.process_time()}
 
     class CurveTrainer(Trainer):
         def _score(self, state) -> None:
             clock["train"] += time.perf_counter() - clock["since"]
+            clock["cpu"] += time.process_time() - clock["cpu_since"]
             model = self.accelerator.unwrap_model(self.prepared)
             res = evaluate_model(Predictor(model, self.text_tokenizer), test,
                                  demo_sampling(self.cfg.run.seed), max_per_task=args.max_per_task,
@@ -65,7 +68,8 @@ def main(argv=None) -> None:
             t = self.cfg.train
             rec = {"global_step": state.global_step, "stage": self.cfg.stages[state.stage].name,
                    "samples_seen": state.global_step * t.batch_size * t.grad_accum,
-                   "train_seconds": round(clock["train"], 1)}
+                   "train_seconds": round(clock["train"], 1),
+                   "train_cpu_seconds": round(clock["cpu"], 1)}
             for task, metrics in res.per_task.items():
                 rec.update({f"{task}_{k}": v for k, v in metrics.items()
                             if isinstance(v, (int, float))})
@@ -73,7 +77,7 @@ def main(argv=None) -> None:
                 f.write(json.dumps(rec) + "\n")
             print(json.dumps({k: v for k, v in rec.items() if "accuracy" in k or k in
                               ("global_step", "train_seconds")}), flush=True)
-            clock["since"] = time.perf_counter()
+            clock["since"], clock["cpu_since"] = time.perf_counter(), time.process_time()
 
         def _checkpoint(self, state):
             stage = self.cfg.stages[state.stage]

@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 # the entries of lower layers; entries that share a layer may import each other (the base).
 LAYERS: list[tuple[str, ...]] = [
     ("utamoe", "utamoe._runtime", "utamoe.config", "utamoe.fsutil", "utamoe.packages",
-     "utamoe.plugins"),
+     "utamoe.plugins", "utamoe.progress"),
     ("utamoe.benchmarks",),   # what a benchmark's data offers (a registry)
     ("utamoe.tasks",),        # the task registry
     ("utamoe.hf",),           # Hugging Face / GGUF loading

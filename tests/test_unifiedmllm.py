@@ -41,7 +41,9 @@ def run(tmp_path_factory):
         if "moe" in stage:
             stage["moe"].update(num_experts=2, top_k=1, lora_rank=4, lora_alpha=8)
     rec = tiny_recipe(root, root / "run", stages, ckpt_every=1000, log_every=50, batch_size=8)
-    rec["model"]["backbone"]["config"].update(hidden_size=64, intermediate_size=128)
+    # 512 positions: a dialog of the ShapesWorld data is 266 tokens (issue 28, item 9)
+    rec["model"]["backbone"]["config"].update(hidden_size=64, intermediate_size=128,
+                                              max_position_embeddings=512)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -52,12 +52,19 @@ class ChatSession:
         self.turns, self.images, self.pending = [], [], None
 
     def say(self, text: str) -> list[str]:
-        """One exchange: the user's text in, the lines to show out (answer and results)."""
+        """One exchange: the user's text in, the lines to show out (answer and results). A turn
+        the model cannot take (InputError: over its positions, no image for its task) is not
+        kept: the conversation stays as it was, and the image stays attached."""
         image, self.pending = self.pending, None
         self.turns.append(Turn("user", text, image))
+        try:
+            answer = self.reply(self.turns)
+        except InputError:
+            self.turns.pop()
+            self.pending = image
+            raise
         if image is not None:
             self.images.append(image)
-        answer = self.reply(self.turns)
         self.turns.append(Turn("assistant", answer))
         _, outcomes = self.router.run(answer, images=self.images)
         n = sum(t.role == "assistant" for t in self.turns)
@@ -87,7 +94,8 @@ def run_chat(session: ChatSession, lines: Iterable[str], write: Callable[[str], 
              read_image: Callable[[str], np.ndarray], prompt: Callable[[], None] = lambda: None,
              ) -> int:
     """Drive a session from `lines` (a terminal or a script) until /quit or the end; returns
-    how many exchanges ran. A bad /image path is reported and the session goes on."""
+    how many exchanges ran. A bad /image path, a turn over the model's positions or without
+    the image its task needs is reported and the session goes on."""
     exchanges = 0
     prompt()
     for raw in lines:
@@ -108,9 +116,14 @@ def run_chat(session: ChatSession, lines: Iterable[str], write: Callable[[str], 
             write(f"error: unknown command {line.split()[0]}; use /image PATH, /reset or /quit")
         elif line:
             write(f"you> {line}")
-            for out in session.say(line):
-                write(out)
-            exchanges += 1
+            try:
+                shown = session.say(line)
+            except InputError as err:  # recoverable: say so, keep the session open
+                write(f"error: {err} (/reset starts a new conversation)")
+            else:
+                for out in shown:
+                    write(out)
+                exchanges += 1
         prompt()
     return exchanges
 

@@ -8,7 +8,8 @@
 4. Evaluation of every task on the test split -> DIR/metrics.json (flat), DIR/report.md,
    DIR/samples.png, and the full evaluation in DIR/eval/
 
-Re-running with the same --out resumes an interrupted demo from its last checkpoint.
+Re-running with the same --out resumes an interrupted demo from its last checkpoint; a folder
+holding a demo of another seed or size is refused (`--force` starts it over).
 `--quick` runs the same path with a tiny dataset, model and step budget (~1 minute).
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from utamoe.config import ConfigError, to_dict
 from utamoe.data.formats import load_split, read_manifest
 from utamoe.eval.report import print_summary, write_eval_outputs
 from utamoe.eval.run import EvalSampling, evaluate_model
@@ -31,6 +33,7 @@ from utamoe.shapes.benchmark import SHAPESWORLD
 from utamoe.train.checkpoint import latest_checkpoint
 from utamoe.train.config import load_config
 from utamoe.train.progress import bar
+from utamoe.train.run_dir import clean_start
 from utamoe.train.trainer import Trainer
 
 # The project's goals for the demo (test split), reported next to the measured values and
@@ -68,9 +71,46 @@ def _dataset(out: Path, seed: int, quick: bool, console: Console):
     return world
 
 
-def _train(out: Path, data_dir: Path, seed: int, quick: bool, console: Console) -> Path:
+def _recipe(out: Path, data_dir: Path, seed: int, quick: bool):
     overrides = [f"data.dir={data_dir}", f"run.out={out}", f"run.seed={seed}"]
-    cfg = load_config("utamoe", overrides + (QUICK_OVERRIDES if quick else []))
+    return load_config("utamoe", overrides + (QUICK_OVERRIDES if quick else []))
+
+
+def _check_out(out: Path, cfg, force: bool) -> None:
+    """`out` must be new, empty, or a demo of this very recipe (same seed and size): a demo of
+    another one would be resumed on other data. `force` starts such a demo over; a folder that
+    holds no demo at all is never written into."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not (out / "config.yaml").is_file() and not (out / "data" / "dataset.json").is_file():
+        raise ConfigError(f"{out} is not empty and holds no demo; give a new or empty --out")
+    if not (out / "config.yaml").is_file():
+        return
+    try:
+        old = _flat(to_dict(load_config(str(out / "config.yaml"))))
+    except ConfigError:  # written by another utamoe version: not this recipe either
+        old = {"config.yaml": "another utamoe's"}
+    new = _flat(to_dict(cfg))
+    differ = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    if differ and not force:
+        shown = ", ".join(f"{k} {old.get(k)!r} there, {new.get(k)!r} here" for k in differ[:3])
+        raise ConfigError(f"{out} holds a demo of another seed or size ({shown}"
+                          f"{', ...' if len(differ) > 3 else ''}); give another --out, or pass "
+                          "--force to start it over (its tokenizers, checkpoints and model are "
+                          "replaced)")
+    if differ:
+        clean_start(out)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _train(out: Path, data_dir: Path, seed: int, quick: bool, console: Console) -> Path:
+    cfg = _recipe(out, data_dir, seed, quick)
     resume = latest_checkpoint(out / "checkpoints") is not None
     if resume:
         console.print(f"[train] resuming from {latest_checkpoint(out / 'checkpoints')}")
@@ -161,9 +201,10 @@ def _cpu_model() -> str:
         return ""
 
 
-def run_demo(out: str | Path, quick: bool = False, seed: int = 0) -> dict:
+def run_demo(out: str | Path, quick: bool = False, seed: int = 0, force: bool = False) -> dict:
     console = Console()
     out = Path(out)
+    _check_out(out, _recipe(out, out / "data", seed, quick), force)
     start = time.perf_counter()
     console.rule("[bold]1/3 ShapesWorld dataset")
     world = _dataset(out / "data", seed, quick, console)

@@ -133,6 +133,19 @@ def test_cli_eval_writes_all_outputs(saved, capsys):
     assert metrics["sampling"] | {"seed": 7, "cfg_scale": 2.0, "top_k": 8,
                                   "batch_size": 4} == metrics["sampling"]
     assert metrics["counts"] == {t: 2 for t in WORLD.tasks} and metrics["seconds"] > 0
+    settings = metrics["settings"]
+    assert settings["harness"] == "utamoe eval" and settings["seed"] == 7
+    assert settings["cfg_scale"] == 2.0 and settings["max_new_tokens"] == 8
+    assert settings["text_temperature"] == 0.0 and settings["prompt_rewriting"] == "off"
+    assert settings["precision"] == {"device": "cpu", "dtype": "float32"}
+    assert settings["prompt_templates"]["vqa"].startswith("<bos> <vqa> <img> <und_slot> x ")
+    assert settings["prompt_templates"]["t2i"] == "<bos> <t2i> {prompt} <img>"
+    import torch
+
+    import utamoe
+
+    assert settings["versions"]["torch"] == torch.__version__
+    assert settings["versions"]["utamoe"] == utamoe.__version__
     report = (out_dir / "report.md").read_text()
     assert "## Sampling settings" in report and "--seed 7" in report and "cfg_scale | 2.0" in report
     from PIL import Image
@@ -183,3 +196,17 @@ def test_images_are_read_a_batch_at_a_time_and_let_go_for_text_scorers(tmp_path)
     by = {s.id: s for s in lazy.samples}
     assert all(by[s.id].image is None for s in bare if s.task in ("caption", "vqa", "pope"))
     assert all(by[s.id].target_image is not None for s in bare if s.task == "t2i")
+
+
+def test_tasks_the_model_never_trained_on_are_named(saved, tmp_path):
+    """Issue 28 (also noticed): a UnifiedMLLM model was scored 0 on POPE, a task its mixtures
+    omit, without a word. The model directory records the tasks its training saw."""
+    model, tok, _ = tiny_model()
+    save_model_dir(model, tmp_path / "m", tok, trained_tasks=["vqa", "caption"])
+    predictor = Predictor.load(tmp_path / "m")
+    assert predictor.trained_tasks == ["caption", "vqa"]
+    samples = [s for s in load_split(saved / "data" / "test.jsonl")[0] if s.task in ("vqa", "pope")]
+    result = evaluate_model(predictor, samples, progress=False, predict_fn=oracle)
+    assert any("never trained on pope" in n for n in result.notes), result.notes
+    assert not any("vqa" in n for n in result.notes if "never trained" in n)
+    assert Predictor.load(saved / "run" / "model").trained_tasks is None  # not recorded: no note

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from utamoe.data.conversations import Turn
 from utamoe.infer.checks import InputError
 from utamoe.infer.predictor import Predictor
 from utamoe.infer.sampling import SamplingConfig
@@ -94,3 +95,53 @@ def test_an_optional_image_is_read_when_given():
     assert mixed[1] == text_only[0] and mixed[0] == shared[0]
     with pytest.raises(InputError, match="2 images for 1 questions"):
         predictor.answer([img, img], ["q"], task="instruct")
+
+
+@pytest.mark.parametrize("token", ["<und_slot>", "<img>", "</img>", "<eos>", "<code_slot>", "<t2i>"])
+def test_special_token_text_in_prompts_is_text(predictor, token):
+    """A prompt holding the string of a special token is answered like any text (issue 28,
+    item 3): no traceback from answer, generate, edit or converse."""
+    img = images(1)[0]
+    text = f"what {token} color{token} is it ?"
+    assert isinstance(predictor.answer(img, [text])[0], str)
+    assert predictor.generate([text])[0].shape == (48, 48, 3)
+    assert predictor.edit(img, [text])[0].shape == (48, 48, 3)
+    assert isinstance(predictor.converse([[Turn("user", text, img)]], "vqa")[0], str)
+
+
+def test_results_count_their_tokens_and_say_whether_they_stopped(predictor):
+    from utamoe.data.conversations import Turn
+
+    img = images(1)[0]
+    turns = [Turn("user", "what color is the circle ?", img)]
+    req = predictor.conversation_request(turns, "dialog", SamplingConfig(max_new_tokens=3))
+    gen = predictor.request("t2i", "a red circle")
+    text, image = predictor.run([req, gen])
+    assert 1 <= text.tokens <= 3 and (text.stopped or text.tokens == 3)
+    assert text.text == predictor.converse([turns], "dialog", SamplingConfig(max_new_tokens=3))[0]
+    assert image.tokens == predictor.code_grid ** 2 and not image.stopped
+    assert predictor.prompt_tokens(req) == len(predictor.encoder.conversation("dialog", turns).input_ids)
+    assert predictor.prompt_tokens(gen) == len(predictor.encoder.prefix("t2i", "a red circle").input_ids)
+    with pytest.raises(InputError, match="must end with a user turn"):
+        predictor.conversation_request([Turn("user", "hi"), Turn("assistant", "yes")])
+    with pytest.raises(InputError, match="produces images"):
+        predictor.conversation_request(turns, "t2i")
+
+
+def test_loglikelihood_ranks_the_greedy_answer_first_in_any_batch(predictor):
+    img, q = images(1)[0], "what color is the circle ?"
+    first = predictor.answer(img, q, sampling=SamplingConfig(max_new_tokens=1))[0]
+    options = ["red", "blue", "yes", "no", "circle"]
+    if first not in options:
+        options.append(first)
+    scores = predictor.loglikelihood("vqa", [q] * len(options), options, img)
+    best = max(range(len(options)), key=lambda i: scores[i][0])
+    assert options[best] == first and scores[best][1]
+    assert all(lp < 0 for lp, _ in scores)
+    assert [g for _, g in scores] == [o == first for o in options]
+    alone = predictor.loglikelihood("vqa", q, options[0], img)[0]
+    assert alone[0] == pytest.approx(scores[0][0], abs=1e-4)  # padding changes nothing
+    two = predictor.loglikelihood("vqa", q, "red blue", img)[0][0]
+    assert two < scores[options.index("red")][0]  # one more token, less likely
+    with pytest.raises(InputError, match="produces images"):
+        predictor.loglikelihood("t2i", "x", "y")

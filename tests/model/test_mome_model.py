@@ -14,7 +14,7 @@ import torch
 from utamoe.config import ConfigError
 from utamoe.infer.engine import Engine, Request
 from utamoe.infer.sampling import SamplingConfig
-from utamoe.model.io import load_model_dir, save_model_dir
+from utamoe.model.io import ModelDirError, load_model_dir, save_model_dir
 from utamoe.moe import TaskAwareMoE, moe_layers
 from utamoe.moe.mole import MoLELayer, mole_layers
 
@@ -94,5 +94,7 @@ def test_missing_sentence_encoder_directory_is_a_clear_error(trained, tmp_path):
     meta = json.loads((tmp_path / "m" / "utamoe.json").read_text())
     meta["config"]["sentence_encoder"] = str(tmp_path / "gone")
     (tmp_path / "m" / "utamoe.json").write_text(json.dumps(meta))
-    with pytest.raises(ConfigError, match="gone.*not a Hugging Face model directory"):
+    with pytest.raises(ModelDirError, match="names sentence_encoder=.*gone"):  # never followed
         load_model_dir(tmp_path / "m")
+    with pytest.raises(ConfigError, match="gone.*not a Hugging Face model directory"):
+        load_model_dir(tmp_path / "m", follow_paths=True)

@@ -67,7 +67,8 @@ def test_the_adapter_contract_on_a_stand_in(standin):
     image = np.random.default_rng(0).integers(0, 255, (20, 30, 3), np.uint8)
     _, (t2i, edit) = SpanRouter(ex).run("<t2i>a red circle</t2i> <edit>make it green<box>"
                                         "[0.25,0.25,0.75,0.75]</box></edit>", [image])
-    assert StandIn.loaded == [(str(standin), {"local_files_only": True})] * 2
+    assert StandIn.loaded == [(str(standin), {"trust_remote_code": False,
+                                              "local_files_only": True})] * 2
     assert t2i.result.images[0].shape == (24, 32, 3)
     call = ex["t2i"].pipeline.calls[0]
     assert (call["prompt"], call["steps"], call["negative_prompt"]) == ("a red circle", 2, "blurry")

@@ -3,6 +3,8 @@ place in the text, never an exception; format_span and parse_response are invers
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -147,3 +149,12 @@ def test_format_span_refuses_what_would_not_parse(call, message):
 
 def test_span_tokens_list_every_pair_and_the_box():
     assert span_token_strings(["t2i", "seg"]) == ["<t2i>", "</t2i>", "<seg>", "</seg>", "<box>", "</box>"]
+
+
+def test_pathological_text_parses_in_linear_time():
+    """Issue 28, item 15: unknown openers each scanned the rest of the text for a closer."""
+    text = "<a>" * 40_000 + "<edit>" + "</x>" * 20_000
+    start = time.perf_counter()
+    parsed = parse_response(text, ["edit"])
+    assert time.perf_counter() - start < 5.0
+    assert len(parsed.errors) == 60_000 and not parsed.spans

@@ -1,13 +1,17 @@
 """The text tokenizer: special tokens are never split, every registered task has a marker,
-a model's own tokenizer loads as saved (no marker added that the model has no row for)."""
+a model's own tokenizer loads as saved (no marker added that the model has no row for), and
+text is text: the string of a special token in a prompt or answer is characters."""
 
 from __future__ import annotations
 
 from utamoe.tasks import Task, register_task, task_names, unregister_task
+from utamoe.text.span_tokens import add_span_tokens, special_span_tokens
 from utamoe.text.tokenizer import (
     BASE_SPECIAL_TOKENS,
     SpecialIds,
+    encode_text,
     load_text_tokenizer,
+    special_strings,
     task_token,
     train_text_tokenizer,
 )
@@ -36,3 +40,28 @@ def test_a_task_registered_later_gets_a_marker_in_new_tokenizers_only(tmp_path):
         assert len(extended) == len(old) + 1 and "ocr" in SpecialIds.of(extended).tasks
     finally:
         unregister_task("ocr")
+
+
+# ---------------------------------------------------------------- user text is text (issue 28, item 3)
+
+INJECT = ["<und_slot>", "<eos>", "<img>", "</img>", "<vqa>", "<sep>", "<pad>", "<null>", "<code_slot>"]
+
+
+def test_special_token_strings_in_text_are_characters():
+    tok = train_text_tokenizer(["what color is the circle", "remove it", "[0.1,0.2]"] * 10, 300)
+    add_span_tokens(tok, ["edit", "seg"])
+    structural = {tok.convert_tokens_to_ids(t) for t in special_strings(tok)}
+    for t in INJECT:
+        text = f"what {t} color{t}"
+        ids = encode_text(tok, text)
+        assert not structural & set(ids), t
+        assert tok.decode(ids).strip() == text
+    plain = "what color is the circle"  # ordinary text: exactly what encode gives
+    assert encode_text(tok, plain) == tok.encode(plain, add_special_tokens=False)
+    keep = special_span_tokens(tok)
+    assert keep == {"<edit>", "<seg>"}
+    answer = "ok <edit>remove it<box>[0.1,0.2,0.3,0.4]</box></edit>"
+    assert encode_text(tok, answer, keep) == tok.encode(answer, add_special_tokens=False)
+    ids = encode_text(tok, answer + " <eos><und_slot>", keep)
+    assert ids.count(tok.convert_tokens_to_ids("<edit>")) == 1
+    assert not {tok.convert_tokens_to_ids(t) for t in ("<eos>", "<und_slot>")} & set(ids)

@@ -99,3 +99,20 @@ def test_moved_keys_of_older_configs_are_read_at_their_new_place(tiny_assets, tm
     both = {**old, "train": {**old["train"], "cfg_dropout": 0.5}}
     with pytest.raises(ConfigError, match="model.cfg_dropout is the old name of train.cfg_dropout"):
         build_config(both)
+
+
+def test_extends_never_echoes_a_file_that_is_not_a_recipe(tmp_path):
+    """Issue 28, item 19: `extends: /etc/shadow` printed the file's first line in the error."""
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$6$SECRETHASH:19000:0:99999:7:::\n")
+    for target in (str(secret), "shadow"):
+        (tmp_path / "r.yaml").write_text(f"extends: {target}\n")
+        with pytest.raises(ConfigError, match="must name a .yaml recipe") as err:
+            load_config(str(tmp_path / "r.yaml"))
+        assert "SECRETHASH" not in str(err.value)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: {lr: SECRETVALUE\n")
+    (tmp_path / "r.yaml").write_text("extends: broken.yaml\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: not valid YAML \(.* at line \d+") as err:
+        load_config(str(tmp_path / "r.yaml"))
+    assert "SECRETVALUE" not in str(err.value)

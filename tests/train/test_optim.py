@@ -170,6 +170,14 @@ def test_muon_trains_the_utamoe_recipe_and_resumes_exactly(tiny_assets, tmp_path
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_a_stage_may_choose_its_own_optimiser(tiny_assets, tmp_path):
+    stages = [{"name": "a", "steps": 1}, {"name": "b", "steps": 1, "optimizer": "adamw"}]
+    trainer = _trainer(tiny_assets, tmp_path / "r", stages, optimizer="muon")
+    first, _ = trainer._optimizer(trainer.cfg.stages[0])
+    second, _ = trainer._optimizer(trainer.cfg.stages[1])
+    assert isinstance(first, MuonAdamW) and type(second) is torch.optim.AdamW
+
+
 def test_optimiser_config_is_validated(tiny_assets, tmp_path):
     with pytest.raises(ConfigError, match="optimizer"):
         build_config(tiny_recipe(tiny_assets, tmp_path, None, optimizer="sgd"))

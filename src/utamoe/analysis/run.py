@@ -26,6 +26,7 @@ from utamoe.analysis.routing import RoutingAnalysis, routing_analysis
 from utamoe.data.formats import Sample
 from utamoe.data.sequences import collate, precompute_codes, training_sequences
 from utamoe.infer.checks import InputError
+from utamoe.progress import Progress
 from utamoe.tasks import task_names
 
 
@@ -88,7 +89,7 @@ def build_batches(model, encoder, samples: list[Sample], batches: int, batch_siz
 def run_analysis(model, encoder, samples: list[Sample], batches: int = 4, batch_size: int = 16,
                  seed: int = 0, progress: bool = True) -> AnalysisResult:
     """Conflict diagnostics and routing analysis of `model` on `samples` (see the docstring)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     start = time.perf_counter()
     und, gen, by_task, counts = build_batches(model, encoder, samples, batches, batch_size, seed)

@@ -14,6 +14,7 @@ import sys
 from utamoe import __version__
 from utamoe.cli.data import _add_data_verb
 from utamoe.cli.evaluate import _add_analyze_verb, _add_eval_verb
+from utamoe.cli.harness import _add_harness_verbs
 from utamoe.cli.infer import _add_inference_verbs
 from utamoe.cli.serve import _add_serve_verb
 from utamoe.cli.training import _add_training_verbs
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_verbs(verbs)
     _add_eval_verb(verbs)
     _add_analyze_verb(verbs)
+    _add_harness_verbs(verbs)
     _add_training_verbs(verbs)
     _add_serve_verb(verbs)
     return parser

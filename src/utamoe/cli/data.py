@@ -4,13 +4,17 @@ check a dataset directory."""
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 from utamoe.data.check import check_dataset, print_check
 from utamoe.data.check_sample import check_sampled
 from utamoe.data.formats import DataFormatError
 from utamoe.data.importing import KINDS, ImportOptions, ImportReport, run_import
+from utamoe.fsutil import check_output_dir
 from utamoe.infer.checks import InputError
+from utamoe.infer.predictor import Predictor
+from utamoe.progress import Progress
 from utamoe.shapes import ShapesWorldConfig, total_samples, write_dataset
 from utamoe.shapes.world import ALL_TASKS, DEFAULT_SIZES
 
@@ -30,19 +34,21 @@ def cmd_data_shapes(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
 
     out = Path(args.out)
     if out.exists() and any(out.glob("*.jsonl")) and not args.force:
         print(f"error: {out} already holds a dataset; pass --force to overwrite it",
               file=sys.stderr)
         return 1
+    if not args.force:  # a dataset is written into a new or empty folder, never among other files
+        check_output_dir(out, ("dataset.json",), "dataset")
     config = ShapesWorldConfig(seed=args.seed, image_size=args.image_size,
                                sizes={**DEFAULT_SIZES, **_parse_sizes(args.sizes)},
                                tasks=tuple(args.tasks) if args.tasks else ALL_TASKS)
     start = time.perf_counter()
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns) as bar:
+    with Progress(*columns, unit="sample") as bar:
         job = bar.add_task("ShapesWorld", total=total_samples(config))
         counts = write_dataset(out, config, progress=lambda n: bar.advance(job, n))
     seconds = time.perf_counter() - start
@@ -55,9 +61,16 @@ def cmd_data_shapes(args: argparse.Namespace) -> int:
 def cmd_data_check(args: argparse.Namespace) -> int:
     if args.sample is not None and args.sample < 1:
         raise InputError(f"--sample must be at least 1, got {args.sample}")
+    lengths = limit = None
+    if args.model:  # sequence lengths against this model's tokenizer and positions
+        predictor = Predictor.load(args.model)
+        limit = getattr(predictor.model.lm.config, "max_position_embeddings", None)
+        lengths = functools.partial(predictor.encoder.lengths, codes=predictor.code_grid ** 2)
     try:
-        result = (check_dataset(args.dir, max_errors=args.max_errors) if args.sample is None
-                  else check_sampled(args.dir, args.sample, args.seed, args.max_errors))
+        result = (check_dataset(args.dir, max_errors=args.max_errors, lengths=lengths, limit=limit)
+                  if args.sample is None
+                  else check_sampled(args.dir, args.sample, args.seed, args.max_errors,
+                                     lengths=lengths, limit=limit))
     except DataFormatError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -159,4 +172,6 @@ def _add_data_verb(verbs: argparse._SubParsersAction) -> None:
                    help="large datasets: validate every record but decode the images of N random "
                         "records per split only")
     c.add_argument("--seed", type=int, default=0, help="which records --sample decodes (default 0)")
+    c.add_argument("--model", help="also check that every sample fits this model's positions "
+                                   "(a model directory; its tokenizer counts the tokens)")
     c.set_defaults(func=cmd_data_check)

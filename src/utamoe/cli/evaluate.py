@@ -17,6 +17,7 @@ from utamoe.data.formats import (
 )
 from utamoe.eval.report import print_summary, write_eval_outputs
 from utamoe.eval.run import EvalSampling, evaluate_model
+from utamoe.fsutil import check_output_dir
 from utamoe.infer.checks import InputError
 from utamoe.infer.predictor import Predictor
 
@@ -28,7 +29,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args, f"eval-{args.split}", load_images=False, batch_size=args.batch_size,
         max_per_task=args.max_per_task,
         max_new_tokens=args.max_new_tokens)
-    sampling = EvalSampling(temperature=args.temperature, top_k=args.top_k,
+    sampling = EvalSampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             cfg_scale=args.cfg_scale, seed=args.seed,
                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     split = data / f"{args.split}.jsonl"  # images read a batch at a time (evaluate_model)
@@ -43,6 +44,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     paths = write_eval_outputs(result, out, command=shlex.join(command))
     print_summary(result, paths)
     return 0
+
+
+# What each verb writes in --out: an existing directory holding none of them is not replaced.
+OWN_FILES = {"eval": ("metrics.json", "predictions.jsonl"), "analyze": ("conflict.json", "routing.json")}
 
 
 def _model_and_split(args: argparse.Namespace, out_name: str, load_images: bool = True,
@@ -60,12 +65,13 @@ def _model_and_split(args: argparse.Namespace, out_name: str, load_images: bool 
     if args.split not in splits:
         raise DataFormatError(data, None, f"no split '{args.split}' here (found: "
                               f"{', '.join(splits) or 'none'}); pass --split with one of them")
+    out = Path(args.out) if args.out else Path(args.model).resolve().parent / out_name
+    check_output_dir(out, OWN_FILES[args.verb], f"`utamoe {args.verb}` output")
     predictor = Predictor.load(args.model, args.device)
     samples, _ = load_split(data / f"{args.split}.jsonl", load_images=load_images)
     if not samples:
         raise InputError(f"{data / (args.split + '.jsonl')} has no samples; pass --split with a "
                          "split that has some")
-    out = Path(args.out) if args.out else Path(args.model).resolve().parent / out_name
     return predictor, samples, data, out
 
 
@@ -87,8 +93,9 @@ def _add_eval_verb(verbs: argparse._SubParsersAction) -> None:
     e.add_argument("--max-per-task", type=int, help="evaluate the first N samples of each task")
     e.add_argument("--batch-size", type=int, default=32, help="samples per generation batch "
                    "(default 32; image seeds depend on it)")
-    e.add_argument("--max-new-tokens", type=int, default=48,
-                   help="longest text answer in tokens (default 48)")
+    e.add_argument("--max-new-tokens", type=int, default=96,
+                   help="longest text answer in tokens (default 96: a task-span answer with two "
+                        "boxes is about 45)")
     _add_sampling_args(e, temperature=1.0, cfg_scale=3.0)
     e.set_defaults(func=cmd_eval)
 

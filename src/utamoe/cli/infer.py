@@ -4,6 +4,7 @@ and the sampling arguments they (and `eval`) share."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -21,6 +22,8 @@ def _add_sampling_args(p: argparse.ArgumentParser, temperature: float, cfg_scale
     p.add_argument("--temperature", type=float, default=temperature,
                    help=f"sampling temperature, 0 = greedy (default {temperature})")
     p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="keep the most likely tokens holding this probability mass (1 = all)")
     if cfg_scale is not None:
         p.add_argument("--cfg-scale", type=float, default=cfg_scale,
                        help=f"classifier-free guidance scale, 1 = none (default {cfg_scale})")
@@ -29,7 +32,7 @@ def _add_sampling_args(p: argparse.ArgumentParser, temperature: float, cfg_scale
 
 
 def _sampling(args: argparse.Namespace):
-    return SamplingConfig(temperature=args.temperature, top_k=args.top_k,
+    return SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                           cfg_scale=getattr(args, "cfg_scale", 1.0), seed=args.seed)
 
 
@@ -62,8 +65,6 @@ def output_paths(out: str, n_prompts: int, n_images: int):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from PIL import Image
 
     if args.num_images < 1:
@@ -119,6 +120,12 @@ def _add_inference_verbs(verbs: argparse._SubParsersAction) -> None:
     c.add_argument("--task", default="dialog", help="the conversation task (default dialog)")
     c.add_argument("--executor", action="append", default=[], metavar="TASK=SPEC",
                    help="executor of a task span, e.g. edit=model_edit (docs/executors.md)")
+    c.add_argument("--max-new-tokens", type=int, default=96,
+                   help="longest answer in tokens (default 96: a span answer with two boxes is "
+                        "about 45)")
+    c.add_argument("--executor-timeout", type=float, default=300.0,
+                   help="seconds an executor may run before its span is reported as timed out "
+                        "(default 300)")
     _add_sampling_args(c, temperature=0.0, cfg_scale=None)
     c.set_defaults(func=cmd_chat)
 
@@ -126,14 +133,20 @@ def _add_inference_verbs(verbs: argparse._SubParsersAction) -> None:
 def cmd_chat(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    if args.max_new_tokens < 1 or not args.executor_timeout > 0:
+        raise InputError("--max-new-tokens must be at least 1 and --executor-timeout > 0")
     predictor = Predictor.load(args.model, args.device)
-    reply = model_reply(predictor, args.task, _sampling(args))
+    sampling = dataclasses.replace(_sampling(args), max_new_tokens=args.max_new_tokens)
+    reply = model_reply(predictor, args.task, sampling)
     specs = dict(item.partition("=")[::2] for item in args.executor)
-    router = SpanRouter(executors_from_config(specs, ExecContext(predictor, args.device)))
+    router = SpanRouter(executors_from_config(specs, ExecContext(predictor, args.device)),
+                        timeout_s=args.executor_timeout)
     session = ChatSession(reply, router, Path(args.out))
     if args.image:
         session.attach(read_image(args.image))
     tty = sys.stdin.isatty()
+    if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 become U+FFFD, not a crash
+        sys.stdin.reconfigure(errors="replace")
     run_chat(session, sys.stdin, print, read_image,
              prompt=(lambda: print("you> ", end="", flush=True)) if tty else (lambda: None))
     return 0

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
+import signal
 import sys
+from pathlib import Path
 
 from utamoe.infer.checks import InputError
 from utamoe.infer.predictor import Predictor
@@ -23,17 +26,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not key:
         print(f"warning: listening on {args.host} without an API key (--api-key or "
               "UTAMOE_API_KEY); anyone who reaches it can use the model", file=sys.stderr)
-    for name in ("max_batch", "queue_size"):
-        if getattr(args, name) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+    check_settings(args)
     predictor = Predictor.load(args.model, args.device)
     config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                          queue_size=args.queue_size, timeout_s=args.timeout, api_key=key)
-    app = create_app(predictor, config, model_dir=str(args.model))
+    app = create_app(predictor, config, model_dir=Path(args.model).resolve().name)
     print(f"serving {args.model} on http://{args.host}:{args.port} (page /, API docs /docs)")
+    # uvicorn drains on SIGTERM, then raises the signal again for the handler that was there
+    # before it: this one, so that a clean drain exits 0 instead of "killed by SIGTERM".
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
-                timeout_graceful_shutdown=int(args.timeout))
+                timeout_graceful_shutdown=max(1, math.ceil(args.timeout)))
     return 0
+
+
+def check_settings(args: argparse.Namespace) -> None:
+    """Every number the server runs with, checked before the model loads."""
+    for name in ("max_batch", "queue_size"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+    if not 1 <= args.port <= 65535:
+        raise InputError(f"--port {args.port} is not a TCP port (1..65535)")
+    if not math.isfinite(args.timeout) or args.timeout <= 0:
+        raise InputError(f"--timeout {args.timeout} must be a number of seconds > 0")
+    if not math.isfinite(args.max_wait_ms) or args.max_wait_ms < 0:
+        raise InputError(f"--max-wait-ms {args.max_wait_ms} must be a number >= 0")
 
 
 def _add_serve_verb(verbs: argparse._SubParsersAction) -> None:

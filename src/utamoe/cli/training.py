@@ -8,11 +8,13 @@ from pathlib import Path
 
 from utamoe.data.formats import find_benchmark
 from utamoe.demo import run_demo
+from utamoe.fsutil import WriteFailed, check_replaceable
 from utamoe.infer.checks import InputError
 from utamoe.train.codec import DiskImages, format_report, train_tokenizer
 from utamoe.train.config import load_config
-from utamoe.train.run_dir import ARTEFACTS, resume_overrides
+from utamoe.train.run_dir import check_run_dir, resume_overrides
 from utamoe.train.trainer import Trainer, TrainingStopped
+from utamoe.vision.tokenizer import IS_OWN as TOKENIZER_IS_OWN
 from utamoe.vision.tokenizer import TokenizerConfig
 
 
@@ -33,16 +35,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             return 2
         cfg = load_config(args.config, args.set)
         run_dir = Path(args.out or cfg.run.out)
-        if any((run_dir / a).exists() for a in ARTEFACTS) and not args.force:
-            print(f"error: {run_dir} already holds a run; continue it with --resume {run_dir} "
-                  f"or pass --force to start over (its checkpoints, tokenizers, log and model "
-                  f"are removed)", file=sys.stderr)
-            return 2
+        check_run_dir(run_dir, args.force)
     try:
         model_dir = Trainer(cfg, run_dir).run(resume=bool(args.resume), fresh=args.force)
     except TrainingStopped as stop:
         print(f"stopped: {stop}", file=sys.stderr)
         return 3
+    except WriteFailed as err:  # a full disk: the last complete checkpoint is intact
+        print(f"error: {err}; then continue with `utamoe train --resume {run_dir}`",
+              file=sys.stderr)
+        return 2
     print(f"model written to {model_dir}")
     return 0
 
@@ -53,10 +55,12 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     config = TokenizerConfig.quick() if args.quick else TokenizerConfig()
+    # --out is checked before the split is indexed (train_tokenizer checks again before training)
+    check_replaceable(args.out, TOKENIZER_IS_OWN, "a VQ image tokenizer directory", args.force)
     data, evals = _codec_data(Path(args.data), config.image_size)
     _, report = train_tokenizer(data, config, out_dir=args.out, steps=args.steps,
                                 batch_size=args.batch_size, seed=args.seed, eval_images=evals,
-                                workers=args.workers)
+                                workers=args.workers, replace=args.force)
     print(format_report(report))
     print(f"tokenizer written to {args.out}")
     return 0
@@ -73,7 +77,7 @@ def _codec_data(root: Path, size: int) -> tuple:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    run_demo(args.out, quick=args.quick, seed=args.seed)
+    run_demo(args.out, quick=args.quick, seed=args.seed, force=args.force)
     return 0
 
 
@@ -83,6 +87,8 @@ def _add_training_verbs(verbs: argparse._SubParsersAction) -> None:
     d.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     d.add_argument("--quick", action="store_true", help="same path, tiny sizes (~1 minute)")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--force", action="store_true",
+                   help="start over in a folder that holds a demo of another seed or size")
     d.set_defaults(func=cmd_demo)
     t = verbs.add_parser("train", help="train a model from a YAML recipe (or resume a run)")
     t.add_argument("--config", help="YAML experiment config (see configs/)")
@@ -105,4 +111,7 @@ def _add_training_verbs(verbs: argparse._SubParsersAction) -> None:
     tr.add_argument("--workers", type=int, default=0,
                     help="processes reading images ahead of training (data that is not a "
                          "benchmark's is read from disk per step; default 0)")
+    tr.add_argument("--force", action="store_true",
+                    help="replace whatever is at --out (without it, only an earlier tokenizer or "
+                         "an empty directory is replaced)")
     tr.set_defaults(func=cmd_tokenizer_train)

@@ -1,6 +1,7 @@
 """`utamoe data check`: validate any dataset directory and summarise it per split and task.
 
-Loading runs in skip mode so that one pass finds every broken record; the summary
+Loading runs in skip mode so that one pass finds every broken record; images are decoded one
+at a time and only their sizes kept, so memory does not grow with the dataset. The summary
 shows counts, the share of each task in its split, task groups, image sizes and one example
 per task, then the first errors of each split with file and line, so a user fixing their own
 data sees what is wrong and where without reading the loader. For an imported dataset it also
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +21,13 @@ from utamoe.data.formats import (
     DataFormatError,
     LoadReport,
     Sample,
+    image_root,
     list_splits,
     load_split,
+    located,
+    overlong,
     read_manifest,
+    read_record_image,
 )
 
 SPLIT_ORDER = ("train", "val", "test", "heldout")
@@ -58,27 +64,37 @@ def _size(img) -> str | None:
     return None if img is None else f"{img.shape[1]}x{img.shape[0]}"
 
 
-def check_dataset(root: str | Path, max_errors: int = 5) -> CheckResult:
+def check_dataset(root: str | Path, max_errors: int = 5,
+                  lengths: Callable[[list[Sample]], list[int]] | None = None,
+                  limit: int | None = None) -> CheckResult:
     """Load every split in skip mode and summarise it (raises DataFormatError only when the
-    directory itself is not a dataset)."""
+    directory itself is not a dataset). With `lengths` (samples -> their sequences' token
+    counts for a model) and `limit` (its positions), a longer sample is a broken record."""
     root = Path(root)
     manifest = read_manifest(root)
-    # The usual splits first, in their natural order, then any others.
-    names = sorted(list_splits(root), key=lambda n: (SPLIT_ORDER.index(n)
-                                                      if n in SPLIT_ORDER else 99, n))
-    if not names:
-        raise DataFormatError(root, None, "no <split>.jsonl files found; is this a dataset?")
+    images = image_root(root)  # the dataset directory, or the image root its manifest names
     splits, reports = {}, {}
-    for name in names:
-        samples, reports[name] = load_split(root / f"{name}.jsonl", "skip", max_errors=max_errors)
+    for name in split_names(root):
+        # Records first (fields, paths: no pixels), then each image decoded alone and only its
+        # size kept: memory does not grow with the number or the size of the images.
+        samples, reports[name] = load_split(root / f"{name}.jsonl", "skip", load_images=False,
+                                            max_errors=max_errors)
         tasks: dict[str, TaskSummary] = {}
-        for s in samples:
+        too_long = dict(overlong(samples, lengths, limit)) if lengths is not None else {}
+        for k, s in enumerate(samples):
+            try:
+                if k in too_long:
+                    raise too_long[k]
+                sizes = _image_sizes(s, images)
+            except DataFormatError as err:
+                reports[name].add(err)
+                reports[name].loaded -= 1
+                continue
             t = tasks.setdefault(s.task, TaskSummary(example=s))
             t.count += 1
-            if (size := _size(s.image)) is not None:
-                t.input_sizes[size] += 1
-            if (size := _size(s.target_image)) is not None:
-                t.target_sizes[size] += 1
+            for key, counter in (("image", t.input_sizes), ("target_image", t.target_sizes)):
+                if key in sizes:
+                    counter[sizes[key]] += 1
         splits[name] = tasks
     return CheckResult(str(root), manifest, splits, reports, imports=import_summary(root))
 
@@ -112,6 +128,17 @@ def import_summary(root: str | Path) -> dict[str, dict]:
     return out
 
 
+def _image_sizes(sample: Sample, images: Path) -> dict[str, str]:
+    """"WxH" of the sample's input and target images (paths relative to `images`), each decoded
+    (a damaged file is found) and dropped; a conversation's turn images are decoded too."""
+    path, line = located(sample)
+    where = (Path(path), line)
+    paths = {"image": sample.image_path, "target_image": sample.target_image_path}
+    paths.update({f"turns[{k}].image": t.image_path for k, t in enumerate(sample.turns or ())})
+    return {key: _size(read_record_image(images, rel, key, *where))
+            for key, rel in paths.items() if rel is not None}
+
+
 def _sizes(c: Counter) -> str:
     return ", ".join(f"{k} ({v})" if len(c) > 1 else k for k, v in c.most_common()) or "-"
 
@@ -129,11 +156,12 @@ def _example(s: Sample | None, width: int = 60) -> str:
 def print_check(result: CheckResult, console=None) -> None:
     """Print the summary table and the errors with rich."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console()
     name = result.manifest.get("name", "dataset")
-    table = Table(title=f"{name} at {result.root}")
+    table = Table(title=escape(f"{name} at {result.root}"))  # a name is text, not rich markup
     for col in ("split", "task", "group", "samples", "share", "input images", "target images"):
         table.add_column(col)
     examples: dict[str, Sample | None] = {}
@@ -141,11 +169,12 @@ def print_check(result: CheckResult, console=None) -> None:
         total = max(1, sum(t.count for t in tasks.values()))
         for task, t in sorted(tasks.items()):
             group = t.example.group if t.example else ""
-            table.add_row(split, task, group, str(t.count), f"{100 * t.count / total:.1f}%",
-                          _sizes(t.input_sizes), _sizes(t.target_sizes))
+            table.add_row(*map(escape, (split, task, group, str(t.count),
+                                        f"{100 * t.count / total:.1f}%", _sizes(t.input_sizes),
+                                        _sizes(t.target_sizes))))
             examples.setdefault(task, t.example)
         if not tasks:
-            table.add_row(split, "-", "", "0", "-", "-", "-")
+            table.add_row(escape(split), "-", "", "0", "-", "-", "-")
     console.print(table)
     if result.sampled is not None:
         console.print("every record validated; images decoded for a random sample of "
@@ -157,12 +186,13 @@ def print_check(result: CheckResult, console=None) -> None:
         console.print(f"  {task:<10} {_example(sample, 100)}", markup=False, highlight=False)
     for split, report in result.reports.items():
         if report.skipped:
-            console.print(f"[red]{split}: {report.skipped} broken record(s) skipped; first "
+            console.print(f"[red]{escape(split)}: {report.skipped} broken record(s) skipped; first "
                           f"{len(report.errors)}:[/red]")
             for err in report.errors:
                 console.print(f"  {err}", markup=False, highlight=False, soft_wrap=True)
     for name in result.empty:
-        console.print(f"[red]split '{name}' has no samples[/red] (an empty or blank-only file)")
+        console.print(f"[red]split '{escape(name)}' has no samples[/red] (an empty or blank-only "
+                      "file)")
     status = "[green]OK[/green]" if result.n_errors == 0 else f"[red]{result.n_errors} errors[/red]"
     total = sum(t.count for tasks in result.splits.values() for t in tasks.values())
     console.print(f"{total} valid samples in {len(result.splits)} split(s); {status}")

@@ -35,6 +35,7 @@ import numpy as np
 from utamoe.benchmarks import BenchmarkData, benchmark_of_manifest
 from utamoe.data.conversations import Turn, check_turns, load_turns
 from utamoe.tasks import get_task, is_task, task_names
+from utamoe.text.spans import parse_response
 from utamoe.vision.images import ImageTooLarge, ImageUnreadable, read_image
 
 FORMAT_NAME = "utamoe-dataset"
@@ -44,9 +45,14 @@ MANIFEST = "dataset.json"
 # far larger than any model reads); data.max_image_pixels sets it for a run.
 MAX_IMAGE_PIXELS = 64_000_000
 IMAGE_ROOT = "image_root"  # manifest key: the folder image paths resolve against (image_root())
+# A record longer than this is broken (1 MB of text is ~250k tokens, far past any model's
+# positions); refused before it is parsed, so one pasted file cannot exhaust memory.
+MAX_RECORD_BYTES = 1_000_000
 RECORD_KEYS = ("id", "task", "group", "prompt", "image", "target", "target_image", "meta", "turns")
 
 OnError = Literal["raise", "skip"]
+# A field that marks a record of another format (named in the unknown-field error).
+FOREIGN_FORMATS = {"conversations": "LLaVA-style", "messages": "`messages` (chat) JSONL"}
 
 
 class DataFormatError(ValueError):
@@ -76,6 +82,9 @@ class Sample:
     image_path: str | None = None
     target_image_path: str | None = None
     turns: list[Turn] | None = None
+    # Where the record was read ("path:line"), for errors found after loading (e.g. a sequence
+    # longer than the model's positions); None for generated samples. Not written.
+    source: str | None = field(default=None, compare=False)
 
     @property
     def group(self) -> str:
@@ -101,6 +110,30 @@ class Sample:
         if self.meta:
             rec["meta"] = self.meta
         return rec
+
+
+def located(sample: Sample) -> tuple[str, int | None]:
+    """(file, line) of a loaded sample's record, for an error found after loading."""
+    path, _, line = (sample.source or "").rpartition(":")
+    return path or f"sample {sample.id}", int(line) if line.isdigit() else None
+
+
+def too_long(sample: Sample, n: int, limit: int) -> DataFormatError:
+    """The error of a sample whose sequence (`n` tokens) is over a model's `limit` positions."""
+    return DataFormatError(*located(sample), f"sample {sample.id!r} is {n} tokens long; the "
+                           f"model has {limit} positions (max_position_embeddings): shorten "
+                           "it or split it")
+
+
+def overlong(samples: list[Sample], lengths: Callable[[list[Sample]], list[int]],
+             limit: int | None) -> list[tuple[int, DataFormatError]]:
+    """(index in `samples`, too_long error) of each sample whose sequence is longer than `limit`
+    positions; `lengths(samples)` counts their tokens for a model (utamoe.data.sequences.
+    Encoder.lengths). The one length check of training (in memory and on disk) and data check."""
+    if not limit or not samples:
+        return []
+    return [(k, too_long(s, n, limit)) for k, (s, n) in enumerate(zip(samples, lengths(samples)))
+            if n > limit]
 
 
 @dataclass
@@ -136,8 +169,11 @@ def _check_fields(rec: Any, path: Path, line: int) -> None:
         raise _fail(path, line, f"a record must be a JSON object, got {type(rec).__name__}")
     unknown = [k for k in rec if k not in RECORD_KEYS]
     if unknown:
+        foreign = next((f for key, f in FOREIGN_FORMATS.items() if key in rec), None)
+        hint = (f"; this looks like {foreign} data, which is converted to utamoe's format first "
+                "(docs/data_format.md)") if foreign else " (put extra information under 'meta')"
         raise _fail(path, line, f"unknown field(s) {unknown}; valid fields are "
-                    f"{', '.join(RECORD_KEYS)} (put extra information under 'meta')")
+                    f"{', '.join(RECORD_KEYS)}{hint}")
     conversation = "turns" in rec
     for key in ("id", "task", "group") + (() if conversation else ("prompt",)):
         if key not in rec:
@@ -147,6 +183,7 @@ def _check_fields(rec: Any, path: Path, line: int) -> None:
             raise _fail(path, line, f"field '{key}' must be a string, got {rec[key]!r}")
     if not rec["id"]:
         raise _fail(path, line, "field 'id' is empty; give every sample a unique id")
+    _check_unicode(rec, path, line)
     task = rec["task"]
     if not is_task(task):
         raise _fail(path, line, f"unknown task '{task}'; use one of {', '.join(task_names())} "
@@ -162,6 +199,7 @@ def _check_fields(rec: Any, path: Path, line: int) -> None:
         raise _fail(path, line, "field 'meta' must be a JSON object")
     if conversation:
         _check_conversation(rec, spec, path, line)
+        _check_spans(rec, path, line)
         return
     if spec.needs_image and not rec.get("image"):
         raise _fail(path, line, f"task '{task}' needs an input image: set 'image' to a PNG "
@@ -172,6 +210,41 @@ def _check_fields(rec: Any, path: Path, line: int) -> None:
     if spec.output == "image" and not rec.get("target_image"):
         raise _fail(path, line, f"missing target: task '{task}' needs 'target_image', a PNG "
                     "path relative to the dataset directory")
+    _check_spans(rec, path, line)
+
+
+def _check_unicode(rec: dict, path: Path, line: int) -> None:
+    """Every text field must be encodable text: JSON allows an unpaired surrogate (`"\\ud800"`),
+    which no tokenizer or file can take."""
+    texts = [(k, rec.get(k)) for k in ("id", "prompt", "target", "image", "target_image")]
+    turns = rec.get("turns") if isinstance(rec.get("turns"), list) else []
+    texts += [(f"turns[{k}].{f}", t.get(f)) for k, t in enumerate(turns) if isinstance(t, dict)
+              for f in ("text", "image")]
+    for key, value in texts:
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise _fail(path, line, f"field '{key}' holds an unpaired surrogate "
+                            f"({value[e.start]!r} at character {e.start}); write the text as "
+                            "valid Unicode") from None
+
+
+def _check_spans(rec: dict, path: Path, line: int) -> None:
+    """Task spans and boxes in answers (a text target, assistant turns) must be what the span
+    router accepts at inference (utamoe.text.spans): a box outside [0, 1], an unclosed or
+    mismatched span is an error here, not a surprise after training. Tags are the registered
+    tasks' names; a tag the data layer cannot judge (an executor's own) is left alone."""
+    answers = [("target", rec.get("target"))]
+    turns = rec.get("turns") or []
+    answers += [(f"turns[{k}].text", t["text"]) for k, t in enumerate(turns) if t["role"] == "assistant"]
+    for key, text in answers:
+        if not isinstance(text, str) or "<" not in text:
+            continue
+        errors = [e for e in parse_response(text, task_names()).errors if e.kind != "unknown_tag"]
+        if errors:
+            raise _fail(path, line, f"field '{key}': {errors[0].message} ({errors[0].kind}); the "
+                        "span router would refuse this answer at inference, fix the span")
 
 
 def _check_conversation(rec: dict, spec, path: Path, line: int) -> None:
@@ -190,21 +263,33 @@ def _check_conversation(rec: dict, spec, path: Path, line: int) -> None:
 
 
 def _image_path(root: Path, rel: str, key: str, path: Path, line: int) -> Path:
-    """The file a record's image path names, checked to exist and to stay inside the
-    dataset directory (or the image root its manifest names) after resolving symlinks (a
-    link out of it is refused)."""
+    """The file a record's image path names, checked to exist, to be a regular file and to stay
+    inside the dataset directory (or the image root its manifest names) after resolving
+    symlinks (a link out of it is refused)."""
     where = ("the dataset directory" if root == path.parent
              else f"the image root {root} (image_root in {MANIFEST})")
+    if "\x00" in rel:
+        raise _fail(path, line, f"'{key}' path {rel!r} contains a NUL character; fix the path")
     if os.path.isabs(rel) or ".." in Path(rel).parts:
         raise _fail(path, line, f"'{key}' path '{rel}' must be relative to {where} and stay "
                     "inside it")
     full = root / rel
-    if not full.is_file():
+    try:
+        exists, regular = full.exists(), full.is_file()
+        outside = (exists and _links_below(root, rel)
+                   and not full.resolve().is_relative_to(_real(root)))
+    except (OSError, ValueError) as e:  # a name too long for the filesystem, a NUL byte
+        raise _fail(path, line, f"'{key}' path '{rel[:60]}{'...' if len(rel) > 60 else ''}' "
+                    f"cannot be used ({getattr(e, 'strerror', None) or e}); fix the path") from None
+    if not exists:
         raise _fail(path, line, f"'{key}' image '{rel}' not found (looked for {full}); fix "
                     "the path or add the file")
-    if _links_below(root, rel) and not full.resolve().is_relative_to(_real(root)):
+    if outside:
         raise _fail(path, line, f"'{key}' image '{rel}' resolves to {full.resolve()}, outside "
                     f"{where} (a symlink?); copy the file into it")
+    if not regular:
+        kind = "a directory" if full.is_dir() else "not a regular file (a FIFO, device or socket)"
+        raise _fail(path, line, f"'{key}' image '{rel}' is {kind}; give the path of an image file")
     return full
 
 
@@ -225,8 +310,11 @@ def _links_below(root: Path, rel: str) -> bool:
     return False
 
 
-def _read_image(root: Path, rel: str, key: str, path: Path, line: int,
-                max_pixels: int = MAX_IMAGE_PIXELS, draft: int | None = None) -> np.ndarray:
+def read_record_image(root: Path, rel: str, key: str, path: Path, line: int,
+                      max_pixels: int = MAX_IMAGE_PIXELS, draft: int | None = None) -> np.ndarray:
+    """The image a record's field `key` names (checked as `_image_path` does), decoded; an
+    error names the record's file and line. `draft`: a JPEG is decoded at the smallest DCT
+    scale still at least that side (utamoe.vision.images.read_image)."""
     full = _image_path(root, rel, key, path, line)
     try:
         return read_image(full, max_pixels, draft)
@@ -250,7 +338,7 @@ def record_to_sample(rec: Any, root: Path, path: Path, line: int,
     if "turns" in rec:
         def read(rel: str, key: str):
             if load_images:
-                return _read_image(root, rel, key, path, line, max_pixels, draft)
+                return read_record_image(root, rel, key, path, line, max_pixels, draft)
             _image_path(root, rel, key, path, line)
             return None
 
@@ -261,7 +349,7 @@ def record_to_sample(rec: Any, root: Path, path: Path, line: int,
         if rel is None:
             images[key] = None
         elif load_images:
-            images[key] = _read_image(root, rel, key, path, line, max_pixels, draft)
+            images[key] = read_record_image(root, rel, key, path, line, max_pixels, draft)
         else:
             _image_path(root, rel, key, path, line)
             images[key] = None
@@ -269,7 +357,8 @@ def record_to_sample(rec: Any, root: Path, path: Path, line: int,
     return Sample(id=rec["id"], task=rec["task"], prompt=prompt, image=images["image"],
                   target=rec.get("target"), target_image=images["target_image"],
                   meta=dict(rec.get("meta") or {}), image_path=rec.get("image"),
-                  target_image_path=rec.get("target_image"), turns=turns)
+                  target_image_path=rec.get("target_image"), turns=turns,
+                  source=f"{path}:{line}")
 
 
 def with_images(sample: Sample, split: str | os.PathLike,
@@ -278,10 +367,12 @@ def with_images(sample: Sample, split: str | os.PathLike,
     name the split file and the sample): evaluation reads a batch's images when it needs them."""
     split = Path(split)
     try:
-        return record_to_sample(sample.to_record(), image_root(split.parent), split, None, True,
+        read = record_to_sample(sample.to_record(), image_root(split.parent), split, None, True,
                                 max_pixels, draft)
     except DataFormatError as err:
         raise DataFormatError(split, None, f"sample '{sample.id}': {err.message}") from err
+    read.source = sample.source  # still the record's file:line
+    return read
 
 
 # ---------------------------------------------------------------- loading
@@ -323,7 +414,11 @@ def load_split(path: str | os.PathLike, on_error: OnError = "raise", load_images
 
 
 def parse_record(raw: bytes, path: Path, lineno: int) -> Any:
-    """One line of a split file as parsed JSON (DataFormatError naming the line if it is not)."""
+    """One line of a split file as parsed JSON (DataFormatError naming the line if it is not,
+    or if it is over MAX_RECORD_BYTES): in memory (load_split) and on disk (data.ondisk) alike."""
+    if len(raw) > MAX_RECORD_BYTES:
+        raise _fail(path, lineno, f"the record is {len(raw):,} bytes; the limit is "
+                    f"{MAX_RECORD_BYTES:,} (far more text than a model reads): split or shorten it")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -333,6 +428,9 @@ def parse_record(raw: bytes, path: Path, lineno: int) -> Any:
     except json.JSONDecodeError as e:
         raise _fail(path, lineno, f"malformed JSON ({e.msg} at column {e.colno}); each line "
                     "must be one complete JSON object") from e
+    except (ValueError, RecursionError) as e:  # a 5000-digit number, nesting deeper than Python's stack
+        raise _fail(path, lineno, f"unreadable JSON ({type(e).__name__}: {str(e)[:120]}); "
+                    "numbers of at most 4300 digits and nesting of a few levels") from e
 
 
 def _parse_line(raw: bytes, path: Path, lineno: int, seen: Mapping[str, int],

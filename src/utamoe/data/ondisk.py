@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from utamoe.data.formats import (
     OnError,
     Sample,
     image_root,
+    overlong,
     parse_record,
     record_to_sample,
 )
@@ -232,3 +234,22 @@ class DiskSplit:
         rec = parse_record(self._raw(i), self.index.path, line)
         return record_to_sample(rec, self.root, self.index.path, line, load_images,
                                 self.max_pixels, self.draft)
+
+
+def overlong_records(split: DiskSplit, positions: np.ndarray,
+                     lengths: Callable[[list[Sample]], list[int]], limit: int | None,
+                     chunk: int = 1024, progress=None) -> list[tuple[int, DataFormatError]]:
+    """(record position, too_long error) of each record at `positions` whose sequence is longer
+    than `limit` (utamoe.data.formats.overlong), the records read without their images `chunk`
+    at a time: the length check of samples in memory, for a split on disk. `progress(n)` is
+    called with the records done."""
+    out = []
+    if not limit:
+        return out
+    for start in range(0, len(positions), chunk):
+        part = [int(p) for p in positions[start:start + chunk]]
+        samples = [split.read(p, load_images=False) for p in part]
+        out += [(part[k], err) for k, err in overlong(samples, lengths, limit)]
+        if progress is not None:
+            progress(len(part))
+    return out

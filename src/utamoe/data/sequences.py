@@ -28,6 +28,7 @@ images of any size and mode are accepted.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
@@ -36,7 +37,8 @@ import torch
 
 from utamoe.data.formats import Sample
 from utamoe.tasks import GROUPS, get_task, task_names
-from utamoe.text.tokenizer import SpecialIds
+from utamoe.text.span_tokens import special_span_tokens
+from utamoe.text.tokenizer import SpecialIds, encode_text
 from utamoe.vision.processor import pixel_values
 
 IGNORE = -100
@@ -91,9 +93,28 @@ class Encoder:
     und_tokens: int
     image_codes: Callable[[np.ndarray], list[int]]
     process: Callable[[np.ndarray], np.ndarray] = _same
+    _span_specials: frozenset | None = field(default=None, init=False, repr=False)
 
     def words(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        """A prompt, question or user turn: text only (the literal `<eos>` or `<und_slot>` a
+        user types is characters, never the token; utamoe.text.tokenizer.encode_text)."""
+        return encode_text(self.tokenizer, text)
+
+    def answer_words(self, text: str) -> list[int]:
+        """A target or an assistant turn: text and its task spans (whose openers may be special
+        tokens, `<edit>`); any other special token's string is characters, as in `words`."""
+        if self._span_specials is None:
+            self._span_specials = special_span_tokens(self.tokenizer)
+        return encode_text(self.tokenizer, text, self._span_specials)
+
+    def lengths(self, samples: Sequence[Sample], codes: int) -> list[int]:
+        """Tokens in each sample's training sequence (an image is `codes` VQ codes), counted
+        without processing or encoding any image: what must fit the model's positions."""
+        counter = dataclasses.replace(self, process=_same, image_codes=lambda img: [0] * codes)
+        counter._span_specials = self._span_specials
+        blank = [0] * codes
+        return [len(counter.sample(_with_images(s), target_codes=blank, input_codes=blank).input_ids)
+                for s in samples]
 
     def prefix(self, task: str, prompt: str, image: np.ndarray | None = None,
                null_prompt: bool = False, input_codes: list[int] | None = None) -> TokenSequence:
@@ -135,7 +156,7 @@ class Encoder:
         seq.text([sp.bos, sp.task(task)])
         for k, turn in enumerate(turns):
             if turn.role == "assistant":
-                seq.text(self.words(turn.text) + [sp.eos], loss=True)
+                seq.text(self.answer_words(turn.text) + [sp.eos], loss=True)
                 continue
             if turn.image is not None:
                 image = self.process(turn.image)
@@ -162,7 +183,7 @@ class Encoder:
         if get_task(sample.task).output == "text":
             if sample.target is None:
                 raise ValueError(f"sample {sample.id}: task {sample.task!r} needs a text target")
-            seq.text(self.words(sample.target) + [self.special.eos], loss=True)
+            seq.text(self.answer_words(sample.target) + [self.special.eos], loss=True)
         else:
             if target_codes is None:
                 if sample.target_image is None:
@@ -170,6 +191,22 @@ class Encoder:
                 target_codes = self.image_codes(self.process(sample.target_image))
             seq.codes(target_codes, self.special.code_slot, loss=True)
         return seq
+
+
+_PLACEHOLDER = np.zeros((1, 1, 3), np.uint8)
+
+
+def _with_images(sample: Sample) -> Sample:
+    """A sample loaded without its images (paths only), with a placeholder where an image is
+    named but not loaded (a turn's, or the input image of an answer task, which is optional when
+    the task does not need one), so that counting its sequence counts that image's slots."""
+    changes: dict = {}
+    if sample.image is None and sample.image_path:
+        changes["image"] = _PLACEHOLDER
+    if sample.turns and any(t.image is None and t.image_path for t in sample.turns):
+        changes["turns"] = [dataclasses.replace(t, image=_PLACEHOLDER)
+                            if t.image is None and t.image_path else t for t in sample.turns]
+    return dataclasses.replace(sample, **changes) if changes else sample
 
 
 def training_sequences(encoder: Encoder, samples: list[Sample], cfg_dropout: float,

@@ -49,7 +49,7 @@ def metrics_dict(result: EvalResult, command: str | None = None) -> dict[str, An
     return {**result.headline, "per_task": result.per_task, "counts": result.counts,
             "sampling": result.sampling.to_dict(), "split": result.split, "model": result.model,
             "data": result.data, "seconds": round(result.seconds, 3), "notes": result.notes,
-            "command": command}
+            "command": command, "settings": result.settings}
 
 
 def _fmt(value: Any) -> str:

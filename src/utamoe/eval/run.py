@@ -30,7 +30,9 @@ from utamoe.data.conversations import exchanges
 from utamoe.data.formats import Sample
 from utamoe.eval.scorers import TEXT_ONLY
 from utamoe.eval.scoring import context_for, headline_metrics, score_by_task
+from utamoe.eval.settings import eval_settings
 from utamoe.infer.sampling import SamplingConfig
+from utamoe.progress import Progress
 from utamoe.tasks import get_task, task_names
 from utamoe.tasks_exec import ExecContext, SpanRouter, executors_from_config
 
@@ -54,25 +56,29 @@ class EvalSampling:
 
     text_temperature: float = 0.0  # 0 = greedy
     text_top_k: int = 0
-    max_new_tokens: int = 48
+    text_top_p: float = 1.0
+    max_new_tokens: int = 96  # a span answer with two boxes is ~45 tokens; 48 cut them
     temperature: float = 1.0  # images
     top_k: int = 0
+    top_p: float = 1.0
     cfg_scale: float = 3.0
     seed: int = 0
     batch_size: int = 32
 
     def text_config(self, offset: int = 0):
         return SamplingConfig(temperature=self.text_temperature, top_k=self.text_top_k,
-                              seed=self.seed + offset, max_new_tokens=self.max_new_tokens)
+                              top_p=self.text_top_p, seed=self.seed + offset,
+                              max_new_tokens=self.max_new_tokens)
 
     def image_config(self, offset: int = 0):
-        return SamplingConfig(temperature=self.temperature, top_k=self.top_k,
+        return SamplingConfig(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
                               cfg_scale=self.cfg_scale, seed=self.seed + offset)
 
     def cli_args(self) -> list[str]:
         """The `utamoe eval` options that reproduce these settings (its text answers are greedy)."""
         return ["--batch-size", str(self.batch_size), "--temperature", str(self.temperature),
-                "--top-k", str(self.top_k), "--cfg-scale", str(self.cfg_scale),
+                "--top-k", str(self.top_k), "--top-p", str(self.top_p),
+                "--cfg-scale", str(self.cfg_scale),
                 "--seed", str(self.seed), "--max-new-tokens", str(self.max_new_tokens)]
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,6 +102,7 @@ class EvalResult:
     split: str | None = None
     model: str | None = None
     data: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)  # utamoe.eval.settings: what produced it
 
 
 # ---------------------------------------------------------------- prediction
@@ -160,7 +167,6 @@ def _predict_all(by_task: dict[str, list[Sample]], predict_fn: PredictFn, batch_
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
-        Progress,
         TaskProgressColumn,
         TextColumn,
         TimeElapsedColumn,
@@ -173,7 +179,7 @@ def _predict_all(by_task: dict[str, list[Sample]], predict_fn: PredictFn, batch_
     total = sum(len(v) for v in by_task.values())
     out: dict[str, list[Prediction]] = {}
     start = time.perf_counter()
-    with Progress(*columns, disable=not progress, transient=False) as bar:
+    with Progress(*columns, disable=not progress, transient=False, unit="sample") as bar:
         job = bar.add_task("eval", total=total, rate="")
         done = 0
         for task, samples in by_task.items():
@@ -252,8 +258,11 @@ def evaluate_model(predictor, samples: Sequence[Sample], sampling: EvalSampling 
                       counts={t: len(v) for t, v in by_task.items()}, seconds=seconds,
                       sampling=sampling, samples=ordered,
                       predictions=[p for v in preds.values() for p in v],
-                      verdicts=scores.verdicts, notes=_notes(scores.scorers, benchmark),
-                      scorers=scores.scorers)
+                      verdicts=scores.verdicts,
+                      notes=_notes(scores.scorers, benchmark) + _untrained(predictor, by_task),
+                      scorers=scores.scorers,
+                      settings=eval_settings("utamoe eval", predictor, list(by_task),
+                                             sampling.to_dict()))
 
 
 def _text_scored(by_task: dict[str, list[Sample]], benchmark: BenchmarkData | None) -> set[str]:
@@ -267,6 +276,17 @@ def _notes(scorers: dict[str, str], benchmark: BenchmarkData | None) -> list[str
             "has one") if benchmark is not None \
         else "no benchmark's data (its manifest names none): generic scorers only"
     return [f"scored as {kind}; " + ", ".join(f"{t}: {n}" for t, n in scorers.items())]
+
+
+def _untrained(predictor, by_task: dict) -> list[str]:
+    """A note naming the evaluated tasks the model was never trained on (its directory records
+    what training saw): their numbers measure nothing learned."""
+    trained = getattr(predictor, "trained_tasks", None)
+    missing = [t for t in by_task if trained is not None and t not in trained]
+    if not missing:
+        return []
+    return [f"never trained on {', '.join(missing)} (no stage of its recipe had them in its "
+            "mixture): those numbers measure nothing the model learned"]
 
 
 def _group(samples: Sequence[Sample], max_per_task: int | None) -> dict[str, list[Sample]]:

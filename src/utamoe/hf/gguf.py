@@ -23,14 +23,17 @@ built from the config, with no weights.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib
+import struct
 from pathlib import Path
 
 from utamoe.config import ConfigError
 from utamoe.hf.decoders import keep_first_layers
 from utamoe.hf.gguf_header import SkippedArray, UnsupportedGGUF, read_header
+from utamoe.hf.local import pretrained
 from utamoe.packages import is_package_spec, package_dir
 
 GGUF_MIN_VERSION = "0.10"
@@ -98,13 +101,28 @@ def load_gguf_causal_lm(path: str, gguf_file: str, where: str = "model.backbone"
     Other architectures, and files that scanner does not read, load through transformers."""
     file = gguf_path(path, gguf_file, where)
     require_gguf(where, file)
-    header = _fast_header(file)
-    if header is not None:
-        config = config_from_header(header)
-        if num_layers is not None:
-            keep_first_layers(config, num_layers, where)
-        return _from_config(config) if meta else _load_weights(header, config, where)
-    return _load_with_transformers(file, meta, num_layers, where)
+    with reading(file, where):
+        header = _fast_header(file)
+        if header is not None:
+            config = config_from_header(header)
+            if num_layers is not None:
+                keep_first_layers(config, num_layers, where)
+            return _from_config(config) if meta else _load_weights(header, config, where)
+        return _load_with_transformers(file, meta, num_layers, where)
+
+
+@contextlib.contextmanager
+def reading(file: Path, where: str):
+    """Errors of reading a GGUF file (damaged, truncated, not GGUF, an architecture no loader
+    knows) as one ConfigError naming the file and the config key."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, RuntimeError, OSError, KeyError, IndexError, EOFError, struct.error) as err:
+        raise ConfigError(f"{where}: the GGUF file {file} cannot be read ({type(err).__name__}: "
+                          f"{str(err)[:300]}); it is damaged or truncated, not a GGUF file, or "
+                          "holds an architecture transformers does not load") from err
 
 
 def _load_with_transformers(file: Path, meta: bool, num_layers: int | None, where: str):
@@ -116,7 +134,7 @@ def _load_with_transformers(file: Path, meta: bool, num_layers: int | None, wher
         if num_layers is not None:
             keep_first_layers(config, num_layers, where)
         return _from_config(config)
-    model = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name)
+    model = pretrained(AutoModelForCausalLM, file.parent, where, gguf_file=file.name)
     if num_layers is not None:
         decoder = model.get_decoder()
         keep_first_layers(model.config, num_layers, where)
@@ -127,7 +145,7 @@ def _load_with_transformers(file: Path, meta: bool, num_layers: int | None, wher
 def _from_config(config):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_config(config)
+    return AutoModelForCausalLM.from_config(config, trust_remote_code=False)
 
 
 @functools.lru_cache(maxsize=4)
@@ -137,7 +155,7 @@ def _gguf_config(file: Path, mtime: float):
     file is read again)."""
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(str(file.parent), gguf_file=file.name)
+    return pretrained(AutoConfig, file.parent, "model.backbone", gguf_file=file.name)
 
 
 # Architectures whose GGUF files the fast path loads: the decoders utamoe upcycles (Llama, Qwen2,
@@ -214,7 +232,7 @@ def _load_weights(header, config, where: str):
 
     arch = header.metadata["general.architecture"]
     with no_init_weights():
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
     processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=fast_config_dict(header))
     names = _gguf_to_hf_names(model, arch)
     params = dict(model.named_parameters())
@@ -254,12 +272,13 @@ def load_gguf_tokenizer(file: Path):
     from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING
 
     require_gguf("tokenizers.text", file)
-    header = _fast_header(file)
-    if header is not None:
-        cls = TOKENIZER_MAPPING.get(type(config_from_header(header)), None)
-        if cls is not None:
-            return cls.from_pretrained(str(file.parent), gguf_file=file.name)
-    return AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
+    with reading(file, "tokenizers.text"):
+        header = _fast_header(file)
+        if header is not None:
+            cls = TOKENIZER_MAPPING.get(type(config_from_header(header)), None)
+            if cls is not None:
+                return pretrained(cls, file.parent, "tokenizers.text", gguf_file=file.name)
+        return pretrained(AutoTokenizer, file.parent, "tokenizers.text", gguf_file=file.name)
 
 
 def _fast_header(file: Path):

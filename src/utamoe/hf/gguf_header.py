@@ -187,4 +187,27 @@ def read_header(path: str | Path) -> GGUFHeader:
         if name in tensors:
             raise ValueError(f"{path}: tensor {name!r} appears twice in the GGUF file")
         tensors[name] = TensorInfo(name, qtype, dims, start + offset)
+    _check_sizes(path, tensors)
     return GGUFHeader(path, version, metadata, tensors)
+
+
+def _check_sizes(path: Path, tensors: dict[str, TensorInfo]) -> None:
+    """Every tensor's bytes must lie inside the file: a file cut short is found when its header is
+    read (a recipe's preflight), not when the missing tensor is dequantised."""
+    try:
+        from gguf import GGML_QUANT_SIZES
+    except ImportError:  # the loader says to install gguf
+        return
+    size, blocks = path.stat().st_size, {int(k): v for k, v in GGML_QUANT_SIZES.items()}
+    for info in tensors.values():
+        n = int(np.prod(info.dims))
+        if info.qtype in _TYPED:
+            nbytes = n * np.dtype(_TYPED[info.qtype]).itemsize
+        elif info.qtype in blocks:
+            block, type_size = blocks[info.qtype]
+            nbytes = n * type_size // block
+        else:
+            raise ValueError(f"{path}: tensor {info.name!r} has an unknown type {info.qtype}")
+        if info.offset + nbytes > size:
+            raise ValueError(f"{path}: tensor {info.name!r} ends at byte {info.offset + nbytes} "
+                             f"but the file has {size} bytes (a truncated file)")

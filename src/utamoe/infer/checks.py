@@ -74,6 +74,8 @@ def check_sampling(cfg: SamplingConfig) -> SamplingConfig:
     checks = [("temperature", math.isfinite(cfg.temperature) and cfg.temperature >= 0,
                "a number >= 0 (0 = greedy)"),
               ("top_k", cfg.top_k >= 0, "an integer >= 0 (0 = no top-k filter)"),
+              ("top_p", math.isfinite(cfg.top_p) and 0 < cfg.top_p <= 1,
+               "a number in (0, 1] (1 = no nucleus filter)"),
               ("cfg_scale", math.isfinite(cfg.cfg_scale) and cfg.cfg_scale >= 0,
                "a number >= 0 (1 = no guidance)"),
               ("max_new_tokens", cfg.max_new_tokens >= 1, "an integer >= 1"),

@@ -78,6 +78,8 @@ class Result:
     image: np.ndarray | None = None  # image tasks: HxWx3 uint8 (unless pixels=False)
     # per generated token: {"layers": [{"layer": name, "group": g, "experts": [e, ...]}, ...]}
     trace: list[dict] = field(default_factory=list)
+    tokens: int = 0  # how many tokens were generated (an answer's <eos> included; codes)
+    stopped: bool = False  # text: the answer ended with <eos> (False: it hit max_new_tokens)
 
 
 class Engine:
@@ -281,9 +283,12 @@ class _Run:
         """Answers decoded to text; each draw set's code grids to pixels in one batch."""
         g = self.model.config.code_grid
         for d in self.draws:
+            for i in d:
+                self.results[i].tokens = len(self.out[i])
             if self.text[d[0]]:
                 for i in d:
                     self.results[i].text = self._text(i)
+                    self.results[i].stopped = self.encoder.special.eos in self.out[i]
                 continue
             for i in d:
                 self.results[i].codes = list(self.out[i])

@@ -47,7 +47,8 @@ from utamoe.infer.checks import (
 )
 from utamoe.infer.engine import CellConstraint, Engine, Request, Result
 from utamoe.infer.sampling import SamplingConfig
-from utamoe.model.io import load_model_dir
+from utamoe.infer.scoring import Continuation, continuation_logprobs
+from utamoe.model.io import load_model_dir, read_config
 
 
 class Predictor:
@@ -60,6 +61,8 @@ class Predictor:
         self.processor = model.processor
         self.engine = Engine(self.model, self.encoder)
         self._lock = threading.Lock()
+        # The tasks the model's training saw (from its directory; None when not recorded).
+        self.trained_tasks: list[str] | None = None
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu") -> Predictor:
@@ -76,7 +79,9 @@ class Predictor:
         if model.image_tokenizer is None:
             raise InputError(f"{path} has no image_tokenizer/ directory; it cannot read or draw "
                              "images")
-        return cls(model, tok)
+        predictor = cls(model, tok)
+        predictor.trained_tasks = read_config(path)[1].get("trained_tasks")
+        return predictor
 
     # ------------------------------------------------------------------ what the model knows
 
@@ -95,6 +100,43 @@ class Predictor:
         """The TA-MoE groups of the backbone (the names a trace's group ids index); [] if dense."""
         moe = self.model.config.moe
         return list(moe.group_names) if moe is not None else []
+
+    @property
+    def default_text_task(self) -> str:
+        """The text task a chat or a harness uses when none is named: `dialog` when the model has
+        conversations, else `vqa`, else its first text task."""
+        text = [t for t, out in self.tasks.items() if out == "text"]
+        for task in ("dialog", "vqa"):
+            if task in text:
+                return task
+        if not text:
+            raise InputError("the model has no text task; it cannot answer")
+        return text[0]
+
+    @property
+    def precision(self) -> dict[str, str]:
+        """The device and dtype the model computes in (what an evaluation records)."""
+        param = next(self.model.parameters())
+        return {"device": str(param.device), "dtype": str(param.dtype).removeprefix("torch.")}
+
+    def prompt_template(self, task: str) -> str:
+        """What the model reads for a prompt of `task`, as tokens: markers, `{prompt}` where the
+        prompt's words go, runs of image slots as `<slot> x N` (docs and evaluation records)."""
+        spec = task_spec(task)
+        image = blank(self.processor.size) if spec.layout == "answer" and spec.needs_image else None
+        codes = [0] * self.code_grid ** 2 if spec.layout == "edit" else None
+        seq = self.encoder.prefix(task, "x", image, input_codes=codes)
+        tokens = self.tokenizer.convert_ids_to_tokens(seq.input_ids)
+        start, end = seq.prompt_span
+        tokens[start:end] = ["{prompt}"]
+        out: list[str] = []
+        for tok in tokens:
+            if out and out[-1].split(" x ")[0] == tok and tok.startswith("<"):
+                n = int(out[-1].split(" x ")[1]) if " x " in out[-1] else 1
+                out[-1] = f"{tok} x {n + 1}"
+            else:
+                out.append(tok)
+        return " ".join(out)
 
     # ------------------------------------------------------------------ the plain calls
 
@@ -124,19 +166,7 @@ class Predictor:
         if spec.output != "text":
             raise InputError(f"task {task!r} produces images; a conversation is a text task")
         sampling = check_sampling(sampling or SamplingConfig())
-        reqs = []
-        for i, turns in enumerate(histories):
-            turns = [checked_turn(t, self.processor, i) for t in turns]
-            if not turns or turns[-1].role != "user":
-                raise InputError(f"conversation {i + 1} must end with a user turn to answer")
-            try:
-                n = len(self.encoder.conversation(task, turns).input_ids)
-            except ValueError as err:
-                raise InputError(f"conversation {i + 1}: {err}") from None
-            self._check_length(n, sampling.max_new_tokens, f"conversation {i + 1} takes {n} "
-                               "tokens; with {new} to generate that is over the model's {limit} "
-                               "positions; start a new conversation")
-            reqs.append(Request(task, turns=turns, sampling=sampling))
+        reqs = [self._conversation(task, turns, sampling, i) for i, turns in enumerate(histories)]
         if not reqs:
             raise InputError("give at least one conversation")
         return [r.text for r in self._generate(reqs, shared_sampling=True)]
@@ -183,11 +213,54 @@ class Predictor:
         return Request(task, prompt, image, sampling, input_codes=input_codes,
                        constraint=constraint)
 
+    def conversation_request(self, turns: Sequence, task: str = "dialog",
+                             sampling: SamplingConfig | None = None) -> Request:
+        """A checked request for `run` whose answer is the next assistant turn of `turns` (the
+        same checks as `converse`: roles, images, the model's task marker, length)."""
+        if task not in self.encoder.special.tasks:
+            raise InputError(f"task {task!r} is not a task this model knows (it has markers for "
+                             f"{', '.join(self.encoder.special.tasks)})")
+        if task_spec(task).output != "text":
+            raise InputError(f"task {task!r} produces images; a conversation is a text task")
+        return self._conversation(task, turns, check_sampling(sampling or SamplingConfig()), 0)
+
+    def prompt_tokens(self, request: Request) -> int:
+        """How many tokens the model reads before it answers `request` (its prompt's sequence:
+        markers, text and image slots or codes), as an API's usage counts them."""
+        codes = request.input_codes
+        if codes is None and request.image is not None and task_spec(request.task).layout == "edit":
+            codes = [0] * self.code_grid ** 2  # an edit reads its input image as a code grid
+        # Tokenising only (no model call), so no lock: a server asks this while a batch runs.
+        if request.turns is not None:
+            return len(self.encoder.conversation(request.task, request.turns).input_ids)
+        return len(self.encoder.prefix(request.task, request.prompt, request.image,
+                                       input_codes=codes).input_ids)
+
     def run(self, requests: Sequence[Request], *, trace: bool = False,
             on_step: Callable[[int, tuple], None] | None = None) -> list[Result]:
         """Requests (from `request`) decoded together in one batch, each drawing from its own
         generator, so each gets what it would get alone (utamoe.infer.engine)."""
         return self._generate(list(requests), trace=trace, on_step=on_step)
+
+    def loglikelihood(self, task: str, prompts: Sequence[str] | str,
+                      continuations: Sequence[str] | str, images=None) -> list[tuple[float, bool]]:
+        """(log-probability, is greedy) of each continuation after its prompt of a text `task`,
+        one image for all or one per prompt (utamoe.infer.scoring): what multiple-choice
+        evaluation asks (score each option, take the most likely)."""
+        spec = task_spec(task)
+        if spec.output != "text":
+            raise InputError(f"task {task!r} produces images; only text answers are scored")
+        prompts = texts(prompts, "prompt")
+        continuations = [continuations] if isinstance(continuations, str) else list(continuations)
+        if len(continuations) != len(prompts):
+            raise InputError(f"{len(continuations)} continuations for {len(prompts)} prompts")
+        rows = self._images(images, len(prompts), "prompt") if spec.needs_image \
+            else [None] * len(prompts)
+        for p, c in zip(prompts, continuations):
+            self._fits(task, [p], "prompt", len(self.encoder.words(c)))
+        items = [Continuation(task, p, c, img) for p, c, img in zip(prompts, continuations, rows)]
+        with self._lock:
+            return continuation_logprobs(self.model, self.encoder, items)
 
     def image_codes(self, image) -> list[int]:
         """An image's VQ codes at the model's size (raster order)."""
@@ -200,6 +273,20 @@ class Predictor:
     def _generate(self, requests: list[Request], **options) -> list[Result]:
         with self._lock, torch.no_grad():
             return self.engine.generate(requests, **options)
+
+    def _conversation(self, task: str, turns: Sequence, sampling: SamplingConfig,
+                      i: int) -> Request:
+        turns = [checked_turn(t, self.processor, i) for t in turns]
+        if not turns or turns[-1].role != "user":
+            raise InputError(f"conversation {i + 1} must end with a user turn to answer")
+        try:
+            n = len(self.encoder.conversation(task, turns).input_ids)
+        except ValueError as err:
+            raise InputError(f"conversation {i + 1}: {err}") from None
+        self._check_length(n, sampling.max_new_tokens, f"conversation {i + 1} takes {n} "
+                           "tokens; with {new} to generate that is over the model's {limit} "
+                           "positions; start a new conversation")
+        return Request(task, turns=turns, sampling=sampling)
 
     def _images(self, images, n: int, what: str) -> list[np.ndarray]:
         """One image for every row, or one per row; each converted by the processor."""

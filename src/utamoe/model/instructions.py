@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from utamoe.config import ConfigError
+from utamoe.hf.local import pretrained, refuse_remote_code
 from utamoe.packages import is_package_spec, package_dir
 
 
@@ -47,9 +48,11 @@ class SentenceEncoder:
         from transformers import AutoModel, AutoTokenizer
 
         path = resolve_encoder_dir(spec)
+        refuse_remote_code(path, "model.sentence_encoder")
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-            self.model = AutoModel.from_pretrained(str(path)).float().eval().requires_grad_(False)
+            self.tokenizer = pretrained(AutoTokenizer, path, "model.sentence_encoder")
+            self.model = pretrained(AutoModel, path, "model.sentence_encoder")
+            self.model = self.model.float().eval().requires_grad_(False)
         except (OSError, ValueError) as err:
             raise ConfigError(f"model.sentence_encoder: cannot load {path} ({err})") from err
         self.dim = int(self.model.config.hidden_size)
@@ -64,7 +67,7 @@ class SentenceEncoder:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             tok = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_length,
-                                 return_tensors="pt")
+                                 return_tensors="pt", split_special_tokens=True)  # text is text
             hidden = self.model(**tok).last_hidden_state
             mask = tok["attention_mask"].unsqueeze(-1).float()
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)

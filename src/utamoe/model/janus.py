@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from utamoe.hf.decoders import grow_vocab
+from utamoe.hf.local import pretrained
 from utamoe.hf.parts import HFPart
 from utamoe.model.config import UnifiedConfig
 from utamoe.model.unified import UnifiedModel
@@ -74,7 +75,7 @@ def load_janus(path: str | Path, dtype: torch.dtype = torch.float32,
     utamoe.model.parts.grow_vocab) for the tokens utamoe's text tokenizer adds."""
     from transformers import JanusForConditionalGeneration
 
-    janus = JanusForConditionalGeneration.from_pretrained(str(_janus_dir(path)), dtype=dtype)
+    janus = pretrained(JanusForConditionalGeneration, _janus_dir(path), "model.janus", dtype=dtype)
     if vocab_size is not None:
         grow_vocab(janus, vocab_size)
     model = from_hf_janus(janus)
@@ -90,4 +91,4 @@ def janus_config_from_dir(path: str | Path) -> UnifiedConfig:
 
     from transformers import JanusConfig
 
-    return janus_config(SimpleNamespace(config=JanusConfig.from_pretrained(str(_janus_dir(path)))))
+    return janus_config(SimpleNamespace(config=pretrained(JanusConfig, _janus_dir(path), "model.janus")))

@@ -9,21 +9,24 @@
     POST /v1/edit        {"image": base64, "instruction": ..., same sampling fields}
     POST /v1/upload/answer, /v1/upload/edit   the same as multipart forms with an image file
     GET  /docs           OpenAPI docs (FastAPI's), /openapi.json the schema
+    GET  /v1/models, POST /v1/chat/completions, /v1/images/generations, /v1/images/edits
+                         OpenAI-compatible (serve/openai_routes.py)
 
 `"stream": true` turns a response into server-sent events: `token` events (the answer
 so far) or `progress` events (codes done of the grid), then one `result` event.
 Every request goes through the dynamic batcher (serve/batcher.py). Errors are JSON
-`{"error": {"message", "fields"}}` with a 4xx status naming the field; a full queue is
-503 with Retry-After; a request past its deadline is 504 and its queue slot is freed.
-No request names a file: images travel in the body. Requests with a body need a
-Content-Length within `max_body_bytes`.
+`{"error": {"message", "fields"}}` with a 4xx status naming the field (unknown paths,
+methods and unparsable bodies too); a full queue is 503 with Retry-After; a request past its
+deadline is 504, and one whose client went away is dropped: either way its queue slot is
+freed. No request names a file: images travel in the body. Requests with a body need a
+Content-Length within `max_body_bytes` and must send it within `body_timeout_s` (408). The
+request metrics are labelled by route (`other` for any other path).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +36,14 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from utamoe.serve.batcher import DynamicBatcher
 from utamoe.serve.errors import APIError, error_response
+from utamoe.serve.guard import Guard
 from utamoe.serve.handlers import Handlers
 from utamoe.serve.metrics import ServeMetrics
+from utamoe.serve.openai_routes import add_openai_routes
 from utamoe.serve.schemas import AnswerRequest, EditRequest, GenerateRequest
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -52,6 +58,7 @@ class ServeConfig:
     max_body_bytes: int = 8_000_000
     max_image_pixels: int = 4_000_000
     max_prompt_chars: int = 1000
+    body_timeout_s: float = 30.0  # a request body must arrive within this
     api_key: str | None = None
 
 
@@ -91,54 +98,56 @@ def create_app(predictor, config: ServeConfig | None = None, model_dir: str = ""
     h = Handlers(predictor, config, metrics, state)
 
     @app.post("/v1/answer")
-    async def answer_json(body: AnswerRequest):
-        return await h.answer(body, h.decode_image(body.image, "image"))
+    async def answer_json(body: AnswerRequest, request: Request):
+        return await h.answer(body, await h.decode_image(body.image, "image"), request)
 
     @app.post("/v1/generate")
-    async def generate_json(body: GenerateRequest):
-        return await h.images(body, "t2i", body.prompt, "prompt", None)
+    async def generate_json(body: GenerateRequest, request: Request):
+        return await h.images(body, "t2i", body.prompt, "prompt", None, request)
 
     @app.post("/v1/edit")
-    async def edit_json(body: EditRequest):
+    async def edit_json(body: EditRequest, request: Request):
         return await h.images(body, "edit", body.instruction, "instruction",
-                              h.decode_image(body.image, "image"))
+                              await h.decode_image(body.image, "image"), request)
 
     @app.post("/v1/upload/answer")
     async def answer_upload(image: Annotated[UploadFile, File()], question: Annotated[str, Form()],
-                            task: Annotated[str, Form()] = "vqa",
+                            request: Request, task: Annotated[str, Form()] = "vqa",
                             options: Annotated[str, Form()] = "{}"):
         body = _form_body(AnswerRequest, {"image": "-", "question": question, "task": task}, options)
-        return await h.answer(body, h.decode_image(await image.read(), "image"))
+        return await h.answer(body, await h.decode_image(await image.read(), "image"), request)
 
     @app.post("/v1/upload/edit")
     async def edit_upload(image: Annotated[UploadFile, File()], instruction: Annotated[str, Form()],
-                          options: Annotated[str, Form()] = "{}"):
+                          request: Request, options: Annotated[str, Form()] = "{}"):
         body = _form_body(EditRequest, {"image": "-", "instruction": instruction}, options)
         return await h.images(body, "edit", body.instruction, "instruction",
-                              h.decode_image(await image.read(), "image"))
+                              await h.decode_image(await image.read(), "image"), request)
 
+    add_openai_routes(app, h, predictor)  # /v1/models, /v1/chat/completions, /v1/images/*
     return app
 
 
 def _guard_and_report_errors(app: FastAPI, config: ServeConfig, metrics: ServeMetrics) -> None:
-    """Every request checked (API key, body size) and timed; every error answered as JSON
-    with its status and the fields at fault."""
+    """Every request checked (API key, body size and arrival) and timed (serve/guard.py); every
+    error answered as JSON with its status and the fields at fault."""
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        start, path = time.perf_counter(), request.url.path
-        endpoint = path if path.startswith(("/v1/", "/health", "/metrics")) else "other"
-        try:
-            _check_request(request, config)
-            response = await call_next(request)
-        except APIError as err:
-            response = error_response(err.status, err.message, err.fields, err.headers)
-        metrics.observe(endpoint, response.status_code, time.perf_counter() - start)
-        return response
+    routes: set[str] = set()
+
+    def known() -> set[str]:
+        if not routes:
+            routes.update(getattr(r, "path", "") for r in app.routes)
+        return routes
+
+    app.add_middleware(Guard, config=config, metrics=metrics, routes=known)
 
     @app.exception_handler(APIError)
     async def api_error(request, err: APIError):
         return error_response(err.status, err.message, err.fields, err.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, err: StarletteHTTPException):  # 404, 405, unparsable bodies
+        return error_response(err.status_code, str(err.detail), headers=getattr(err, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, err: RequestValidationError):
@@ -161,17 +170,3 @@ def _form_body(model, fields: dict, options: str):
                    for e in err.errors()] if isinstance(err, ValidationError) else \
             [{"field": "options", "message": str(err)}]
         raise APIError(422, "invalid form: " + ", ".join(f["field"] for f in fields_), fields_) from None
-
-
-def _check_request(request: Request, config: ServeConfig) -> None:
-    if config.api_key and request.url.path.startswith(("/v1/", "/metrics")) \
-            and request.headers.get("x-api-key") != config.api_key:
-        raise APIError(401, "missing or wrong X-API-Key header")
-    if request.method in ("POST", "PUT"):
-        length = request.headers.get("content-length")
-        if length is None:
-            raise APIError(411, "send a Content-Length header (chunked bodies are not accepted)")
-        if not length.isdigit() or int(length) > config.max_body_bytes:
-            raise APIError(413, f"the body is {length} bytes; the limit is {config.max_body_bytes}")
-
-

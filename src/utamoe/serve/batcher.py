@@ -6,8 +6,9 @@ whose deadline already passed (their slot is freed and their caller told), and r
 the rest as one `Predictor.run` call (the predictor's own door, with its lock): understanding
 and generation requests in the same forward passes, the TA-MoE layers routing each row to
 its group, each request drawing from its own generator (utamoe.infer.engine). A full queue
-refuses at once (`QueueFull`, the server's 503). `close()` stops taking requests and
-finishes the ones already queued.
+refuses at once (`QueueFull`, the server's 503). A batch that fails is run again request by
+request, so one bad request fails alone. `close()` stops taking requests and finishes the
+ones already queued.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Job:
     trace: bool = False  # the caller wants the routing trace in its response
     on_step: Callable[[tuple], None] | None = None
     future: Future = field(default_factory=Future)
+    queued: bool = field(default=False, repr=False)  # holds a queue slot (DynamicBatcher)
 
 
 class DynamicBatcher:
@@ -46,6 +48,9 @@ class DynamicBatcher:
         # Unbounded underneath (so the stop sentinel never blocks); `submit` enforces the size.
         self.jobs: queue.Queue[Job | None] = queue.Queue()
         self.queue_size = queue_size
+        # Jobs waiting for the worker that nobody gave up on: a cancelled job (its client gave
+        # up or went away) frees its slot at once, not when the worker reaches it.
+        self._waiting = 0
         self._submit_lock = threading.Lock()
         self.on_batch = on_batch
         self._closing = threading.Event()
@@ -54,16 +59,24 @@ class DynamicBatcher:
 
     @property
     def depth(self) -> int:
-        return self.jobs.qsize()
+        return self._waiting
 
     def submit(self, job: Job) -> Future:
         with self._submit_lock:
             if self._closing.is_set():
                 raise QueueFull("the server is shutting down")
-            if self.jobs.qsize() >= self.queue_size:
+            if self._waiting >= self.queue_size:
                 raise QueueFull(f"{self.queue_size} requests are waiting")
+            self._waiting, job.queued = self._waiting + 1, True
             self.jobs.put_nowait(job)
+        job.future.add_done_callback(lambda _, job=job: self._release(job))
         return job.future
+
+    def _release(self, job: Job) -> None:
+        """The job's slot is free: the worker took it, or its caller cancelled it."""
+        with self._submit_lock:
+            if job.queued:
+                self._waiting, job.queued = self._waiting - 1, False
 
     def close(self, timeout: float | None = None) -> None:
         """Finish what is queued, then stop the worker."""
@@ -93,6 +106,7 @@ class DynamicBatcher:
             now = time.monotonic()
             live = []
             for job in self._collect(first):
+                self._release(job)
                 # A cancelled job (its caller gave up) is dropped; from here on a job cannot be
                 # cancelled any more, so its result can always be set.
                 if not job.future.set_running_or_notify_cancel():
@@ -114,9 +128,12 @@ class DynamicBatcher:
         try:
             # Always traced: the routing of each token feeds the per-group token metrics.
             results = self.predictor.run([j.request for j in jobs], trace=True, on_step=on_step)
-        except Exception as err:  # one bad batch must not kill the worker; callers get the error
-            for job in jobs:
-                job.future.set_exception(err)
+        except Exception as err:  # the worker never dies; a bad request fails alone
+            if len(jobs) == 1:
+                jobs[0].future.set_exception(err)
+                return
+            for job in jobs:  # each alone: the others of the batch get their results
+                self._run([job])
             return
         for job, result in zip(jobs, results):
             job.future.set_result(result)

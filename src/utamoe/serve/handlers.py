@@ -29,8 +29,11 @@ class Handlers:
     def __init__(self, predictor, config, metrics, state: dict):
         self.predictor, self.config, self.metrics, self.state = predictor, config, metrics, state
 
-    def decode_image(self, data: bytes | str, field: str) -> np.ndarray:
-        return decode(data, field, self.config.max_image_pixels, self.predictor.processor)
+    async def decode_image(self, data: bytes | str, field: str) -> np.ndarray:
+        """The request's image, decoded in a worker thread: decoding takes time (and a large
+        image memory), and on the event loop it would hold every other request, /health too."""
+        return await asyncio.to_thread(decode, data, field, self.config.max_image_pixels,
+                                       self.predictor.processor)
 
     def prompt(self, text: str, field: str) -> str:
         if not text.strip():
@@ -48,7 +51,14 @@ class Handlers:
         except InputError as err:
             raise APIError(422, f"{field}: {err}", [{"field": field, "message": str(err)}]) from None
 
-    async def run(self, gen: list[Request], body, stream: bool, shape):
+    async def run(self, gen: list[Request], body, stream: bool, shape, client=None):
+        """Queue the requests, wait for their results within the deadline (freeing their slots
+        if it passes or `client`, the HTTP request, disconnects) and shape them."""
+        batcher = self.state["batcher"]
+        if len(gen) > batcher.queue_size:  # would be refused at any load: not "retry shortly"
+            raise APIError(422, f"{len(gen)} images is more than this server queues at once "
+                           f"({batcher.queue_size}, --queue-size); ask for fewer",
+                           [{"field": "num_images", "message": f"at most {batcher.queue_size}"}])
         timeout = min(body.timeout_s or self.config.timeout_s, self.config.timeout_s)
         deadline = time.monotonic() + timeout
         loop = asyncio.get_running_loop()
@@ -59,17 +69,20 @@ class Handlers:
         futures = []
         try:
             for job in jobs:
-                futures.append(asyncio.wrap_future(self.state["batcher"].submit(job)))
+                futures.append(asyncio.wrap_future(batcher.submit(job)))
         except QueueFull as err:
             for f in futures:
                 f.cancel()
             raise APIError(503, f"busy: {err}; retry shortly", headers={"Retry-After": "1"}) from None
 
         async def results():
-            _, pending = await asyncio.wait(futures, timeout=timeout)
+            try:
+                pending = await _wait(futures, timeout, client)
+            finally:  # a timeout, a client gone, a cancelled handler: free the queued slots
+                if not all(f.done() for f in futures):
+                    for job in jobs:
+                        job.future.cancel()  # still queued: the batcher skips it
             if pending:
-                for job in jobs:
-                    job.future.cancel()  # still queued: the batcher skips it and frees the slot
                 raise APIError(504, f"no result within {timeout:g} s (the request's deadline)")
             try:
                 done = [f.result() for f in futures]
@@ -87,15 +100,17 @@ class Handlers:
                               cfg_scale=1.0 if text else body.cfg_scale,
                               max_new_tokens=getattr(body, "max_new_tokens", 32))
 
-    async def answer(self, body: AnswerRequest, image: np.ndarray):
+    async def answer(self, body: AnswerRequest, image: np.ndarray, client=None):
         if self.predictor.tasks.get(body.task) != "text":
             raise APIError(422, f"task {body.task!r} is not a text task this model knows",
                            [{"field": "task", "message": "use one of /health's tasks.text"}])
         question = self.prompt(body.question, "question")
         gen = [self.request(body.task, question, "question", image, self.sampling(body, True))]
-        return await self.run(gen, body, body.stream, lambda r: {"answer": r[0].text, "task": body.task})
+        return await self.run(gen, body, body.stream,
+                              lambda r: {"answer": r[0].text, "task": body.task}, client)
 
-    async def images(self, body, task: str, text: str, field: str, image: np.ndarray | None):
+    async def images(self, body, task: str, text: str, field: str, image: np.ndarray | None,
+                     client=None):
         text = self.prompt(text, field)
         base = self.sampling(body, False)
         gen = [self.request(task, text, field, image,
@@ -109,7 +124,21 @@ class Handlers:
                 out["groups"] = self.predictor.group_names
             return out
 
-        return await self.run(gen, body, body.stream, shape)
+        return await self.run(gen, body, body.stream, shape, client)
+
+
+async def _wait(futures: list, timeout: float, client) -> set:
+    """Wait for `futures` until `timeout`; returns those still pending. A client that goes away
+    (checked every 0.25 s) ends the wait (499, nginx's "client closed request": nobody reads it)."""
+    end = time.monotonic() + timeout
+    while True:
+        left = end - time.monotonic()
+        step = left if client is None else min(left, 0.25)
+        _, pending = await asyncio.wait(futures, timeout=max(step, 0))
+        if not pending or left <= step:
+            return pending
+        if await client.is_disconnected():
+            raise APIError(499, "the client disconnected before its result was ready")
 
 
 def _png(image: np.ndarray) -> str:
@@ -121,21 +150,27 @@ def _png(image: np.ndarray) -> str:
 
 
 async def _sse(events: asyncio.Queue, result):
-    """Server-sent events: every step event as it comes, then the result (or the error)."""
+    """Server-sent events: every step event as it comes, then the result (or the error). A
+    client that goes away closes this generator: the result's wait is cancelled with it, which
+    frees the request's queue slots."""
     task = asyncio.ensure_future(result)
-    while True:
-        getter = asyncio.ensure_future(events.get())
-        done, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
-        if getter in done:
-            k, (kind, value) = getter.result()
-            yield f"event: {kind}\ndata: {json.dumps({'index': k, kind: value})}\n\n"
-            continue
-        getter.cancel()
-        while not events.empty():
-            k, (kind, value) = events.get_nowait()
-            yield f"event: {kind}\ndata: {json.dumps({'index': k, kind: value})}\n\n"
-        try:
-            yield f"event: result\ndata: {json.dumps(task.result())}\n\n"
-        except APIError as err:
-            yield f"event: error\ndata: {json.dumps({'status': err.status, 'message': err.message})}\n\n"
-        return
+    try:
+        while True:
+            getter = asyncio.ensure_future(events.get())
+            done, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                k, (kind, value) = getter.result()
+                yield f"event: {kind}\ndata: {json.dumps({'index': k, kind: value})}\n\n"
+                continue
+            getter.cancel()
+            while not events.empty():
+                k, (kind, value) = events.get_nowait()
+                yield f"event: {kind}\ndata: {json.dumps({'index': k, kind: value})}\n\n"
+            try:
+                yield f"event: result\ndata: {json.dumps(task.result())}\n\n"
+            except APIError as err:
+                yield (f"event: error\ndata: "
+                       f"{json.dumps({'status': err.status, 'message': err.message})}\n\n")
+            return
+    finally:
+        task.cancel()

@@ -19,8 +19,9 @@ def decode(data: bytes | str, field: str, max_pixels: int, processor) -> np.ndar
 
     if isinstance(data, str):
         try:
-            data = base64.b64decode(data.split(",", 1)[1] if data.startswith("data:") else data,
-                                    validate=True)
+            data = data.split(",", 1)[1] if data.startswith("data:") else data
+            # What `base64 img.png` prints has line breaks: whitespace is not data.
+            data = base64.b64decode("".join(data.split()), validate=True)
         except (binascii.Error, ValueError):
             raise bad("not base64; send the image file's bytes base64-encoded") from None
     try:

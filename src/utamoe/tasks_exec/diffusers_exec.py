@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from utamoe.hf.local import RemoteCodeRefused, pretrained
 from utamoe.tasks_exec.executors import ExecContext, ExecRequest, ExecResult, ExecutorError
 from utamoe.tasks_exec.regions import composite
 from utamoe.vision.processor import to_rgb
@@ -73,7 +74,10 @@ class _DiffusersExecutor:
                 cls = getattr(d, self.pipeline_class, None)
                 if cls is None:
                     raise ExecutorError(f"{self.name}: diffusers has no {self.pipeline_class!r}")
-            pipe = cls.from_pretrained(str(self.model_dir), local_files_only=True)
+            try:
+                pipe = pretrained(cls, self.model_dir, f"{self.name}: model_dir")
+            except RemoteCodeRefused as err:
+                raise ExecutorError(str(err)) from None
             pipe = pipe.to(self.device)
             if hasattr(pipe, "set_progress_bar_config"):
                 pipe.set_progress_bar_config(disable=True)

@@ -11,12 +11,14 @@ Every span and every parse error becomes one `SpanOutcome`, in the order they ap
 the text: an executor that raises, returns something that is not an `ExecResult`, or
 returns one that breaks the contract (wrong dtype, no output) becomes an outcome whose
 `error` says which tag, which span text and what went wrong, so one bad span never stops
-the others, and nothing the model asked for is dropped without a word. KeyboardInterrupt
-and SystemExit still stop the caller: they are not the executor's failure.
+the others, and nothing the model asked for is dropped without a word; one that runs past
+`timeout_s` becomes a `timeout` outcome and the caller goes on. KeyboardInterrupt and
+SystemExit still stop the caller: they are not the executor's failure.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -47,12 +49,17 @@ class SpanOutcome:
 
 
 class SpanRouter:
-    def __init__(self, executors: Mapping[str, Executor]):
+    def __init__(self, executors: Mapping[str, Executor], timeout_s: float | None = 300.0):
         bad = [t for t, ex in executors.items() if not callable(ex)]
         if bad:
             raise TypeError(f"executors for {bad} are not callable; build them with "
                             "utamoe.tasks_exec.executors_from_config")
+        if timeout_s is not None and not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0 seconds or None, got {timeout_s}")
         self.executors = dict(executors)
+        # An executor that runs longer is reported as a `timeout` outcome and the caller goes
+        # on (the chat stays open); Python cannot stop a thread, so it finishes in the background.
+        self.timeout_s = timeout_s
 
     @property
     def tags(self) -> tuple[str, ...]:
@@ -91,7 +98,10 @@ class SpanRouter:
         name = getattr(ex, "name", type(ex).__name__)
         t0 = time.perf_counter()
         try:
-            result = ex(ExecRequest.of(span, images))
+            result = _within(self.timeout_s, ex, ExecRequest.of(span, images))
+        except TimeoutError:
+            return _failed(span, "timeout", f"executor {name!r} did not finish <{span.tag}> "
+                           f"{span.text!r} within {self.timeout_s:g} s", executor=name)
         except ExecInputError as err:
             return _failed(span, "executor_error", f"executor {name!r} cannot run <{span.tag}> "
                            f"{span.text!r}: {err}", err, name)
@@ -109,6 +119,28 @@ class SpanRouter:
                            f"<{span.tag}> {span.text!r}: {'; '.join(problems)}", executor=name)
         return SpanOutcome(span.tag, span.text, span.start, span.end, result=result,
                            executor=name, seconds=seconds)
+
+
+def _within(timeout_s: float | None, fn, *args):
+    """fn(*args), or TimeoutError after `timeout_s` (the call goes on in a daemon thread)."""
+    if timeout_s is None:
+        return fn(*args)
+    box: dict = {}
+
+    def call() -> None:
+        try:
+            box["result"] = fn(*args)
+        except BaseException as err:  # handed to the caller as it is
+            box["error"] = err
+
+    worker = threading.Thread(target=call, name="utamoe-executor", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise TimeoutError
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def _failed(span: TaskSpan, kind: str, message: str, err: BaseException | None = None,

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 
 from utamoe.text.boxes import BOX_OPEN
 from utamoe.text.spans import span_token_strings
+from utamoe.text.tokenizer import special_strings
 
 
 def add_span_tokens(tokenizer, tags: Iterable[str]) -> list[str]:
@@ -54,6 +55,14 @@ def decode_response(tokenizer, ids: Sequence[int], tags: Iterable[str]) -> str:
     if not openers:
         return text
     return re.sub("(" + "|".join(re.escape(t) for t in openers) + ") ", r"\1", text)
+
+
+def special_span_tokens(tokenizer) -> frozenset[str]:
+    """The span tokens of `tokenizer` that are special tokens too (tags that are also task
+    markers, `<edit>`, `<t2i>`): what an answer's text may hold as tokens
+    (utamoe.text.tokenizer.encode_text's `keep`)."""
+    specials = special_strings(tokenizer)
+    return frozenset(t for t in span_token_strings(span_tags_of(tokenizer)) if t in specials)
 
 
 def span_tags_of(tokenizer) -> list[str]:

@@ -21,6 +21,7 @@ has executors for): nothing here knows which tags exist.
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import re
 from collections.abc import Iterable, Sequence
@@ -46,6 +47,7 @@ ERROR_KINDS = {
     "no_executor": "a span of a tag that the router has no executor for",
     "bad_input": "the conversation's images are not HxWx3 uint8 arrays",
     "executor_error": "the executor raised; `detail` holds the exception",
+    "timeout": "the executor did not finish within the router's timeout_s",
     "bad_result": "the executor returned something other than a valid ExecResult",
 }
 
@@ -154,6 +156,12 @@ class _Parser:
     def __init__(self, text: str, known: frozenset[str]):
         self.text, self.known = text, known
         self.tags = list(_TAG.finditer(text))
+        # Where each closer token occurs (tag index, ascending): an unknown opener finds its
+        # closer by bisection, not by a scan (a text of n unknown openers is not n² steps).
+        self.closers: dict[str, list[int]] = {}
+        for j, m in enumerate(self.tags):
+            if m.group(1):
+                self.closers.setdefault(m.group(2), []).append(j)
         self.out = ParsedResponse()
         self.span: _Open | None = None
         self.pos = 0
@@ -202,7 +210,9 @@ class _Parser:
                             m.start(), m.end())
                 self.span.inner.append(name)
             return i + 1
-        close = next((j for j in range(i + 1, len(self.tags)) if self.tags[j].group(0) == f"</{name}>"), None)
+        after = self.closers.get(name, [])
+        k = bisect.bisect_right(after, i)
+        close = after[k] if k < len(after) else None
         end = self.tags[close].end() if close is not None else m.end()
         hint = difflib.get_close_matches(name, sorted(self.known), n=1, cutoff=0.6)
         hint = hint or [t for t in sorted(self.known) if t.lower() == name.lower()]

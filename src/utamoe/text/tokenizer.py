@@ -15,14 +15,19 @@ Either way the result is a `PreTrainedTokenizerFast` that saves with
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+import threading
+import weakref
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from utamoe.config import ConfigError
 from utamoe.hf.gguf import gguf_path, load_gguf_tokenizer
+from utamoe.hf.local import pretrained
 from utamoe.tasks import task_names
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -78,6 +83,47 @@ class SpecialIds:
         return self.tasks[name]
 
 
+# `split_special_tokens` is a flag on the shared Rust tokenizer that every encode call sets:
+# calls from several threads (the server's handlers and its batcher) must not interleave.
+_ENCODE_LOCK = threading.Lock()
+
+
+_SPECIALS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def special_strings(tok) -> frozenset[str]:
+    """The text of every special token of `tok` (utamoe's structural tokens, task markers,
+    and a pretrained tokenizer's own control tokens); cached until tokens are added."""
+    size, found = _SPECIALS.get(tok, (-1, frozenset()))
+    if size != len(tok):
+        found = frozenset(t.content for t in tok.added_tokens_decoder.values() if t.special)
+        _SPECIALS[tok] = (len(tok), found)
+    return found
+
+
+def encode_text(tok, text: str, keep: Collection[str] = ()) -> list[int]:
+    """Token ids of `text` read as text: the literal string of a special token (`<eos>`, `<img>`,
+    `<und_slot>`, a task marker, a backbone's control tokens) becomes the characters it is
+    made of, never the token, so no prompt, question or answer can inject structure.
+    `keep`: special tokens that may stand for themselves (a training answer's span openers
+    that are also task markers, such as `<edit>`). Text without any other special token's
+    string is encoded exactly as a plain `encode` would."""
+    with _ENCODE_LOCK:
+        if not keep:
+            return tok.encode(text, add_special_tokens=False, split_special_tokens=True)
+        others = special_strings(tok) - set(keep)
+        if not any(s in text for s in others):
+            return tok.encode(text, add_special_tokens=False, split_special_tokens=False)
+        ids: list[int] = []
+        pattern = "(" + "|".join(re.escape(k) for k in sorted(keep, key=len, reverse=True)) + ")"
+        for piece in re.split(pattern, text):
+            if piece in keep:
+                ids.append(tok.convert_tokens_to_ids(piece))
+            elif piece:
+                ids += tok.encode(piece, add_special_tokens=False, split_special_tokens=True)
+        return ids
+
+
 def _wrap(tok: Tokenizer, specials: list[str]) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK,
@@ -117,7 +163,13 @@ def load_text_tokenizer(path: str | Path, add_tasks: bool = True,
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"text tokenizer directory {path} does not exist")
-        tok = AutoTokenizer.from_pretrained(str(path))
+        try:
+            tok = pretrained(AutoTokenizer, path, "tokenizers.text")
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            if isinstance(err, ConfigError):
+                raise
+            raise ConfigError(f"tokenizers.text {path}: not a tokenizer directory transformers "
+                              f"reads ({type(err).__name__}: {str(err)[:300]})") from err
     wanted = special_tokens(tasks) if add_tasks else BASE_SPECIAL_TOKENS
     missing = [t for t in wanted if t not in tok.get_vocab()]
     if missing:

@@ -15,6 +15,8 @@ import os
 import shutil
 from pathlib import Path
 
+from utamoe.fsutil import disk_errors
+
 STATE_FILE = "trainer_state.json"
 LATEST = "latest"
 
@@ -34,10 +36,12 @@ def save_checkpoint(accelerator, root: Path, name: str, state: dict, keep: int =
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=False)
+    with disk_errors(root, f"checkpoint {name}"):
+        accelerator.save_state(str(tmp), safe_serialization=False)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _write_atomic(tmp / STATE_FILE, json.dumps(state, indent=2))
+        with disk_errors(root, f"checkpoint {name}"):
+            _write_atomic(tmp / STATE_FILE, json.dumps(state, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         _write_atomic(root / LATEST, name + "\n")
@@ -75,6 +79,41 @@ def latest_checkpoint(root: Path) -> Path | None:
     done = sorted((p for p in root.glob("step-*") if (p / STATE_FILE).is_file()),
                   key=lambda p: int(p.name.split("-")[1]))
     return done[-1] if done else None
+
+
+MODEL_FILES = ("pytorch_model.bin", "model.safetensors")  # what Accelerate's save_state writes
+
+
+class OldNames(ValueError):
+    """A checkpoint with an older utamoe's parameter names that do not map onto the model's."""
+
+
+def convert_old_names(ckpt: Path, expected: set[str], rename) -> Path | None:
+    """Rename an older utamoe's parameter names in a checkpoint's model file with `rename`
+    (utamoe.model.io.current_name), when that gives exactly the names of the model (`expected`);
+    the original file is kept beside it as `<file>.old-names`. Returns the converted file;
+    None when its names are current; OldNames when they are old but do not fit the model."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    file = next((ckpt / f for f in MODEL_FILES if (ckpt / f).is_file()), None)
+    if file is None:
+        return None
+    safetensors = file.suffix == ".safetensors"
+    state = load_file(str(file)) if safetensors else torch.load(file, map_location="cpu",
+                                                                  weights_only=True)
+    renamed = {rename(k): v for k, v in state.items()}
+    if set(renamed) == set(state):
+        return None
+    if set(renamed) != expected:
+        raise OldNames(f"{file} holds an older utamoe's parameter names that do not map onto "
+                       f"this model's (e.g. {sorted(set(renamed) - expected)[:3]})")
+    tmp, backup = file.with_name(f".{file.name}.tmp"), file.with_name(file.name + ".old-names")
+    save_file(renamed, str(tmp)) if safetensors else torch.save(renamed, tmp)
+    if not backup.exists():  # copied, not moved: a kill at any point leaves a loadable file
+        shutil.copy2(file, backup)
+    os.replace(tmp, file)
+    return file
 
 
 def read_state(path: Path) -> dict:

@@ -39,7 +39,10 @@ import torch.nn.functional as F
 
 from utamoe.data.formats import load_split
 from utamoe.data.ondisk import HAS_IMAGE, HAS_TARGET_IMAGE, DiskSplit, build_index
+from utamoe.fsutil import check_replaceable
+from utamoe.progress import Progress
 from utamoe.vision.processor import to_rgb
+from utamoe.vision.tokenizer import IS_OWN as TOKENIZER_IS_OWN
 from utamoe.vision.tokenizer import TokenizerConfig, VQTokenizer
 
 REPORT_FILE = "train_report.json"
@@ -243,7 +246,6 @@ def _progress(enabled: bool):
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
-        Progress,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
@@ -324,6 +326,7 @@ def train_tokenizer(
     agreement=None,
     eval_max: int = 200,
     workers: int = 0,
+    replace: bool = False,
 ) -> tuple[VQTokenizer, dict[str, Any]]:
     """Train a VQ tokenizer; returns (model, report) and saves both to `out_dir` if given.
 
@@ -333,7 +336,8 @@ def train_tokenizer(
     `steps`/`batch_size`/`lr` default to the config's; images are resized to the config's
     image_size. `agreement(original, reconstruction) -> bool` adds its rate to the report
     (ShapesWorld's parse agreement). At most `eval_max` evaluation images are used (a
-    seeded random subset).
+    seeded random subset). An existing `out_dir` that is not a tokenizer is refused before
+    training starts (utamoe.fsutil.NotOurs), unless `replace`.
     """
     config = config or TokenizerConfig()
     steps = config.steps if steps is None else steps
@@ -342,6 +346,8 @@ def train_tokenizer(
     if steps < 1 or batch_size < 1 or not lr > 0:
         raise ValueError(f"train_tokenizer: steps and batch_size must be >= 1 and lr > 0 (got "
                          f"{steps}, {batch_size}, {lr})")
+    if out_dir is not None:  # before minutes of training, not after
+        check_replaceable(out_dir, TOKENIZER_IS_OWN, "a VQ image tokenizer directory", replace)
     train, evals = _resolve_data(data, eval_images, eval_max, seed, config.image_size)
     torch.manual_seed(seed)
     model = VQTokenizer(config)
@@ -355,7 +361,7 @@ def train_tokenizer(
         "codes_revived": log["revived"], "restarts": log["restarts"], "eval": metrics,
     }
     if out_dir is not None:
-        path = model.save_pretrained(out_dir)
+        path = model.save_pretrained(out_dir, replace=replace)
         tmp = path / f".{REPORT_FILE}.tmp"
         tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, path / REPORT_FILE)

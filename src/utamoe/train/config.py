@@ -97,6 +97,10 @@ class TrainConfig:
     cfg_dropout: float = 0.1
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
     log_every: int = 10
+    # Where the logged metrics go besides RUN/metrics.jsonl: any of "tensorboard", "wandb"
+    # (utamoe.train.reporters); a named one that is not installed stops the run at its start.
+    report_to: list[str] = field(default_factory=list)
+    wandb_project: str = "utamoe"
     ckpt_every: int = 200
     max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
     collapse_share: float = 0.9  # warn when one expert serves this share of its group's tokens
@@ -152,6 +156,7 @@ class StageConfig:
     lora: LoraStageConfig | None = None  # LoRA (PEFT) on these modules, merged at stage end
     lr: float | None = None  # None = train.lr
     warmup_steps: int | None = None
+    optimizer: Literal["adamw", "muon"] | None = None  # None = train.optimizer
 
 
 @dataclass
@@ -369,17 +374,29 @@ def read_yaml(path: Path, seen: tuple = ()) -> dict:
         raise ConfigError(f"{path}: `extends` loops back to itself")
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid YAML ({_where(err)}); a recipe is a YAML mapping of "
+                          "sections (see configs/)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     base = data.pop("extends", None)
     if base is None:
         return data
+    if not isinstance(base, str) or Path(base).suffix not in (".yaml", ".yml"):
+        raise ConfigError(f"{path}: `extends` must name a .yaml recipe file, got {base!r}")
     base_path = path.parent / base
     if not base_path.is_file():
         raise ConfigError(f"{path}: extends {base}, but {base_path} does not exist")
     return _deep_merge(read_yaml(base_path, (*seen, path.resolve())), data)
+
+
+def _where(err: Exception) -> str:
+    """Where a YAML file is broken and how, without quoting it: the file may not be a recipe at
+    all (an `extends` pointing at a private file must not print its lines)."""
+    mark = getattr(err, "problem_mark", None)
+    at = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "unreadable"
+    problem = getattr(err, "problem", None) or type(err).__name__
+    return f"{problem} at {at}"
 
 
 def load_config(path: str, overrides: list[str] | None = None) -> ExperimentConfig:

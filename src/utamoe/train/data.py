@@ -208,7 +208,7 @@ class TrainData:
         for seq, sample in zip(seqs, samples):
             for question, answer in self.benchmark.extra_questions(sample, rng, self.extra_questions):
                 seq.text(enc.words(question) + [sp.sep])
-                seq.text(enc.words(answer) + [sp.eos], loss=True)
+                seq.text(enc.answer_words(answer) + [sp.eos], loss=True)
 
 
 class _Positions(torch.utils.data.Dataset):

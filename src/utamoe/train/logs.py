@@ -1,10 +1,10 @@
-"""Training logs: metrics per step as JSONL (and TensorBoard when installed), routing-collapse
-warnings, and the loss-curve PNG written at the end of a run."""
+"""Training logs: metrics per step as JSONL (and to the reporters of `train.report_to`,
+utamoe.train.reporters), routing-collapse warnings, and the loss-curve PNG written at the end of
+a run."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from pathlib import Path
@@ -59,27 +59,25 @@ class CollapseWatch:
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path, enabled: bool = True):
+    """RUN/metrics.jsonl, and every record to `reporters` (TensorBoard, wandb) as well."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True, reporters=()):
         self.path = run_dir / "metrics.jsonl"
         self.enabled = enabled
-        self.tb = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-            except Exception:  # tensorboard is optional
-                self.tb = None
+        self.reporters = list(reporters) if enabled else []
 
     def write(self, rec: dict) -> None:
         if not self.enabled:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")
-        if self.tb is not None:
-            for k, v in rec.items():
-                if isinstance(v, (int, float)) and math.isfinite(v):
-                    self.tb.add_scalar(k, v, rec["global_step"])
+        for reporter in self.reporters:
+            reporter.log(rec, rec["global_step"])
+
+    def alert(self, message: str, global_step: int) -> None:
+        """A warning worth seeing beside the curves (a routing collapse)."""
+        for reporter in self.reporters:
+            reporter.alert(message, global_step)
 
     def truncate_after(self, global_step: int) -> None:
         """On resume, drop records the interrupted run logged after its last checkpoint."""
@@ -98,8 +96,8 @@ class MetricsLog:
         os.replace(tmp, self.path)
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        for reporter in self.reporters:
+            reporter.close()
 
 
 def plot_losses(metrics_path: Path, out_png: Path) -> None:

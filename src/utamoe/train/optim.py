@@ -146,14 +146,16 @@ def _fused() -> dict:
     return {"fused": True} if "fused" in inspect.signature(torch.optim.AdamW).parameters else {}
 
 
-def build_optimizer(model: nn.Module, train, lr: float) -> torch.optim.Optimizer:
-    """The stage's optimiser over `model`'s trainable parameters (`train`: a TrainConfig).
-    Weight decay on matrices only; `attn_lr_mult` for the backbone's query/key projections;
-    `optimizer: muon` puts the hidden matrices on Muon (`muon_lr` or the stage's rate)."""
+def build_optimizer(model: nn.Module, train, lr: float, kind: str | None = None) -> torch.optim.Optimizer:
+    """The stage's optimiser over `model`'s trainable parameters (`train`: a TrainConfig; `kind`:
+    the stage's choice, None = `train.optimizer`). Weight decay on matrices only; `attn_lr_mult`
+    for the backbone's query/key projections; "muon" puts the hidden matrices on Muon
+    (`muon_lr` or the stage's rate)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     fast = {n for n, _ in named if train.attn_lr_mult != 1.0 and n.startswith("lm.")
             and (".q_proj." in n or ".k_proj." in n)}
-    muon = muon_names(model, [n for n, _ in named]) if train.optimizer == "muon" else set()
+    kind = kind or train.optimizer
+    muon = muon_names(model, [n for n, _ in named]) if kind == "muon" else set()
     wd, fast_lr = train.weight_decay, lr * train.attn_lr_mult
     # (the group's parameters, its weight decay, its rate); empty groups are dropped
     adamw = [([p for n, p in named if p.ndim >= 2 and n not in fast | muon], wd, lr),

@@ -1,16 +1,18 @@
-"""Rich progress bars for long work: steps done, loss, rate and time left."""
+"""Progress bars for long work: steps done, loss, rate and time left (utamoe.progress: plain
+lines at intervals when the output is a log file)."""
 
 from __future__ import annotations
 
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress,
     ProgressColumn,
     TextColumn,
     TimeRemainingColumn,
 )
 from rich.text import Text
+
+from utamoe.progress import Progress
 
 
 class RateColumn(ProgressColumn):
@@ -34,7 +36,7 @@ def bar(*fields: str, unit: str = "it", enabled: bool = True) -> Progress:
     extra = [TextColumn(f"{f} {{task.fields[{f}]}}") for f in fields]
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     *extra, RateColumn(unit), TextColumn("left"), TimeRemainingColumn(),
-                    disable=not enabled)
+                    disable=not enabled, unit=unit)
 
 
 class StageProgress:

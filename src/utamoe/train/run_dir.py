@@ -25,10 +25,11 @@ from pathlib import Path
 from utamoe.config import ConfigError
 
 ARTEFACTS = ("checkpoints", "image_tokenizer", "text_tokenizer", "model", "metrics.jsonl",
-             "loss.png", "tensorboard", "config.yaml", "data_cache")
+             "loss.png", "tensorboard", "wandb", "wandb_run_id", "config.yaml", "data_cache")
 # Keys `--set` may change on `--resume`: they do not change what the run computes.
 RESUME_SAFE = ("train.log_every", "train.ckpt_every", "train.max_bad_steps",
-               "train.collapse_share", "train.collapse_patience")
+               "train.collapse_share", "train.collapse_patience", "train.report_to",
+               "train.wandb_project")
 
 
 class RunLocked(ConfigError):
@@ -45,6 +46,21 @@ def clean_start(run_dir: Path) -> None:
             path.unlink()
     for stale in run_dir.glob(".*.tmp-*"):  # an interrupted atomic save of a model/tokenizer
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def check_run_dir(run_dir: Path, force: bool) -> None:
+    """A new run may start in a new or empty directory, or (with `force`) in one that holds an
+    earlier run or anything else; a run never starts silently inside a dataset or another
+    folder of the user's (its checkpoints would mix with their files)."""
+    if force or not run_dir.is_dir():
+        return
+    if any((run_dir / a).exists() for a in ARTEFACTS):
+        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                          f"or pass --force to start over (its checkpoints, tokenizers, log and "
+                          f"model are removed)")
+    if any(p.name != ".lock" for p in run_dir.iterdir()):
+        raise ConfigError(f"{run_dir} is not empty and holds no run; give a new or empty --out "
+                          "(or pass --force to train in it anyway: nothing of yours is removed)")
 
 
 def resume_overrides(overrides: list[str], run_dir: Path) -> list[str]:

@@ -18,6 +18,10 @@ are computed once into a file there (utamoe.train.code_cache); nothing holds the
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +30,10 @@ import numpy as np
 
 from utamoe.benchmarks import BenchmarkData, benchmarks
 from utamoe.config import ConfigError
-from utamoe.data.formats import find_benchmark, load_split
-from utamoe.data.ondisk import DiskSplit, SplitIndex, build_index, fingerprint
-from utamoe.fsutil import atomic_directory
+from utamoe.data.formats import DataFormatError, find_benchmark, load_split, overlong
+from utamoe.data.ondisk import DiskSplit, SplitIndex, build_index, fingerprint, overlong_records
+from utamoe.fsutil import atomic_directory, holds_format
+from utamoe.hf.gguf import gguf_path
 from utamoe.model.janus import janus_config_from_dir, load_janus
 from utamoe.model.unified import UnifiedModel
 from utamoe.tasks import get_task, task_names
@@ -111,7 +116,8 @@ class DiskData:
             yield from (t["text"] for t in turns if t.get("text"))
 
 
-def disk_data(cfg: ExperimentConfig, run_dir: Path, acc, log=print) -> DiskData:
+def disk_data(cfg: ExperimentConfig, run_dir: Path, acc, log=print,
+              progress: bool = True) -> DiskData:
     """Index the training split once (main process; saved for the other processes and a resumed
     run) and select what the stages' mixtures use, as `load_samples` does in memory."""
     path = _data_dir(cfg) / f"{cfg.data.train_split}.jsonl"
@@ -120,7 +126,10 @@ def disk_data(cfg: ExperimentConfig, run_dir: Path, acc, log=print) -> DiskData:
     if acc.is_main_process:
         index = SplitIndex.load(cache, path, fingerprint(path)) if path.is_file() else None
         if index is None:
-            index = build_index(path, on_error=cfg.data.on_error)
+            with bar(unit="record", enabled=progress) as progress_bar:
+                job = progress_bar.add_task(f"indexing {path.name}", total=None)
+                index = build_index(path, on_error=cfg.data.on_error,
+                                    progress=lambda n: progress_bar.advance(job, n))
             index.save(cache)
     acc.wait_for_everyone()
     if index is None:
@@ -197,7 +206,9 @@ def text_tokenizer_for(cfg: ExperimentConfig, samples, run_dir: Path, acc):
         tok = train_text_tokenizer(corpus, cfg.tokenizers.text_vocab_size, tasks)
         if spans:
             add_span_tokens(tok, span_tasks)
-        with atomic_directory(path) as tmp:  # a kill mid-save leaves no half tokenizer
+        own = holds_format("tokenizer_config.json")
+        # a kill mid-save leaves no half tokenizer
+        with atomic_directory(path, own, "a text tokenizer directory") as tmp:
             tok.save_pretrained(str(tmp))
 
     # The run's own tokenizer is loaded as saved: nothing may add a token the model lacks.
@@ -294,9 +305,108 @@ def janus_model_for(cfg: ExperimentConfig, text_tok) -> UnifiedModel:
     return model
 
 
+def _positions(model: UnifiedModel) -> int | None:
+    return getattr(model.lm.config, "max_position_embeddings", None)
+
+
+def _lengths(encoder, model: UnifiedModel):
+    """samples -> their training sequences' token counts for this model (no image touched)."""
+    return functools.partial(encoder.lengths, codes=model.config.code_grid ** 2)
+
+
+def _settle(errors: list[DataFormatError], on_error: str, limit: int, log) -> None:
+    if errors and on_error == "raise":
+        raise errors[0]
+    if errors:
+        log(f"[data] {len(errors)} sample(s) longer than the model's {limit} positions skipped; "
+            f"first: {errors[0]}")
+
+
+def fitting(samples, encoder, model: UnifiedModel, on_error: str, log=print):
+    """(the samples whose training sequence fits the model's positions, how many did not): one
+    that does not is a DataFormatError naming its record (`data.on_error: raise`), or is skipped
+    and counted (`skip`), never trained on past the positions."""
+    limit = _positions(model)
+    errors = overlong(samples, _lengths(encoder, model), limit)
+    _settle([e for _, e in errors], on_error, limit, log)
+    drop = {k for k, _ in errors}
+    return [s for k, s in enumerate(samples) if k not in drop], len(errors)
+
+
+def fitting_on_disk(cfg: ExperimentConfig, disk: DiskData, encoder, model: UnifiedModel,
+                    run_dir: Path, acc, progress: bool = True, log=print) -> int:
+    """`fitting` for a split on disk: every record the run uses is read without its images and
+    counted (main process, once: the positions of the records that do not fit are saved in
+    `<run>/data_cache/`, keyed by the split, the selection, the tokenizer and the model's
+    sizes, so a resumed run and the other processes skip the pass). One that does not fit
+    raises naming its file and line, or (`skip`) is taken out of `disk.by_task` and counted.
+    Returns how many were skipped."""
+    limit = _positions(model)
+    if not limit or not disk.by_task:
+        return 0
+    positions = np.sort(np.concatenate(list(disk.by_task.values())))  # file order, as in memory
+    file = run_dir / "data_cache" / f"overlong-{cfg.data.train_split}.json"
+    tok = encoder.tokenizer
+    vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
+    key = {"index": disk.index.source, "limit": limit, "codes": model.config.code_grid ** 2,
+           "und_tokens": encoder.und_tokens, "tokens": len(tok),
+           "vocab": hashlib.sha1(json.dumps(sorted(vocab.items())).encode()).hexdigest(),
+           "positions": hashlib.sha1(positions.astype(np.int64).tobytes()).hexdigest()}
+    if acc.is_main_process and _read_json(file).get("key") != key:
+        with bar(unit="record", enabled=progress) as progress_bar:
+            job = progress_bar.add_task("checking sequence lengths", total=len(positions))
+            found = overlong_records(disk.split, positions, _lengths(encoder, model), limit,
+                                     progress=lambda n: progress_bar.advance(job, n))
+        errors = [[p, e.path, e.line, e.message] for p, e in found]
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(file.name + ".tmp")
+        tmp.write_text(json.dumps({"key": key, "overlong": errors}), encoding="utf-8")
+        os.replace(tmp, file)
+    acc.wait_for_everyone()
+    found = _read_json(file).get("overlong", [])
+    _settle([DataFormatError(path, line, msg) for _, path, line, msg in found],
+            cfg.data.on_error, limit, log)
+    if found:
+        drop = np.asarray([p for p, *_ in found], np.int64)
+        disk.by_task = {t: kept for t, pos in disk.by_task.items()
+                        if len(kept := pos[~np.isin(pos, drop)])}
+    return len(found)
+
+
+def _read_json(file: Path) -> dict:
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def check_recipe_files(cfg: ExperimentConfig) -> None:
+    """Every path and file the recipe names, read before the first long step (loading the data,
+    training tokenizers: minutes): a broken backbone, encoder or tokenizer path is reported
+    now. The model is tried on the meta device with stand-in tokenizer sizes (only configs and
+    GGUF headers are read); `prepare_run` tries it again with the real ones."""
+    t, m = cfg.tokenizers, cfg.model
+    if t.image and not Path(t.image).is_dir():
+        raise ConfigError(f"tokenizers.image {t.image}: no such directory (a saved VQ tokenizer, "
+                          "e.g. RUN/image_tokenizer); or leave it out to train one")
+    if t.text and t.text.endswith(".gguf"):
+        folder, _, name = t.text.rpartition("/")
+        gguf_path(folder or ".", name, "tokenizers.text")
+    elif t.text and not Path(t.text).is_dir():
+        raise ConfigError(f"tokenizers.text {t.text}: no such directory (a tokenizer directory or "
+                          "DIR/NAME.gguf); or leave it out to train one")
+    if m.janus is not None:
+        janus_config_from_dir(m.janus)
+        return
+    stand_in = dataclasses.replace(m, vocab_size=max(t.text_vocab_size, 64), num_codes=16,
+                                   code_grid=4, und_slot_id=0)
+    preflight(stand_in, cfg.stages)
+
+
 def prepare_run(cfg: ExperimentConfig, run_dir: Path, acc, progress: bool = True) -> RunParts:
+    check_recipe_files(cfg)
     log = print if acc.is_main_process else (lambda *a: None)
-    disk = disk_data(cfg, run_dir, acc, log) if on_disk(cfg) else None
+    disk = disk_data(cfg, run_dir, acc, log, progress) if on_disk(cfg) else None
     samples, skipped = (disk, disk.index.report.skipped) if disk else load_samples(cfg)
     text_tok = text_tokenizer_for(cfg, samples, run_dir, acc)
     if cfg.model.janus is not None:
@@ -311,16 +421,18 @@ def prepare_run(cfg: ExperimentConfig, run_dir: Path, acc, progress: bool = True
         model = UnifiedModel.build(model_cfg, image_tok)
     encoder = model.sequence_encoder(text_tok)
     if disk is not None:
+        too_long = fitting_on_disk(cfg, disk, encoder, model, run_dir, acc, progress, log)
         data = TrainData(disk.split, encoder, cfg.run.seed, acc.process_index, disk.by_task)
         data.on_error = cfg.data.on_error
         data.code_cache = codes_on_disk(cfg, disk, encoder, image_tok, run_dir, acc, progress)
-        return RunParts(model, text_tok, data, skipped)
+        return RunParts(model, text_tok, data, skipped + too_long)
+    samples, too_long = fitting(samples, encoder, model, cfg.data.on_error, log=log)
     data = TrainData(samples, encoder, cfg.run.seed, acc.process_index)
     todo = len(data.code_images())
     with bar(unit="img", enabled=progress) as progress_bar:
         job = progress_bar.add_task("encoding images to VQ codes", total=todo)
         data.precompute_codes(image_tok, progress=lambda n: progress_bar.advance(job, n))
-    return RunParts(model, text_tok, data, skipped)
+    return RunParts(model, text_tok, data, skipped + too_long)
 
 
 def codes_on_disk(cfg: ExperimentConfig, disk: DiskData, encoder, image_tok, run_dir: Path, acc,

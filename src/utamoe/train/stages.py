@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from utamoe.config import ConfigError
+from utamoe.model.io import current_name
 from utamoe.model.unified import UnifiedModel
 from utamoe.moe import MoEConfig, TaskAwareMoE
 from utamoe.moe.blocks import decoder_layers, inner_mlp, set_inner_mlp
@@ -100,6 +101,8 @@ def select_trainable(model: nn.Module, trainable: list[str], frozen: list[str]) 
     stash, a MoVE encoder configured `frozen`) stay frozen whatever the globs say."""
     always_frozen = ("image_tokenizer.", "ffn_stash.")
     fixed = frozen_parameters(model)  # MoVE encoders configured `frozen`
+    all_names = [name for name, _ in model.named_parameters()]
+    trainable, frozen = _current_globs(trainable, all_names), _current_globs(frozen, all_names)
     names = []
     for name, p in model.named_parameters():
         on = not trainable or any(fnmatch.fnmatchcase(name, g) for g in trainable)
@@ -110,13 +113,22 @@ def select_trainable(model: nn.Module, trainable: list[str], frozen: list[str]) 
         p.requires_grad_(on)
         if on:
             names.append(name)
-    all_names = [name for name, _ in model.named_parameters()]
     unused = [g for g in (*trainable, *frozen) if not any(fnmatch.fnmatchcase(n, g) for n in all_names)]
     if unused:
         raise ValueError(f"the glob(s) {unused} match no parameter of the model (a typo?)")
     if not names:
         raise ValueError(f"no parameter matches trainable={trainable} minus frozen={frozen}")
     return names
+
+
+def _current_globs(globs: list[str], names: list[str]) -> list[str]:
+    """Globs written for an older utamoe's parameter names (a resumed run's config.yaml from
+    model format 1: `und_aligner.*`), renamed when they match nothing as written and their
+    current name does (utamoe.model.io.current_name); any other glob is kept as it is."""
+    def matches(g: str) -> bool:
+        return any(fnmatch.fnmatchcase(n, g) for n in names)
+
+    return [current_name(g) if not matches(g) and matches(current_name(g)) else g for g in globs]
 
 
 def add_lora(model, rank: int, alpha: float, targets: list[str], dropout: float = 0.0) -> None:

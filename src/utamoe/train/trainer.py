@@ -32,10 +32,12 @@ import torch
 from accelerate import DistributedDataParallelKwargs
 from accelerate.utils import set_seed
 
-from utamoe.model.io import save_model_dir
+from utamoe.model.io import current_name, save_model_dir
 from utamoe.model.unified import UnifiedOutput
 from utamoe.train.checkpoint import (
+    OldNames,
     complete_checkpoints,
+    convert_old_names,
     latest_checkpoint,
     read_state,
     save_checkpoint,
@@ -55,6 +57,7 @@ from utamoe.train.levers import scale_attention_init, set_qk_norm_gain, split_by
 from utamoe.train.logs import CollapseWatch, MetricsLog, plot_losses, step_metrics
 from utamoe.train.optim import build_optimizer, lr_lambda
 from utamoe.train.progress import StageProgress
+from utamoe.train.reporters import check_report_to, open_reporters
 from utamoe.train.run_dir import RunLock, clean_start
 from utamoe.train.setup import benchmark_with, prepare_run
 from utamoe.train.stages import add_lora, apply_surgery, merge_lora, select_trainable
@@ -111,6 +114,7 @@ class Trainer:
 
     def setup(self) -> None:
         acc = self.accelerator
+        check_report_to(self.cfg.train.report_to)  # a missing logger fails now, not after setup
         set_seed(self.cfg.run.seed)
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -122,7 +126,9 @@ class Trainer:
         self.model, self.text_tokenizer, self.data = run.model, run.text_tokenizer, run.data
         self._apply_levers()
         self.model.to(acc.device)
-        self.log = MetricsLog(self.run_dir, enabled=self.main)
+        reporters = open_reporters(self.cfg.train.report_to, self.run_dir, asdict(self.cfg),
+                                   self.cfg.train.wandb_project) if self.main else []
+        self.log = MetricsLog(self.run_dir, enabled=self.main, reporters=reporters)
         self.collapse = CollapseWatch(self.cfg.train.collapse_share, self.cfg.train.collapse_patience)
 
     def _apply_levers(self) -> None:
@@ -159,7 +165,7 @@ class Trainer:
     def _optimizer(self, stage: StageConfig):
         t = self.cfg.train
         select_trainable(self.model, stage.trainable, stage.frozen)
-        opt = build_optimizer(self.model, t, stage.lr or t.lr)
+        opt = build_optimizer(self.model, t, stage.lr or t.lr, stage.optimizer)
         warmup = t.warmup_steps if stage.warmup_steps is None else stage.warmup_steps
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lr_lambda(warmup, stage.steps, t.min_lr_ratio, t.schedule, t.decay_frac))
@@ -236,11 +242,7 @@ class Trainer:
                 after_prepare(self.accelerator, self.prepared, self.model)
                 self.sched = sched
                 if index == resume_stage:
-                    try:
-                        self.accelerator.load_state(str(ckpt))
-                    except Exception as err:  # truncated / garbage files: try an older one
-                        raise CheckpointDamaged(f"{ckpt.name} cannot be loaded ({type(err).__name__}: "
-                                                f"{str(err)[:200]})") from err
+                    self._load_checkpoint(ckpt)
                     with warnings.catch_warnings():  # "scheduler stepped before optimizer": intended
                         warnings.simplefilter("ignore", UserWarning)
                         for _ in range(state.step):  # the schedule is a function of the step count
@@ -253,6 +255,36 @@ class Trainer:
                 signal.signal(sig, handler)
             self.log.close()
         return self._finish()
+
+    def _load_checkpoint(self, ckpt: Path) -> None:
+        """Accelerate's state from `ckpt`; a checkpoint of an older utamoe (model format 1
+        parameter names) is converted first where the renaming is mechanical."""
+        try:
+            self.accelerator.load_state(str(ckpt))
+            return
+        except Exception as err:  # truncated / garbage files, or another utamoe's names
+            first = err
+        expected = set(self.accelerator.unwrap_model(self.prepared).state_dict())
+        older, converted = "", None
+        try:
+            converted = convert_old_names(ckpt, expected, current_name) if self.main else None
+        except OldNames as err:
+            older = f" (written by an older utamoe: {err})"
+        except Exception:  # unreadable: the original error says more
+            pass
+        self.accelerator.wait_for_everyone()
+        if converted:
+            print(f"[resume] {ckpt.name} was written by an older utamoe (model format 1 parameter "
+                  f"names): renamed in {converted.name}, the original kept as "
+                  f"{converted.name}.old-names", flush=True)
+        if not older:  # every process: the main one may have converted the file
+            try:
+                self.accelerator.load_state(str(ckpt))
+                return
+            except Exception as err:
+                first = err
+        raise CheckpointDamaged(f"{ckpt.name} cannot be loaded{older} ({type(first).__name__}: "
+                                f"{str(first)[:200]})") from first
 
     def _on_signal(self, signum, frame) -> None:
         self._stop_signal = signum
@@ -350,7 +382,9 @@ class Trainer:
         rec.update({k: round(v, 4) for k, v in (packing or {}).items()})
         rec["global_loss"] = self._global_loss
         self.log.write(rec)
-        self.collapse.update(rec)
+        alert = self.collapse.update(rec)
+        if alert:
+            self.log.alert(alert, state.global_step)
 
     def _checkpoint(self, state: TrainState) -> Path:
         name = f"step-{state.global_step}"
@@ -362,7 +396,9 @@ class Trainer:
             del model.ffn_stash
         out = self.run_dir / "model"
         if self.main:
-            save_model_dir(model, out, self.text_tokenizer)
+            trained = [t for t in self.data.by_task
+                       if any(st.mixture.get(t, 0) > 0 for st in self.cfg.stages)]
+            save_model_dir(model, out, self.text_tokenizer, trained_tasks=trained)
             if self.log.path.is_file():
                 plot_losses(self.log.path, self.run_dir / "loss.png")
         self.accelerator.wait_for_everyone()

@@ -130,10 +130,7 @@ class HFEncoder(EncoderKind):
                               "(e.g. 'siglip_vision_model')")
 
     def build(self, spec, image_size: int, image_tokenizer, where: str):
-        try:
-            tower = build_vision(HFPart(spec.path, spec.config), image_size)
-        except ConfigError as err:
-            raise ConfigError(f"{where}: {err}") from None
+        tower = build_vision(HFPart(spec.path, spec.config), image_size, where)
         side = patch_grid_of(tower, image_size)
         try:
             with torch.no_grad():

@@ -32,11 +32,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from utamoe.config import ConfigError, from_dict, to_dict
-from utamoe.fsutil import atomic_directory
+from utamoe.fsutil import atomic_directory, disk_errors, holds_format
 
 CONFIG_FILE = "tokenizer_config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT_NAME = "utamoe-vq-tokenizer"
+IS_OWN = holds_format(CONFIG_FILE, FORMAT_NAME)  # what save_pretrained may replace
 
 
 class TokenizerLoadError(OSError):
@@ -315,12 +316,15 @@ class VQTokenizer(nn.Module):
 
     # ------------------------------------------------------------ persistence
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+    def save_pretrained(self, directory: str | os.PathLike, replace: bool = False) -> Path:
         """Write config JSON + safetensors atomically: into a temp dir next to the
-        target, then renamed over it, so a killed save never leaves a broken tokenizer."""
+        target, then renamed over it, so a killed save never leaves a broken tokenizer. An
+        existing directory is replaced only when it is a tokenizer of this kind or empty (else
+        utamoe.fsutil.NotOurs), or with `replace`."""
         from safetensors.torch import save_file
 
-        with atomic_directory(directory) as tmp:
+        with disk_errors(directory, "the VQ tokenizer"), \
+                atomic_directory(directory, IS_OWN, "a VQ image tokenizer directory", replace) as tmp:
             state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
             meta = {"format": FORMAT_NAME, "version": 1, "config": self.config.to_dict()}
