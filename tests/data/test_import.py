@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -228,6 +229,10 @@ def test_import_is_idempotent_and_test_every_splits(llava, tmp_path, capsys):
     args = ["data", "import", "--from", "llava", str(llava / "llava_instruct.json"), "--out",
             str(out), "--images", str(llava / "images"), "--test-every", "2"]
     assert main(args) == 0
+    # Output to a log file (not a terminal): progress lines that end in "done", not "/100".
+    lines = [x for x in capsys.readouterr().out.splitlines() if "] importing " in x]
+    assert lines and re.search(r": (\d+)/\1 \(100%\), .*, done$", lines[-1]), lines
+    assert not any("/100 " in x for x in lines[:-1])
     first = {p.name: p.read_bytes() for p in out.glob("*.jsonl")}
     assert sorted(first) == ["test.jsonl", "train.jsonl"]
     assert [r["meta"]["source_index"] for r in _records(out / "test.jsonl")] == [1, 3]

@@ -79,7 +79,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_data_import(args: argparse.Namespace) -> int:
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
     opts = ImportOptions(kind=args.kind, split=args.split, images=args.images, task=args.task,
                          system=args.system, prompt=args.prompt, text_column=args.text_column,
@@ -87,10 +87,11 @@ def cmd_data_import(args: argparse.Namespace) -> int:
                          test_every=args.test_every)
     columns = (SpinnerColumn(), TextColumn("{task.description} {task.completed} records"),
                TimeElapsedColumn())
-    with Progress(*columns, transient=True) as bar:
-        job = bar.add_task(f"importing {args.src}")
+    with Progress(*columns, transient=True, unit="record") as bar:  # a log file gets lines
+        job = bar.add_task(f"importing {args.src}", total=None)
         report = run_import(args.src, args.out, opts, force=args.force,
                             progress=lambda n: bar.advance(job, n))
+        bar.update(job, total=bar.tasks[0].completed)  # finished: a log file's last line says done
     print_import(report, args.out, opts.split)
     return 0
 

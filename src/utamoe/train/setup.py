@@ -130,6 +130,7 @@ def disk_data(cfg: ExperimentConfig, run_dir: Path, acc, log=print,
                 job = progress_bar.add_task(f"indexing {path.name}", total=None)
                 index = build_index(path, on_error=cfg.data.on_error,
                                     progress=lambda n: progress_bar.advance(job, n))
+                progress_bar.update(job, total=len(index), completed=len(index))  # done
             index.save(cache)
     acc.wait_for_everyone()
     if index is None:
