@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("utamoe.text",),         # text tokenizer, span and box grammar, span tokens
     ("utamoe.moe",),          # TA-MoE and MoLE
     ("utamoe.vision",),       # image processing, encoders, MoVE, the VQ tokenizer
-    ("utamoe.data",),         # dataset format, sequences, sequence packing
+    ("utamoe.data",),         # dataset format, importers, splits on disk, sequences, packing
     ("utamoe.model",),        # the unified model
     ("utamoe.infer",),        # the decoding engine and the predictor
     ("utamoe.tasks_exec",),   # span router and executors
