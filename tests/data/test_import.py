@@ -244,6 +244,12 @@ def test_import_is_idempotent_and_test_every_splits(llava, tmp_path, capsys):
     other = [*args[:4], str(tmp_path / "elsewhere.json"), *args[5:]]
     (tmp_path / "elsewhere.json").write_text(json.dumps(LLAVA[:3]))
     assert main(other) == 2 and "pass --force" in capsys.readouterr().err
+    # A folder of the user's that is not a dataset is not written into (issue 28, item 1).
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    assert main([*args[:6], str(tmp_path / "mine"), *args[7:]]) == 2
+    assert "is not empty and holds no dataset" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
 
 
 KILLER = """

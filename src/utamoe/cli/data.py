@@ -144,7 +144,8 @@ def _add_import_verb(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--image-column", help="image column (default: file_name, image, image_path, "
                                           "path, file or images)")
     i.add_argument("--hf-split", help="split of a saved DatasetDict to import")
-    i.add_argument("--force", action="store_true", help="replace a split that exists")
+    i.add_argument("--force", action="store_true", help="replace a split that exists; write into "
+                   "a folder that holds other files")
     i.set_defaults(func=cmd_data_import)
 
 

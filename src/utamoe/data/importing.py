@@ -53,6 +53,7 @@ from utamoe.data.mapping import (
     pair_record,
     record_of,
 )
+from utamoe.fsutil import check_output_dir
 
 KINDS = ("llava", "messages", "t2i", "hf")
 TEXT_COLUMNS = ("text", "caption", "prompt", "sentence")
@@ -387,6 +388,11 @@ def run_import(src: str | os.PathLike, out: str | os.PathLike, opts: ImportOptio
     if opts.system not in ("prepend", "meta") or opts.test_every < 0:
         raise DataFormatError(src, None, "--system is prepend or meta; --test-every is >= 0")
     source = open_source(opts.kind, src, opts)
+    # A new or empty folder, a dataset (or a stopped import), or the source's own folder (the
+    # dataset beside its images); never among other files of the user's (issue 28, item 1).
+    beside = out.resolve() in (src.resolve(), src.resolve().parent)
+    if not force and not beside:
+        check_output_dir(out, (MANIFEST, "import"), "dataset")
     out.mkdir(parents=True, exist_ok=True)
     # A Hugging Face dataset holds its images' bytes: they are written into the dataset unless
     # --images names the folder its image paths are relative to.
