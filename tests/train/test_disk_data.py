@@ -49,6 +49,9 @@ def test_split_on_disk_with_a_worker_gives_the_golden_curve(tmp_path):
     finally:
         golden_test.tiny_recipe = restore
     assert (tmp_path / "run" / "data_cache" / "index-train.npz").is_file()
+    # The saved model names the tasks it trained on (eval's notes read them), on disk as in memory.
+    saved = json.loads((tmp_path / "run" / "model" / "utamoe.json").read_text())
+    assert saved["trained_tasks"] == ["caption", "edit", "grounding", "pope", "t2i", "vqa"]
     golden = json.loads(GOLDEN.read_text())
     assert len(curve) == len(golden) == sum(s["steps"] for s in STAGES)
     for got, want in zip(curve, golden):

@@ -108,6 +108,13 @@ class TrainData:
         """The samples held in memory (none for a split on disk: it is read batch by batch)."""
         return [s for samples in self.by_task.values() for s in samples]
 
+    @property
+    def tasks(self) -> list[str]:
+        """The tasks it has samples of, in memory or on disk (what a saved model records as
+        trained, utamoe.eval)."""
+        return [t for t in (self.disk_tasks if self.disk is not None else self.by_task)
+                if self._has(t)]
+
     def _count(self, task: str) -> int:
         return len(self.disk_tasks[task]) if self.disk is not None else len(self.by_task[task])
 
@@ -172,8 +179,7 @@ class TrainData:
         live = {t: w for t, w in mixture.items()
                 if w > 0 and (self._has(t) or (self.stream and t in self.benchmark.stream_tasks()))}
         if not live:
-            have = sorted(t for t in (self.disk_tasks if self.disk is not None else self.by_task)
-                          if self._has(t))
+            have = sorted(self.tasks)
             raise ValueError(f"no training samples for any task of the mixture {mixture}; "
                              f"the dataset has: {have}")
         return live

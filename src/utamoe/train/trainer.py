@@ -396,7 +396,7 @@ class Trainer:
             del model.ffn_stash
         out = self.run_dir / "model"
         if self.main:
-            trained = [t for t in self.data.by_task
+            trained = [t for t in self.data.tasks  # in memory or on disk
                        if any(st.mixture.get(t, 0) > 0 for st in self.cfg.stages)]
             save_model_dir(model, out, self.text_tokenizer, trained_tasks=trained)
             if self.log.path.is_file():
