@@ -29,7 +29,7 @@ own cost against the step's. Targets: big peak memory < 4 GB, big/subset tokens/
 demo-disk/demo-memory >= 0.95.
 
     python benchmarks/data_streaming.py [--records 200000] [--steps 300] [--workers 1] [--json]
-    python benchmarks/data_streaming.py --records 3000 --steps 6 --demo-steps 6   # smoke test
+    python benchmarks/data_streaming.py --records 3000 --steps 6 --demo-steps 6 --warmup 2  # smoke test
 """
 
 from __future__ import annotations
@@ -227,6 +227,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if not 0 <= a.warmup < min(a.steps, a.demo_steps):  # else no step is timed (found after minutes)
+        ap.error(f"--warmup {a.warmup} must be below --steps and --demo-steps")
     if a.child:
         child(json.loads(a.child))
         return
