@@ -12,8 +12,9 @@ here which benchmark a manifest belongs to and uses what that benchmark register
     codec_agreement  (config) -> check(original, reconstruction) -> bool, for codec evaluation
     stream_sample    (config, task, index) -> a fresh training sample (`data.stream`)
     stream_tasks     (config) -> the tasks it can stream
-    extra_questions  (sample, config, rng, k) -> up to k more (question, answer) pairs about the
-                     sample's image (`train.extra_questions`)
+    extra_questions  (sample, config, rng, k[, kinds]) -> up to k more (question, answer) pairs
+                     about the sample's image (`train.extra_questions`); `kinds` weighs the
+                     benchmark's own question kinds (`train.extra_question_kinds`)
 
 Every hook is optional. ShapesWorld is the built-in benchmark (utamoe.shapes.benchmark),
 loaded by name like a plug-in; another package adds one with `register_benchmark` or an entry
@@ -79,7 +80,9 @@ class BenchmarkData:
     def stream_tasks(self) -> tuple[str, ...]:
         return tuple(self.benchmark.stream_tasks(self.config))
 
-    def extra_questions(self, sample, rng, k: int) -> list[tuple[str, str]]:
+    def extra_questions(self, sample, rng, k: int, kinds: dict | None = None) -> list[tuple[str, str]]:
+        if kinds:  # only passed when set, so a hook without the argument keeps working
+            return self.benchmark.extra_questions(sample, self.config, rng, k, kinds)
         return self.benchmark.extra_questions(sample, self.config, rng, k)
 
 

@@ -224,6 +224,37 @@ def test_extra_questions_append_answers_about_the_same_scene(tiny_assets, tmp_pa
         assert (a == "yes") == ((color, shape) in scene.combos())
 
 
+def test_extra_question_kinds_weigh_the_questions_asked(tiny_assets, tmp_path):
+    import numpy as np
+
+    from utamoe.shapes.questions import VQA_TYPES
+
+    trainer = _trainer(tiny_assets, tmp_path / "r", [{"name": "s", "steps": 1, "mixture": {"vqa": 1, "pope": 1}}],
+                       extra_questions=4, extra_question_kinds={"relation": 1, "count": 1})
+    data = trainer.data
+    assert data.extra_question_kinds == {"relation": 1, "count": 1}
+    rng = np.random.default_rng(0)
+    vqa = [s for s in data.by_task["vqa"] if len(s.meta["scene"]) >= 2]
+    asked = [q for s in vqa for q, _ in data.benchmark.extra_questions(s, rng, 4, data.extra_question_kinds)]
+    assert asked and all(q.startswith("how many") or " of " in q or " above " in q or " below " in q
+                         for q in asked), asked
+    pope = data.by_task["pope"][0]  # POPE questions only when `pope` has a weight
+    assert data.benchmark.extra_questions(pope, rng, 3, {"relation": 1}) == []
+    assert len(data.benchmark.extra_questions(pope, rng, 3, {"pope": 1})) == 3
+    kinds = {t: 0 for t in VQA_TYPES}
+    with pytest.raises(ConfigError, match="train.extra_question_kinds"):
+        data.benchmark.extra_questions(vqa[0], rng, 2, {"colour": 1})
+    assert data.benchmark.extra_questions(vqa[0], rng, 2, {**kinds, "pope": 1}) == []
+
+
+def test_extra_question_kinds_need_extra_questions(tiny_assets, tmp_path):
+    with pytest.raises(ConfigError, match="extra_questions is 0"):
+        build_config(tiny_recipe(tiny_assets, tmp_path / "r", None, extra_question_kinds={"count": 1}))
+    with pytest.raises(ConfigError, match="weights must be numbers >= 0"):
+        build_config(tiny_recipe(tiny_assets, tmp_path / "r", None, extra_questions=2,
+                                 extra_question_kinds={"count": -1}))
+
+
 def test_split_by_group_gives_the_same_gradient_as_the_mixed_batch(tiny_assets, tmp_path):
     from utamoe.train.levers import split_by_group
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from utamoe.config import ConfigError
 from utamoe.data.formats import Sample
 from utamoe.shapes.text import refer
 from utamoe.shapes.world import Scene, SceneObject, ShapesWorldConfig, sample_scene
@@ -124,26 +125,49 @@ def pope_question(ctx: SampleContext, scene: Scene) -> tuple[str, str] | None:
     return f"is there a {color} {shape} in the image?", answer
 
 
-def vqa_question(ctx: SampleContext, scene: Scene) -> tuple[str, str] | None:
-    qtype = ctx.choice(VQA_TYPES)
+def vqa_question(ctx: SampleContext, scene: Scene, weights: Sequence[float] | None = None
+                 ) -> tuple[str, str] | None:
+    """A VQA question of a type drawn uniformly, or by `weights` (one per VQA_TYPES entry)."""
+    if weights is None:
+        qtype = ctx.choice(VQA_TYPES)
+    else:
+        qtype = VQA_TYPES[int(ctx.rng.choice(len(VQA_TYPES), p=np.asarray(weights) / sum(weights)))]
     if qtype == "relation":
         return relation_qa(ctx, scene) if len(scene) >= 2 else None
     return vqa_qa(ctx, scene, qtype)
 
 
+QUESTION_KINDS = ("pope", *VQA_TYPES)
+
+
+def check_question_kinds(kinds: dict[str, float]) -> None:
+    """`kinds` (train.extra_question_kinds) names only ShapesWorld's question kinds, weights >= 0."""
+    bad = sorted(k for k in kinds if k not in QUESTION_KINDS)
+    if bad or any(w < 0 for w in kinds.values()):
+        raise ConfigError(f"train.extra_question_kinds: ShapesWorld's kinds are "
+                         f"{', '.join(QUESTION_KINDS)} with weights >= 0; got {dict(kinds)}")
+
+
 def extra_questions(sample: Sample, world: ShapesWorldConfig, rng: np.random.Generator,
-                    k: int) -> list[tuple[str, str]]:
-    """Up to k (question, answer) pairs of the sample's task about the sample's scene."""
+                    k: int, kinds: dict[str, float] | None = None) -> list[tuple[str, str]]:
+    """Up to k (question, answer) pairs of the sample's task about the sample's scene. `kinds`
+    (empty: every kind equally) weighs the question kinds: `pope` for a POPE sample's (0: none),
+    the VQA types for a VQA sample's (the types absent from `kinds` are not asked)."""
     if sample.task not in EXTRA_QUESTION_TASKS or "scene" not in (sample.meta or {}):
         return []
+    weights = None
+    if kinds:
+        check_question_kinds(kinds)
+        weights = [float(kinds.get(t, 0.0)) for t in VQA_TYPES]
+        if (kinds.get("pope", 0.0) if sample.task == "pope" else sum(weights)) <= 0:
+            return []
     scene = Scene.from_json(sample.meta["scene"])
     ctx = SampleContext(world, rng, heldout=sample.id.startswith("heldout"))
-    make = pope_question if sample.task == "pope" else vqa_question
     out: list[tuple[str, str]] = []
     for _ in range(k * _EXTRA_TRIES):
         if len(out) == k:
             break
-        qa = make(ctx, scene)
+        qa = pope_question(ctx, scene) if sample.task == "pope" else vqa_question(ctx, scene, weights)
         if qa is not None:
             out.append(qa)
     return out

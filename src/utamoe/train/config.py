@@ -116,6 +116,10 @@ class TrainConfig:
     # A benchmark's data that offers it (ShapesWorld): k extra questions about the same image
     # after each answer (utamoe.train.data): k + 1 answers per image encoding.
     extra_questions: int = 0
+    # Weights of the benchmark's question kinds for those extra questions (empty: its own mix;
+    # ShapesWorld: pope and the VQA types, e.g. {relation: 3, count: 3}; a kind left out is
+    # not asked).
+    extra_question_kinds: dict[str, float] = field(default_factory=dict)
     # One forward/backward per task group of each micro-batch, each cut to its own longest
     # sequence: und rows stop paying for the gen rows' padding (utamoe.train.levers.split_by_group).
     split_groups: bool = False
@@ -213,6 +217,12 @@ class ExperimentConfig:
         if t.qk_init_std < 0 or t.attn_lr_mult <= 0 or t.extra_questions < 0 or t.qk_norm_gain < 0:
             raise ConfigError("train.qk_init_std, train.qk_norm_gain and train.extra_questions must be "
                               ">= 0, train.attn_lr_mult > 0")
+        if t.extra_question_kinds and t.extra_questions == 0:
+            raise ConfigError("train.extra_question_kinds weighs the extra questions, but "
+                              "train.extra_questions is 0: set it to how many to add per image")
+        if any(not isinstance(w, (int, float)) or w < 0 for w in t.extra_question_kinds.values()):
+            raise ConfigError(f"train.extra_question_kinds: weights must be numbers >= 0, got "
+                              f"{dict(t.extra_question_kinds)}")
         for i, st in enumerate(self.stages):
             where = f"stages[{i}] ({st.name})"
             if st.steps < 1:

@@ -101,6 +101,7 @@ class TrainData:
         self.stream = False
         self.image_tokenizer = None
         self.extra_questions = 0
+        self.extra_question_kinds: dict[str, float] = {}
         # utamoe.data.packing: None = right-padded rows; N = rows of <= N tokens (0: one row).
         self.pack_tokens: int | None = None
 
@@ -212,7 +213,8 @@ class TrainData:
         to each sequence, in place; `seqs[i]` is the sequence of `samples[i]`."""
         sp, enc = self.encoder.special, self.encoder
         for seq, sample in zip(seqs, samples):
-            for question, answer in self.benchmark.extra_questions(sample, rng, self.extra_questions):
+            for question, answer in self.benchmark.extra_questions(sample, rng, self.extra_questions,
+                                                                      self.extra_question_kinds):
                 seq.text(enc.words(question) + [sp.sep])
                 seq.text(enc.answer_words(answer) + [sp.eos], loss=True)
 

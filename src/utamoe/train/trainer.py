@@ -144,6 +144,7 @@ class Trainer:
         if wanted:
             self.data.benchmark = benchmark_with(self.cfg.data.dir, wanted)
             self.data.extra_questions = t.extra_questions
+            self.data.extra_question_kinds = dict(t.extra_question_kinds)
             if self.cfg.data.stream:
                 self.data.stream, self.data.image_tokenizer = True, self.model.image_tokenizer
         if t.qk_init_std > 0:
