@@ -17,7 +17,9 @@ import json
 from pathlib import Path
 
 PANELS = {"pope_accuracy": ("POPE accuracy", 0.90), "vqa_accuracy": ("VQA accuracy", 0.85),
-          "t2i_color": ("t2i colour facet", 0.70), "t2i_correct_all": ("t2i correct-all", 0.70)}
+          "t2i_color": ("t2i colour facet", 0.70), "t2i_correct_all": ("t2i correct-all", 0.70),
+          "vqa_accuracy_relation": ("VQA relation questions", 0.70),
+          "vqa_accuracy_count": ("VQA count questions", 0.70)}
 
 
 def main(argv=None) -> None:

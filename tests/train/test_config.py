@@ -40,9 +40,13 @@ def test_bad_config_and_bad_data_errors(tiny_assets, tmp_path):
 
 
 def test_shipped_recipes_validate():
-    for name in ("utamoe", "joint_dense", "joint_topk", "und_only", "gen_only"):
-        cfg = load_config(name)
-        assert cfg.stages and cfg.model.backbone.config["model_type"] == "llama"
+    for name in ("utamoe", "joint_dense", "joint_topk", "und_only", "gen_only", "demo"):
+        cfg = load_config(name)  # the ShapesWorld recipes share base.yaml's architecture
+        assert cfg.stages and cfg.model.backbone.config["model_type"] == "qwen3"
+        assert cfg.train.optimizer == "muon" and cfg.model.und_pos2d
+    demo, utamoe = load_config("demo"), load_config("utamoe")
+    assert [s.surgery for s in demo.stages] == [s.surgery for s in utamoe.stages]  # the same recipe
+    assert demo.stages[2].optimizer == "adamw" and demo.data.stream and demo.train.extra_questions
     topk = load_config("joint_topk").stages[1].moe
     ta = load_config("utamoe").stages[2].moe
     active = lambda m: m.top_k + m.num_shared_experts  # noqa: E731
