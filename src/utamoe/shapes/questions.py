@@ -125,13 +125,14 @@ def pope_question(ctx: SampleContext, scene: Scene) -> tuple[str, str] | None:
     return f"is there a {color} {shape} in the image?", answer
 
 
-def vqa_question(ctx: SampleContext, scene: Scene, weights: Sequence[float] | None = None
+def vqa_question(ctx: SampleContext, scene: Scene, probs: np.ndarray | None = None
                  ) -> tuple[str, str] | None:
-    """A VQA question of a type drawn uniformly, or by `weights` (one per VQA_TYPES entry)."""
-    if weights is None:
+    """A VQA question of a type drawn uniformly, or with probabilities `probs` (one per
+    VQA_TYPES entry)."""
+    if probs is None:
         qtype = ctx.choice(VQA_TYPES)
     else:
-        qtype = VQA_TYPES[int(ctx.rng.choice(len(VQA_TYPES), p=np.asarray(weights) / sum(weights)))]
+        qtype = VQA_TYPES[int(ctx.rng.choice(len(VQA_TYPES), p=probs))]
     if qtype == "relation":
         return relation_qa(ctx, scene) if len(scene) >= 2 else None
     return vqa_qa(ctx, scene, qtype)
@@ -155,19 +156,24 @@ def extra_questions(sample: Sample, world: ShapesWorldConfig, rng: np.random.Gen
     the VQA types for a VQA sample's (the types absent from `kinds` are not asked)."""
     if sample.task not in EXTRA_QUESTION_TASKS or "scene" not in (sample.meta or {}):
         return []
-    weights = None
+    probs = None
     if kinds:
         check_question_kinds(kinds)
-        weights = [float(kinds.get(t, 0.0)) for t in VQA_TYPES]
-        if (kinds.get("pope", 0.0) if sample.task == "pope" else sum(weights)) <= 0:
-            return []
+        if sample.task == "pope":
+            if kinds.get("pope", 0.0) <= 0:
+                return []
+        else:
+            weights = np.asarray([float(kinds.get(t, 0.0)) for t in VQA_TYPES])
+            if weights.sum() <= 0:
+                return []
+            probs = weights / weights.sum()  # once per sample, not per question
     scene = Scene.from_json(sample.meta["scene"])
     ctx = SampleContext(world, rng, heldout=sample.id.startswith("heldout"))
     out: list[tuple[str, str]] = []
     for _ in range(k * _EXTRA_TRIES):
         if len(out) == k:
             break
-        qa = pope_question(ctx, scene) if sample.task == "pope" else vqa_question(ctx, scene, weights)
+        qa = pope_question(ctx, scene) if sample.task == "pope" else vqa_question(ctx, scene, probs)
         if qa is not None:
             out.append(qa)
     return out
