@@ -10,7 +10,11 @@ the scheduler, Accelerate, checkpoints and exact resume see a single torch optim
 `torch.optim.Muon` takes 2-D parameters only; expert banks are 3-D (`w_EDF`: one matrix per
 expert), so `orthogonalize` works on a batch of matrices: each expert's slice gets the update
 it would get as a separate 2-D parameter. The 2-D path is torch's own arithmetic (the same
-`addmm` calls in bfloat16), tested equal to `torch.optim.Muon`.
+`addmm` calls in bfloat16), tested equal to `torch.optim.Muon`; it is the reference
+(`batch_matrices=False`). The default stacks the 2-D updates of one shape (a tall matrix as its
+transpose) and orthogonalises each stack in one batched call: on a small model the per-matrix
+calls are mostly overhead (41 matrices of the demo's model: 48 ms a step per matrix, 32 ms
+stacked, 2 threads), and the result is the same to one bfloat16 rounding (tested).
 
 Schedules: "cosine" (linear warmup, cosine decay to `min_lr_ratio`) and "wsd"
 (warmup-stable-decay, Hägele et al. 2024: warmup, a constant learning rate for all but the last
@@ -61,6 +65,28 @@ def orthogonalize(g: torch.Tensor, coefficients=NS_COEFFICIENTS, steps: int = NS
     return x.mT if tall else x
 
 
+def orthogonalize_all(updates: list[torch.Tensor]) -> list[torch.Tensor]:
+    """`orthogonalize` of each update, 2-D updates of one shape (a tall one as its transpose)
+    stacked into one batched call; a 3-D update (an expert bank) and a shape met once go alone."""
+    out: list[torch.Tensor | None] = [None] * len(updates)
+    stacks: dict[tuple[int, int], list[int]] = {}
+    for i, u in enumerate(updates):
+        if u.ndim == 2:
+            wide = (min(u.shape), max(u.shape)) if u.size(0) > u.size(1) else tuple(u.shape)
+            stacks.setdefault(wide, []).append(i)
+        else:
+            out[i] = orthogonalize(u)
+    for members in stacks.values():
+        if len(members) == 1:
+            out[members[0]] = orthogonalize(updates[members[0]])
+            continue
+        tall = [updates[i].size(0) > updates[i].size(1) for i in members]
+        stack = torch.stack([updates[i].mT if t else updates[i] for i, t in zip(members, tall)])
+        for i, t, x in zip(members, tall, orthogonalize(stack)):
+            out[i] = x.mT if t else x
+    return out
+
+
 def adjusted_lr(lr: float, shape: torch.Size, rule: str) -> float:
     """The learning rate of one matrix (the last two dims of `shape`): torch.optim.Muon's rules.
     "match_rms_adamw" (Moonshot's; symmetric in the two dims) gives updates of AdamW's RMS, so
@@ -77,11 +103,13 @@ class MuonAdamW(torch.optim.AdamW):
     """AdamW for the groups without the `muon` flag, Muon for those with it (2-D or 3-D
     parameters). A group's `lr` is the base rate of both; Muon groups adjust it per matrix
     shape (`adjust_lr`). State lives in one `state` dict, so state_dict / load_state_dict and
-    learning-rate schedulers work unchanged."""
+    learning-rate schedulers work unchanged. `batch_matrices` orthogonalises a group's
+    same-shape matrices in one call (`orthogonalize_all`); False is the per-matrix reference."""
 
     def __init__(self, params, *, momentum: float = 0.95, nesterov: bool = True,
-                 adjust_lr: str = "match_rms_adamw", **adamw):
+                 adjust_lr: str = "match_rms_adamw", batch_matrices: bool = True, **adamw):
         super().__init__(params, **adamw)
+        self.batch_matrices = batch_matrices
         for group in self.param_groups:
             group.setdefault("muon", False)
             if group["muon"]:
@@ -114,6 +142,7 @@ class MuonAdamW(torch.optim.AdamW):
     def _muon_step(self, group: dict) -> None:
         # torch.optim.Muon's update, per parameter (a 3-D parameter as a batch of matrices)
         lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
+        params, updates = [], []
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -125,8 +154,11 @@ class MuonAdamW(torch.optim.AdamW):
             state["step"] += 1
             buf = state["momentum_buffer"]
             buf.lerp_(p.grad, 1 - mu)
-            update = p.grad.lerp(buf, mu) if group["nesterov"] else buf
-            update = orthogonalize(update)
+            params.append(p)
+            updates.append(p.grad.lerp(buf, mu) if group["nesterov"] else buf)
+        updates = (orthogonalize_all(updates) if self.batch_matrices
+                   else [orthogonalize(u) for u in updates])
+        for p, update in zip(params, updates):
             p.mul_(1 - lr * wd)
             p.add_(update, alpha=-adjusted_lr(lr, p.shape, group["adjust_lr"]))
 
