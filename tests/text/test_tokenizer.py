@@ -10,6 +10,7 @@ from utamoe.text.tokenizer import (
     BASE_SPECIAL_TOKENS,
     SpecialIds,
     encode_text,
+    encode_text_uncached,
     load_text_tokenizer,
     special_strings,
     task_token,
@@ -65,3 +66,19 @@ def test_special_token_strings_in_text_are_characters():
     ids = encode_text(tok, answer + " <eos><und_slot>", keep)
     assert ids.count(tok.convert_tokens_to_ids("<edit>")) == 1
     assert not {tok.convert_tokens_to_ids(t) for t in ("<eos>", "<und_slot>")} & set(ids)
+
+
+def test_memoised_encode_equals_the_reference_and_follows_added_tokens():
+    tok = train_text_tokenizer(["what color is the circle", "remove it", "[0.1,0.2]"] * 10, 300)
+    texts = ["what color is the circle", "remove it <eos>", "a <edit>x</edit>", ""]
+    for text in texts * 2:  # the second round is served from the memo
+        for keep in ((), ("<edit>",)):
+            got = encode_text(tok, text, keep)
+            assert got == encode_text_uncached(tok, text, keep)
+            got.append(-1)  # a caller's list is its own: the memo is not changed
+            assert encode_text(tok, text, keep) == encode_text_uncached(tok, text, keep)
+    before = encode_text(tok, "what color <mark> is", ("<mark>",))  # no <mark> token yet
+    tok.add_tokens(["<mark>"], special_tokens=True)  # the memo of the old vocabulary is dropped
+    after = encode_text(tok, "what color <mark> is", ("<mark>",))
+    assert after == encode_text_uncached(tok, "what color <mark> is", ("<mark>",)) != before
+    assert tok.convert_tokens_to_ids("<mark>") in after

@@ -101,7 +101,31 @@ def special_strings(tok) -> frozenset[str]:
     return found
 
 
+# Training asks for the same few hundred questions and answers again and again (a quarter of a
+# demo step went into encode calls); the ids of a (text, keep) pair are memoised per tokenizer
+# and dropped when tokens are added, up to this many entries.
+_MEMO_SIZE = 1 << 16
+_MEMOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def encode_text(tok, text: str, keep: Collection[str] = ()) -> list[int]:
+    """`encode_text_uncached` (the reference), memoised per tokenizer."""
+    key = (text, frozenset(keep))
+    with _ENCODE_LOCK:
+        size, memo = _MEMOS.get(tok, (-1, None))
+        if size != len(tok):
+            memo = {}
+            _MEMOS[tok] = (len(tok), memo)
+        ids = memo.get(key)
+    if ids is None:
+        ids = tuple(encode_text_uncached(tok, text, keep))
+        with _ENCODE_LOCK:
+            if len(memo) < _MEMO_SIZE:
+                memo[key] = ids
+    return list(ids)
+
+
+def encode_text_uncached(tok, text: str, keep: Collection[str] = ()) -> list[int]:
     """Token ids of `text` read as text: the literal string of a special token (`<eos>`, `<img>`,
     `<und_slot>`, a task marker, a backbone's control tokens) becomes the characters it is
     made of, never the token, so no prompt, question or answer can inject structure.
