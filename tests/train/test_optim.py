@@ -11,8 +11,7 @@ from torch import nn
 from utamoe.config import ConfigError
 from utamoe.model.io import load_model_dir
 from utamoe.train.config import build_config
-from utamoe.train.optim import (MuonAdamW, lr_lambda, muon_names, orthogonalize,
-                                orthogonalize_all)
+from utamoe.train.optim import MuonAdamW, lr_lambda, muon_names, orthogonalize, orthogonalize_all
 from utamoe.train.trainer import Trainer
 
 from .conftest import UTAMOE_STAGES, kill_then_resume, tiny_recipe
