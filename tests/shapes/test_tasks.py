@@ -19,6 +19,7 @@ from utamoe.shapes import (
     parse_image,
     resolve,
 )
+from utamoe.shapes.questions import extra_questions
 from utamoe.shapes.text import apply_edit, describe
 from utamoe.shapes.world import COLS, ROWS, SHAPES_TASKS
 from utamoe.tasks import group_of
@@ -73,6 +74,22 @@ def _answer(question: str, scene) -> str:
     truth = {"left of": a.col < b.col, "right of": a.col > b.col, "above": a.row < b.row,
              "below": a.row > b.row}[m.group(2)]
     return "yes" if truth else "no"
+
+
+def test_relation_steps_ask_both_positions_then_the_relation(data):
+    # the training-only scaffold: "where is A?", "where is B?", "is A <rel> B?", every answer
+    # right for the rendered image (the independent answerer over the parsed scene)
+    vqa = [s for s in data["train"] if s.task == "vqa" and len(s.meta["scene"]) >= 2]
+    rng = np.random.default_rng(0)
+    for s in vqa:
+        pairs = extra_questions(s, CFG, rng, 2, {"relation_steps": 1})
+        assert len(pairs) == 6  # two scaffolds, three pairs each, counted as two questions
+        seen = parse_image(s.image, CFG)
+        for (qa, _), (qb, _), (qr, _) in zip(pairs[0::3], pairs[1::3], pairs[2::3]):
+            a, _, b = re.fullmatch(r"is (the .+?) (left of|right of|above|below) (the .+)\?",
+                                   qr).groups()
+            assert (qa, qb) == (f"where is {a}?", f"where is {b}?")
+        assert all(answer == _answer(q, seen) for q, answer in pairs), pairs
 
 
 def test_targets_agree_with_the_parsed_images(data):

@@ -91,6 +91,10 @@ def count_qa(ctx: SampleContext, scene: Scene) -> tuple[str, str] | None:
 def relation_qa(ctx: SampleContext, scene: Scene) -> tuple[str, str] | None:
     a = ctx.pick(scene)
     b = ctx.choice([o for o in scene if o != a])
+    return _relation_between(ctx, scene, a, b)
+
+
+def _relation_between(ctx: SampleContext, scene: Scene, a, b) -> tuple[str, str] | None:
     ref_a, ref_b = refer(scene, a, "position"), refer(scene, b, "position")
     if ref_a is None or ref_b is None:
         return None
@@ -100,6 +104,22 @@ def relation_qa(ctx: SampleContext, scene: Scene) -> tuple[str, str] | None:
     options = [r for r in RELATIONS if truth[r] == want] or list(RELATIONS)
     rel = ctx.choice(options)
     return f"is {ref_a} {rel} {ref_b}?", "yes" if truth[rel] else "no"
+
+
+def relation_steps(ctx: SampleContext, scene: Scene) -> list[tuple[str, str]] | None:
+    """A relation question after the two position questions it rests on ("where is A?",
+    "where is B?", "is A left of B?"): training-only scaffolding, so that the comparison can be
+    learnt from positions already in the text while the lookup from the image is still being
+    learnt (intermediate supervision of a two-step task)."""
+    if len(scene) < 2:
+        return None
+    a = ctx.pick(scene)
+    b = ctx.choice([o for o in scene if o != a])
+    relation = _relation_between(ctx, scene, a, b)
+    if relation is None:
+        return None
+    steps = [(f"where is {refer(scene, o, 'position')}?", str(o.position)) for o in (a, b)]
+    return [*steps, relation]
 
 
 # ---------------------------------------------------------------- extra questions per image
@@ -126,19 +146,26 @@ def pope_question(ctx: SampleContext, scene: Scene) -> tuple[str, str] | None:
 
 
 def vqa_question(ctx: SampleContext, scene: Scene, probs: np.ndarray | None = None
-                 ) -> tuple[str, str] | None:
-    """A VQA question of a type drawn uniformly, or with probabilities `probs` (one per
-    VQA_TYPES entry)."""
+                 ) -> list[tuple[str, str]] | None:
+    """The pairs of one extra VQA question: its type drawn uniformly over VQA_TYPES, or with
+    probabilities `probs` (one per EXTRA_VQA_KINDS entry); a scaffold kind gives several."""
     if probs is None:
-        qtype = ctx.choice(VQA_TYPES)
+        kind = ctx.choice(VQA_TYPES)
     else:
-        qtype = VQA_TYPES[int(ctx.rng.choice(len(VQA_TYPES), p=probs))]
-    if qtype == "relation":
-        return relation_qa(ctx, scene) if len(scene) >= 2 else None
-    return vqa_qa(ctx, scene, qtype)
+        kind = EXTRA_VQA_KINDS[int(ctx.rng.choice(len(EXTRA_VQA_KINDS), p=probs))]
+    if kind == "relation_steps":
+        return relation_steps(ctx, scene)
+    if kind == "relation":
+        qa = relation_qa(ctx, scene) if len(scene) >= 2 else None
+    else:
+        qa = vqa_qa(ctx, scene, kind)
+    return None if qa is None else [qa]
 
 
-QUESTION_KINDS = ("pope", *VQA_TYPES)
+# Kinds only the extra questions use (never asked at test time).
+SCAFFOLD_KINDS = ("relation_steps",)
+QUESTION_KINDS = ("pope", *VQA_TYPES, *SCAFFOLD_KINDS)
+EXTRA_VQA_KINDS = (*VQA_TYPES, *SCAFFOLD_KINDS)
 
 
 def check_question_kinds(kinds: dict[str, float]) -> None:
@@ -153,7 +180,8 @@ def extra_questions(sample: Sample, world: ShapesWorldConfig, rng: np.random.Gen
                     k: int, kinds: dict[str, float] | None = None) -> list[tuple[str, str]]:
     """Up to k (question, answer) pairs of the sample's task about the sample's scene. `kinds`
     (empty: every kind equally) weighs the question kinds: `pope` for a POPE sample's (0: none),
-    the VQA types for a VQA sample's (the types absent from `kinds` are not asked)."""
+    the VQA types and scaffolds (`relation_steps`: three pairs, counted as one question) for a
+    VQA sample's (the kinds absent from `kinds` are not asked)."""
     if sample.task not in EXTRA_QUESTION_TASKS or "scene" not in (sample.meta or {}):
         return []
     probs = None
@@ -163,17 +191,23 @@ def extra_questions(sample: Sample, world: ShapesWorldConfig, rng: np.random.Gen
             if kinds.get("pope", 0.0) <= 0:
                 return []
         else:
-            weights = np.asarray([float(kinds.get(t, 0.0)) for t in VQA_TYPES])
+            weights = np.asarray([float(kinds.get(t, 0.0)) for t in EXTRA_VQA_KINDS])
             if weights.sum() <= 0:
                 return []
             probs = weights / weights.sum()  # once per sample, not per question
     scene = Scene.from_json(sample.meta["scene"])
     ctx = SampleContext(world, rng, heldout=sample.id.startswith("heldout"))
     out: list[tuple[str, str]] = []
+    asked = 0
     for _ in range(k * _EXTRA_TRIES):
-        if len(out) == k:
+        if asked == k:
             break
-        qa = pope_question(ctx, scene) if sample.task == "pope" else vqa_question(ctx, scene, probs)
-        if qa is not None:
-            out.append(qa)
+        if sample.task == "pope":
+            qa = pope_question(ctx, scene)
+            pairs = None if qa is None else [qa]
+        else:
+            pairs = vqa_question(ctx, scene, probs)
+        if pairs:
+            out.extend(pairs)
+            asked += 1
     return out
