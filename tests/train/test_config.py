@@ -11,6 +11,7 @@ from utamoe.config import ConfigError
 from utamoe.data.formats import DataFormatError
 from utamoe.train.config import build_config, load_config
 from utamoe.train.trainer import Trainer
+from utamoe.vision.tokenizer import TokenizerConfig
 
 from .conftest import tiny_recipe
 
@@ -47,6 +48,9 @@ def test_shipped_recipes_validate():
     demo, utamoe = load_config("demo"), load_config("utamoe")
     assert [s.surgery for s in demo.stages] == [s.surgery for s in utamoe.stages]  # the same recipe
     assert demo.stages[2].optimizer == "adamw" and demo.data.stream and demo.train.extra_questions
+    # the demo's codec writes one code per ShapesWorld cell (48 px / 16), the others 2x2
+    assert TokenizerConfig.from_dict(demo.tokenizers.image_train).grid_size == 3
+    assert TokenizerConfig.from_dict(utamoe.tokenizers.image_train).grid_size == 6
     topk = load_config("joint_topk").stages[1].moe
     ta = load_config("utamoe").stages[2].moe
     active = lambda m: m.top_k + m.num_shared_experts  # noqa: E731
