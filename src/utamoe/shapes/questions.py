@@ -89,9 +89,17 @@ def count_qa(ctx: SampleContext, scene: Scene) -> tuple[str, str] | None:
 
 
 def relation_qa(ctx: SampleContext, scene: Scene) -> tuple[str, str] | None:
+    """"is A <relation> B?" about two objects of `scene`; None if it has fewer than two."""
+    pair = _two_objects(ctx, scene)
+    return None if pair is None else _relation_between(ctx, scene, *pair)
+
+
+def _two_objects(ctx: SampleContext, scene: Scene):
+    """Two different objects of `scene` (a relation's A and B), None with fewer than two."""
+    if len(scene) < 2:
+        return None
     a = ctx.pick(scene)
-    b = ctx.choice([o for o in scene if o != a])
-    return _relation_between(ctx, scene, a, b)
+    return a, ctx.choice([o for o in scene if o != a])
 
 
 def _relation_between(ctx: SampleContext, scene: Scene, a, b) -> tuple[str, str] | None:
@@ -111,14 +119,11 @@ def relation_steps(ctx: SampleContext, scene: Scene) -> list[tuple[str, str]] | 
     "where is B?", "is A left of B?"): training-only scaffolding, so that the comparison can be
     learnt from positions already in the text while the lookup from the image is still being
     learnt (intermediate supervision of a two-step task)."""
-    if len(scene) < 2:
-        return None
-    a = ctx.pick(scene)
-    b = ctx.choice([o for o in scene if o != a])
-    relation = _relation_between(ctx, scene, a, b)
+    pair = _two_objects(ctx, scene)
+    relation = None if pair is None else _relation_between(ctx, scene, *pair)
     if relation is None:
         return None
-    steps = [(f"where is {refer(scene, o, 'position')}?", str(o.position)) for o in (a, b)]
+    steps = [(f"where is {refer(scene, o, 'position')}?", str(o.position)) for o in pair]
     return [*steps, relation]
 
 
@@ -155,10 +160,7 @@ def vqa_question(ctx: SampleContext, scene: Scene, probs: np.ndarray | None = No
         kind = EXTRA_VQA_KINDS[int(ctx.rng.choice(len(EXTRA_VQA_KINDS), p=probs))]
     if kind == "relation_steps":
         return relation_steps(ctx, scene)
-    if kind == "relation":
-        qa = relation_qa(ctx, scene) if len(scene) >= 2 else None
-    else:
-        qa = vqa_qa(ctx, scene, kind)
+    qa = relation_qa(ctx, scene) if kind == "relation" else vqa_qa(ctx, scene, kind)
     return None if qa is None else [qa]
 
 

@@ -71,9 +71,8 @@ def orthogonalize_all(updates: list[torch.Tensor]) -> list[torch.Tensor]:
     out: list[torch.Tensor | None] = [None] * len(updates)
     stacks: dict[tuple[int, int], list[int]] = {}
     for i, u in enumerate(updates):
-        if u.ndim == 2:
-            wide = (min(u.shape), max(u.shape)) if u.size(0) > u.size(1) else tuple(u.shape)
-            stacks.setdefault(wide, []).append(i)
+        if u.ndim == 2:  # keyed by the wide orientation: (rows, cols) with rows <= cols
+            stacks.setdefault((min(u.shape), max(u.shape)), []).append(i)
         else:
             out[i] = orthogonalize(u)
     for members in stacks.values():
