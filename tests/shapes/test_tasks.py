@@ -92,6 +92,25 @@ def test_relation_steps_ask_both_positions_then_the_relation(data):
         assert all(answer == _answer(q, seen) for q, answer in pairs), pairs
 
 
+def test_relation_where_names_every_relation_that_holds(data):
+    # the training-only "where is A relative to B?": its answer lists exactly the relations
+    # the independent answerer says yes to, columns first ("left of, above")
+    vqa = [s for s in data["train"] if s.task == "vqa" and len(s.meta["scene"]) >= 2]
+    rng = np.random.default_rng(0)
+    answers = set()
+    for s in vqa:
+        pairs = extra_questions(s, CFG, rng, 2, {"relation_where": 1})
+        assert len(pairs) == 2
+        seen = parse_image(s.image, CFG)
+        for question, answer in pairs:
+            a, b = re.fullmatch(r"where is (the .+?) relative to (the .+)\?", question).groups()
+            holds = [r for r in ("left of", "right of", "above", "below")
+                     if _answer(f"is {a} {r} {b}?", seen) == "yes"]
+            assert answer == ", ".join(holds), (question, answer)
+            answers.add(answer)
+    assert {"left of", "above", "right of, below"} <= answers  # one or two relations
+
+
 def test_targets_agree_with_the_parsed_images(data):
     for samples in data.values():
         for s in samples:

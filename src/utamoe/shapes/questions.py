@@ -127,6 +127,23 @@ def relation_steps(ctx: SampleContext, scene: Scene) -> list[tuple[str, str]] | 
     return [*steps, relation]
 
 
+def relation_where(ctx: SampleContext, scene: Scene) -> tuple[str, str] | None:
+    """"where is A relative to B?" answered with every relation that holds ("left of, above",
+    "below", ...): training-only, the same two lookups as a relation question but about 3 bits
+    per answer instead of yes/no's one, so the comparison of both coordinates is supervised on
+    every question."""
+    pair = _two_objects(ctx, scene)
+    if pair is None:
+        return None
+    a, b = pair
+    ref_a, ref_b = refer(scene, a, "position"), refer(scene, b, "position")
+    if ref_a is None or ref_b is None:
+        return None
+    holds = [rel for rel, true in (("left of", a.col < b.col), ("right of", a.col > b.col),
+                                   ("above", a.row < b.row), ("below", a.row > b.row)) if true]
+    return f"where is {ref_a} relative to {ref_b}?", ", ".join(holds)
+
+
 # ---------------------------------------------------------------- extra questions per image
 
 EXTRA_QUESTION_TASKS = ("pope", "vqa")
@@ -160,12 +177,15 @@ def vqa_question(ctx: SampleContext, scene: Scene, probs: np.ndarray | None = No
         kind = EXTRA_VQA_KINDS[int(ctx.rng.choice(len(EXTRA_VQA_KINDS), p=probs))]
     if kind == "relation_steps":
         return relation_steps(ctx, scene)
-    qa = relation_qa(ctx, scene) if kind == "relation" else vqa_qa(ctx, scene, kind)
+    if kind == "relation_where":
+        qa = relation_where(ctx, scene)
+    else:
+        qa = relation_qa(ctx, scene) if kind == "relation" else vqa_qa(ctx, scene, kind)
     return None if qa is None else [qa]
 
 
 # Kinds only the extra questions use (never asked at test time).
-SCAFFOLD_KINDS = ("relation_steps",)
+SCAFFOLD_KINDS = ("relation_steps", "relation_where")
 QUESTION_KINDS = ("pope", *VQA_TYPES, *SCAFFOLD_KINDS)
 EXTRA_VQA_KINDS = (*VQA_TYPES, *SCAFFOLD_KINDS)
 
