@@ -106,12 +106,17 @@ def _relation_between(ctx: SampleContext, scene: Scene, a, b) -> tuple[str, str]
     ref_a, ref_b = refer(scene, a, "position"), refer(scene, b, "position")
     if ref_a is None or ref_b is None:
         return None
-    truth = {"left of": a.col < b.col, "right of": a.col > b.col,
-             "above": a.row < b.row, "below": a.row > b.row}
+    truth = _relations(a, b)
     want = bool(ctx.rng.random() < 0.5)  # balanced yes/no
     options = [r for r in RELATIONS if truth[r] == want] or list(RELATIONS)
     rel = ctx.choice(options)
     return f"is {ref_a} {rel} {ref_b}?", "yes" if truth[rel] else "no"
+
+
+def _relations(a: SceneObject, b: SceneObject) -> dict[str, bool]:
+    """Whether each of RELATIONS holds for "A <relation> B"."""
+    return {"left of": a.col < b.col, "right of": a.col > b.col,
+            "above": a.row < b.row, "below": a.row > b.row}
 
 
 def relation_steps(ctx: SampleContext, scene: Scene) -> list[tuple[str, str]] | None:
@@ -139,8 +144,7 @@ def relation_where(ctx: SampleContext, scene: Scene) -> tuple[str, str] | None:
     ref_a, ref_b = refer(scene, a, "position"), refer(scene, b, "position")
     if ref_a is None or ref_b is None:
         return None
-    holds = [rel for rel, true in (("left of", a.col < b.col), ("right of", a.col > b.col),
-                                   ("above", a.row < b.row), ("below", a.row > b.row)) if true]
+    holds = [rel for rel, true in _relations(a, b).items() if true]
     return f"where is {ref_a} relative to {ref_b}?", ", ".join(holds)
 
 
@@ -177,10 +181,8 @@ def vqa_question(ctx: SampleContext, scene: Scene, probs: np.ndarray | None = No
         kind = EXTRA_VQA_KINDS[int(ctx.rng.choice(len(EXTRA_VQA_KINDS), p=probs))]
     if kind == "relation_steps":
         return relation_steps(ctx, scene)
-    if kind == "relation_where":
-        qa = relation_where(ctx, scene)
-    else:
-        qa = relation_qa(ctx, scene) if kind == "relation" else vqa_qa(ctx, scene, kind)
+    two_object_kind = {"relation": relation_qa, "relation_where": relation_where}.get(kind)
+    qa = two_object_kind(ctx, scene) if two_object_kind else vqa_qa(ctx, scene, kind)
     return None if qa is None else [qa]
 
 
