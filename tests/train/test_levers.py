@@ -9,6 +9,7 @@ import torch
 
 from utamoe.config import ConfigError
 from utamoe.data.sequences import IGNORE
+from utamoe.model.config import UnifiedConfig
 from utamoe.model.io import load_model_dir
 from utamoe.train.config import build_config
 from utamoe.train.levers import (
@@ -18,7 +19,7 @@ from utamoe.train.levers import (
     scale_attention_init,
 )
 from utamoe.train.trainer import Trainer
-from utamoe.vision.aligners import GridPosAligner
+from utamoe.vision.aligners import GridPosAligner, sincos_table
 
 from .conftest import tiny_recipe
 
@@ -191,12 +192,39 @@ def test_grid_pos_aligner_adds_row_and_column_embeddings():
         al(torch.zeros(1, 4, 8))
 
 
+def test_sincos_position_tables_are_ordered_per_axis_and_at_the_normal_init_scale():
+    row, col = sincos_table(3, 16, 0), sincos_table(3, 16, 1)
+    assert row[:, 8:].abs().max() == 0 and col[:, :8].abs().max() == 0  # one half per axis
+    assert torch.equal(row[:, :8], col[:, 8:])
+    steps = row[1:, :8] - row[:-1, :8]  # on 3 cells every coordinate moves one way
+    assert ((steps > 0).all(0) | (steps < 0).all(0)).all()
+    low = sincos_table(8, 16, 0)[:, 3]  # on 8 cells the lowest frequency still does
+    assert (low[1:] > low[:-1]).all()
+    al = GridPosAligner(8, 16, 2, grid=3, init="sincos")
+    table = al.position_table()
+    assert len({tuple(r.tolist()) for r in table}) == 9  # nine distinct cells
+    assert al.row_embed.pow(2).mean().sqrt().item() == pytest.approx(0.02, rel=1e-5)
+    assert al.row_embed.requires_grad and al.col_embed.requires_grad
+    # "left of" is linear: one direction orders the columns of every row
+    direction = al.col_embed[2] - al.col_embed[0]
+    proj = (table @ direction).reshape(3, 3)
+    assert (proj[:, 0] < proj[:, 1]).all() and (proj[:, 1] < proj[:, 2]).all()
+    with pytest.raises(ValueError, match="init 'ramp' is not one of normal, sincos"):
+        GridPosAligner(8, 16, 2, grid=3, init="ramp")
+    with pytest.raises(ConfigError, match="model.und_pos2d_init 'ramp'"):
+        UnifiedConfig(und_pos2d=True, und_pos2d_init="ramp")
+
+
 def test_und_pos2d_model_trains_saves_and_reloads(tiny_assets, tmp_path):
     recipe = tiny_recipe(tiny_assets, tmp_path / "r", [{"name": "s", "steps": 2, "mixture": {"pope": 1}}])
-    recipe["model"]["und_pos2d"] = True
-    model_dir = Trainer(build_config(recipe), tmp_path / "r", progress=False).run()
+    recipe["model"].update(und_pos2d=True, und_pos2d_init="sincos")
+    trainer = Trainer(build_config(recipe), tmp_path / "r", progress=False)
+    model_dir = trainer.run()
     model, _ = load_model_dir(model_dir)
-    assert isinstance(model.und_encoder.aligner, GridPosAligner) and model.und_encoder.aligner.grid == 3
+    aligner = model.und_encoder.aligner
+    assert isinstance(aligner, GridPosAligner) and aligner.grid == 3
+    assert model.config.und_pos2d_init == "sincos"
+    assert torch.equal(aligner.row_embed, trainer.model.und_encoder.aligner.row_embed.cpu())
 
 
 def test_extra_questions_append_answers_about_the_same_scene(tiny_assets, tmp_path):

@@ -175,6 +175,16 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(tiny_assets, tmp_path
     assert sum(len(g["params"]) for g in muon) == len(names)
 
 
+def test_grid_position_tables_stay_on_adamw_under_muon():
+    """`row_embed` / `col_embed` are plain 2-D parameters but embeddings by role: Muon's
+    orthogonalised update would keep a table's rows equidistant (no order along an axis)."""
+    from utamoe.vision.aligners import GridPosAligner
+
+    model = nn.ModuleDict({"und_encoder": nn.ModuleDict({"aligner": GridPosAligner(8, 16, 2, grid=3)})})
+    names = muon_names(model, [n for n, _ in model.named_parameters()])
+    assert names == {"und_encoder.aligner.fc1.weight", "und_encoder.aligner.hidden_layers.0.weight"}
+
+
 def test_muon_trains_the_utamoe_recipe_and_resumes_exactly(tiny_assets, tmp_path, monkeypatch):
     """Through split FFNs and the TA-MoE stage (3-D expert banks, LoRA), killed and resumed."""
     cfg = build_config(tiny_recipe(tiny_assets, tmp_path / "a", UTAMOE_STAGES, optimizer="muon",

@@ -21,6 +21,7 @@ from utamoe.config import ConfigError
 from utamoe.hf.parts import HFPart
 from utamoe.moe import MoEConfig
 from utamoe.moe.mole import MoLEConfig
+from utamoe.vision.aligners import POS2D_INITS
 from utamoe.vision.mixture import MoVEConfig
 from utamoe.vision.processor import RESAMPLE
 
@@ -55,6 +56,9 @@ class UnifiedConfig:
     # Add a learned row + column embedding to each understanding feature after the aligner
     # (utamoe.vision.aligners; issue 12), so a token's grid cell is in its value.
     und_pos2d: bool = False
+    # How those tables start: "normal" (random rows) or "sincos" (MAE's ordered 2-D sine-cosine
+    # code at the same scale, so "left of" starts as a linear comparison; RESULTS.md, issue 24).
+    und_pos2d_init: str = "normal"
     # MoME (all optional): a mixture of vision experts in the understanding slot (replaces
     # `vision`, which is then unused), routed adapters beside the backbone FFNs, and the local
     # directory of a sentence encoder (e.g. all-MiniLM-L6-v2) for the instruction embedding
@@ -81,6 +85,9 @@ class UnifiedConfig:
                               f"{', '.join(RESAMPLE)}")
         if self.aligner_depth < 1:
             raise ConfigError(f"model.aligner_depth must be >= 1, got {self.aligner_depth}")
+        if self.und_pos2d_init not in POS2D_INITS:
+            raise ConfigError(f"model.und_pos2d_init {self.und_pos2d_init!r} is not one of "
+                              f"{', '.join(POS2D_INITS)}")
         if self.move is not None and self.und_pos2d:
             raise ConfigError("model.und_pos2d applies to the single encoder's aligner; it cannot "
                               "be combined with model.move")

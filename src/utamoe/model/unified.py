@@ -106,7 +106,7 @@ class UnifiedModel(nn.Module):
                                         instance_dim, image_tokenizer)
         else:
             und_encoder = tower_encoder(config.vision, config.image_size, d, config.aligner_depth,
-                                        config.und_pos2d)
+                                        config.und_pos2d, config.und_pos2d_init)
         model = cls(
             config, lm, lm_head, und_encoder,
             nn.Embedding(config.num_codes, config.code_embed_dim),

@@ -38,12 +38,45 @@ class MLPAligner(nn.Module):
         return x
 
 
+POS2D_INITS = ("normal", "sincos")
+
+
+def sincos_table(grid: int, dim: int, axis: int) -> torch.Tensor:
+    """(grid, dim) fixed 2-D sine-cosine position code of one axis (MAE's, He et al. 2022):
+    the row table fills the first half of the dims and the column table the second, each with
+    sin / cos of `index * omega_k`, omega_k = 10000^(-k / (dim / 4)). Every omega is <= 1, so on a
+    grid of up to 3 cells (ShapesWorld's) every coordinate moves monotonically with the index, and
+    on any grid the low frequencies do: "left of" starts as a linear comparison of two tokens'
+    codes, not a lookup table to learn."""
+    half, quarter = dim // 2, dim // 4
+    omega = 10000.0 ** (-torch.arange(quarter, dtype=torch.float64) / quarter)
+    angle = torch.arange(grid, dtype=torch.float64)[:, None] * omega[None, :]
+    table = torch.zeros(grid, dim, dtype=torch.float64)
+    start = axis * half
+    table[:, start:start + quarter] = angle.sin()
+    table[:, start + quarter:start + 2 * quarter] = angle.cos()
+    return table.float()
+
+
 class GridPosAligner(MLPAligner):
-    def __init__(self, in_dim: int, out_dim: int, depth: int, grid: int, std: float = 0.02):
+    """`init`: "normal" (N(0, std) rows) or "sincos" (MAE's ordered 2-D code, scaled to the same
+    per-element RMS `std`); the tables are learned either way."""
+
+    def __init__(self, in_dim: int, out_dim: int, depth: int, grid: int, std: float = 0.02,
+                 init: str = "normal"):
         super().__init__(in_dim, out_dim, depth)
+        if init not in POS2D_INITS:
+            raise ValueError(f"GridPosAligner init {init!r} is not one of {', '.join(POS2D_INITS)}")
         self.grid = grid
-        self.row_embed = nn.Parameter(torch.randn(grid, out_dim) * std)
-        self.col_embed = nn.Parameter(torch.randn(grid, out_dim) * std)
+        if init == "sincos":
+            row, col = sincos_table(grid, out_dim, 0), sincos_table(grid, out_dim, 1)
+            # tensor arithmetic, no .item(): the recipe preflight builds models on the meta device
+            scale = std / row.pow(2).mean().sqrt().clamp_min(1e-12)
+            row, col = row * scale, col * scale
+        else:
+            row, col = torch.randn(grid, out_dim) * std, torch.randn(grid, out_dim) * std
+        self.row_embed = nn.Parameter(row)
+        self.col_embed = nn.Parameter(col)
 
     def position_table(self) -> torch.Tensor:
         """(grid * grid, D): row-major, like the vision tower's patch order."""

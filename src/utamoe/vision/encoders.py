@@ -58,13 +58,14 @@ class TowerEncoder(nn.Module):
 
 
 def tower_encoder(part: HFPart, image_size: int, d_model: int, depth: int,
-                  pos2d: bool = False) -> TowerEncoder:
+                  pos2d: bool = False, pos2d_init: str = "normal") -> TowerEncoder:
     """The single understanding encoder: the `part` tower + its aligner to `d_model` (with the
-    grid position in each feature's value when `pos2d`; issue 12)."""
+    grid position in each feature's value when `pos2d`, its tables initialised by `pos2d_init`;
+    issue 12)."""
     vision = build_vision(part, image_size)
     if pos2d:
         aligner = GridPosAligner(hidden_size_of(vision), d_model, depth,
-                                 patch_grid(vision, image_size))
+                                 patch_grid(vision, image_size), init=pos2d_init)
     else:
         aligner = MLPAligner(hidden_size_of(vision), d_model, depth)
     return TowerEncoder(vision, aligner)
