@@ -237,7 +237,8 @@ def _header(s: dict) -> list[str]:
             f"{exp.get('sizes')}. Cells: mean ± sample std over seeds (n = seeds).", "",
             f"Hardware: {hw['cpu']}, {hw['cores']} cores, GPU {hw['gpu']}, torch {hw['torch']} "
             f"(torch threads: {hw['torch_threads']}), load average at the start {hw['loadavg']}.", "",
-            "Commands:", "", *[f"    {c}" for c in dict.fromkeys(s["commands"])], ""]
+            "Commands:", "", *([f"    {c}" for c in dict.fromkeys(s["commands"])]
+                               or ["    (none recorded in invocations.jsonl)"]), ""]
 
 
 def _metric_sections(s: dict) -> list[str]:

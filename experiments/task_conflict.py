@@ -336,6 +336,11 @@ def _plan(lay: Layout, args) -> list[tuple[str, int]]:
     return runs
 
 
+def _record(lay: Layout, record: dict) -> None:
+    with open(lay.out / "invocations.jsonl", "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     lay = Layout(Path(args.out))
@@ -357,12 +362,14 @@ def main(argv: list[str] | None = None) -> int:
                           *(sys.argv[1:] if argv is None else argv)])
     _prepare_seeds(lay, args)
     runs = _plan(lay, args)
+    # A line when the invocation starts and one when it ends: an invocation that is stopped
+    # (SIGTERM, a crash) still leaves its command for the summary; wall time is on end lines.
+    _record(lay, {"event": "start", "command": command, "started": started, "runs": len(runs),
+                  "jobs": args.jobs, "hardware": hw})
     failed = run_all(lay, runs, args)
-    record = {"command": command, "started": started,
-              "wall_s": round(time.perf_counter() - start, 1), "runs": len(runs),
-              "jobs": args.jobs, "failed": failed, "hardware": hw}
-    with open(lay.out / "invocations.jsonl", "a") as fh:
-        fh.write(json.dumps(record) + "\n")
+    _record(lay, {"event": "end", "command": command, "started": started,
+                  "wall_s": round(time.perf_counter() - start, 1), "runs": len(runs),
+                  "jobs": args.jobs, "failed": failed, "hardware": hw})
     summarize(lay)
     if failed:
         print("[failed] " + "; ".join(failed), file=sys.stderr)

@@ -170,6 +170,22 @@ def test_tiny_experiment_runs_end_to_end_then_skips_and_resumes(tmp_path, monkey
     assert not (dense / "checkpoints").exists()  # pruned once the run finished
 
 
+def test_a_stopped_invocation_still_leaves_its_command_for_the_summary(tmp_path, monkeypatch):
+    out = tmp_path / "exp"
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt  # as SIGTERM / Ctrl-C stop the runs
+
+    monkeypatch.setattr(tc, "_prepare_seeds", lambda lay, args: None)
+    monkeypatch.setattr(tc, "run_all", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        tc.main(["--out", str(out), *TINY])
+    lines = [json.loads(x) for x in (out / "invocations.jsonl").read_text().splitlines()]
+    assert [x["event"] for x in lines] == ["start"] and "wall_s" not in lines[0]
+    assert tc.main(["--out", str(out), "--summarize-only"]) == 0
+    assert f"python experiments/task_conflict.py --out {out}" in (out / "summary.md").read_text()
+
+
 def test_another_scale_in_the_same_out_dir_is_refused(tmp_path):
     (tmp_path / "experiment.json").write_text(json.dumps(
         {"scale": "full", "sizes": arms.SCALES["full"].sizes, "step_factor": 1.0}))
