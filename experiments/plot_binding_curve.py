@@ -38,13 +38,15 @@ def main(argv=None) -> None:
     keys = args.keys.split(",")
     fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4.2), sharex=True, squeeze=False)
     axes = axes[0]
-    for spec in args.runs:
+    # matplotlib's default cycle repeats after 10 lines; tab20 keeps up to 20 runs apart
+    colors = plt.get_cmap("tab20" if len(args.runs) > 10 else "tab10").colors
+    for i, spec in enumerate(args.runs):
         label, _, path = spec.partition("=")
         recs = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
         for ax, key in zip(axes, keys):
             pts = [(r["samples_seen"], r[key]) for r in recs if key in r]
             if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, label=label)
+                ax.plot(*zip(*pts), marker="o", ms=3, label=label, color=colors[i % len(colors)])
     for ax, key in zip(axes, keys):
         name, goal = PANELS.get(key, (key, None))
         if goal is not None:
