@@ -102,10 +102,17 @@ def _two_objects(ctx: SampleContext, scene: Scene):
     return a, ctx.choice([o for o in scene if o != a])
 
 
-def _relation_between(ctx: SampleContext, scene: Scene, a, b) -> tuple[str, str] | None:
+def _refer_both(scene: Scene, a, b) -> tuple[str, str] | None:
+    """Referring expressions of A and B that do not use position (None if either has none)."""
     ref_a, ref_b = refer(scene, a, "position"), refer(scene, b, "position")
-    if ref_a is None or ref_b is None:
+    return None if ref_a is None or ref_b is None else (ref_a, ref_b)
+
+
+def _relation_between(ctx: SampleContext, scene: Scene, a, b) -> tuple[str, str] | None:
+    refs = _refer_both(scene, a, b)
+    if refs is None:
         return None
+    ref_a, ref_b = refs
     truth = _relations(a, b)
     want = bool(ctx.rng.random() < 0.5)  # balanced yes/no
     options = [r for r in RELATIONS if truth[r] == want] or list(RELATIONS)
@@ -141,9 +148,10 @@ def relation_where(ctx: SampleContext, scene: Scene) -> tuple[str, str] | None:
     if pair is None:
         return None
     a, b = pair
-    ref_a, ref_b = refer(scene, a, "position"), refer(scene, b, "position")
-    if ref_a is None or ref_b is None:
+    refs = _refer_both(scene, a, b)
+    if refs is None:
         return None
+    ref_a, ref_b = refs
     holds = [rel for rel, true in _relations(a, b).items() if true]
     return f"where is {ref_a} relative to {ref_b}?", ", ".join(holds)
 

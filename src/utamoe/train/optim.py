@@ -37,10 +37,8 @@ NS_STEPS = 5
 NS_EPS = 1e-7
 # Parameters that stay on AdamW under Muon, by name (beside every parameter that is not a 2-D
 # or 3-D weight, and every nn.Embedding): output heads and routers are classifiers, whose rows
-# Muon would equalise.
-# Never on Muon: output heads, routers, and the aligner's grid-position tables (`row_embed`,
-# `col_embed`: embeddings by role, though plain 2-D parameters; orthogonalising their update
-# would keep the rows of a (grid, D) table equidistant, the opposite of an ordered row / column).
+# Muon would equalise; the aligner's grid-position tables (`row_embed`, `col_embed`) are
+# embeddings by role, though plain 2-D parameters.
 MUON_EXCLUDE = ("lm_head.*", "*.vision_head.*", "*router*", "*.row_embed", "*.col_embed")
 
 
