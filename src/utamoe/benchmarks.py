@@ -15,6 +15,9 @@ here which benchmark a manifest belongs to and uses what that benchmark register
     extra_questions  (sample, config, rng, k[, kinds]) -> up to k more (question, answer) pairs
                      about the sample's image (`train.extra_questions`); `kinds` weighs the
                      benchmark's own question kinds (`train.extra_question_kinds`)
+    scene_text       (sample, config) -> the sample as a text-only question (its scene written
+                     before the question, the image blank), None where it has no scene
+                     (`train.text_scene_questions`)
 
 Every hook is optional. ShapesWorld is the built-in benchmark (utamoe.shapes.benchmark),
 loaded by name like a plug-in; another package adds one with `register_benchmark` or an entry
@@ -47,6 +50,7 @@ class Benchmark:
     stream_sample: Callable | None = None
     stream_tasks: Callable | None = None
     extra_questions: Callable | None = None
+    scene_text: Callable | None = None
 
     def on(self, config) -> BenchmarkData:
         """This benchmark with the config its data was generated with."""
@@ -84,6 +88,9 @@ class BenchmarkData:
         if kinds:  # only passed when set, so a hook without the argument keeps working
             return self.benchmark.extra_questions(sample, self.config, rng, k, kinds)
         return self.benchmark.extra_questions(sample, self.config, rng, k)
+
+    def scene_text(self, sample):
+        return self.benchmark.scene_text(sample, self.config)
 
 
 _REGISTRY: dict[str, Benchmark] = {}

@@ -92,23 +92,49 @@ def test_relation_steps_ask_both_positions_then_the_relation(data):
         assert all(answer == _answer(q, seen) for q, answer in pairs), pairs
 
 
-def test_relation_where_names_every_relation_that_holds(data):
-    # the training-only "where is A relative to B?": its answer lists exactly the relations
-    # the independent answerer says yes to, columns first ("left of, above")
-    vqa = [s for s in data["train"] if s.task == "vqa" and len(s.meta["scene"]) >= 2]
+def _two_object_questions(data, kind: str):
+    """(question, answer, parsed scene) of two extra questions of `kind` about every training
+    VQA image with two objects or more."""
     rng = np.random.default_rng(0)
-    answers = set()
-    for s in vqa:
-        pairs = extra_questions(s, CFG, rng, 2, {"relation_where": 1})
+    for s in [s for s in data["train"] if s.task == "vqa" and len(s.meta["scene"]) >= 2]:
+        pairs = extra_questions(s, CFG, rng, 2, {kind: 1})
         assert len(pairs) == 2
         seen = parse_image(s.image, CFG)
         for question, answer in pairs:
-            a, b = re.fullmatch(r"where is (the .+?) relative to (the .+)\?", question).groups()
-            holds = [r for r in ("left of", "right of", "above", "below")
-                     if _answer(f"is {a} {r} {b}?", seen) == "yes"]
-            assert answer == ", ".join(holds), (question, answer)
-            answers.add(answer)
+            yield question, answer, seen
+
+
+def test_relation_where_names_every_relation_that_holds(data):
+    # the training-only "where is A relative to B?": its answer lists exactly the relations
+    # the independent answerer says yes to, columns first ("left of, above")
+    answers = set()
+    for question, answer, seen in _two_object_questions(data, "relation_where"):
+        a, b = re.fullmatch(r"where is (the .+?) relative to (the .+)\?", question).groups()
+        holds = [r for r in ("left of", "right of", "above", "below")
+                 if _answer(f"is {a} {r} {b}?", seen) == "yes"]
+        assert answer == ", ".join(holds), (question, answer)
+        answers.add(answer)
     assert {"left of", "above", "right of, below"} <= answers  # one or two relations
+
+
+def test_where_both_answers_both_positions_in_the_order_asked(data):
+    # the training-only "where are A and B?": A's position, "and", B's, right for the image
+    for question, answer, seen in _two_object_questions(data, "where_both"):
+        a, b = re.fullmatch(r"where are (the .+?) and (the .+)\?", question).groups()
+        assert a != b
+        assert answer == f"{_answer(f'where is {a}?', seen)} and {_answer(f'where is {b}?', seen)}"
+
+
+def test_text_scene_sample_writes_the_scene_and_blanks_the_image(data):
+    from utamoe.shapes.questions import text_scene_sample
+
+    for s in [x for x in data["train"] if x.task in ("vqa", "pope")][:20]:
+        text = text_scene_sample(s, CFG)
+        scene, question = text.prompt.split(". ", 1)
+        assert question == s.prompt and text.target == s.target
+        assert scene == describe(parse_image(s.image, CFG))  # the scene the image shows
+        assert len(parse_image(text.image, CFG)) == 0  # and the image shows nothing
+    assert text_scene_sample(next(x for x in data["train"] if x.task == "caption"), CFG) is None
 
 
 def test_targets_agree_with_the_parsed_images(data):

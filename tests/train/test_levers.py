@@ -312,3 +312,57 @@ def test_split_groups_trains(tiny_assets, tmp_path):
     Trainer(cfg, tmp_path / "r", progress=False).run()
     recs = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert all("loss_und" in r and "loss_gen" in r for r in recs)
+
+
+def test_prompt_loss_covers_the_extra_questions_too(tiny_assets, tmp_path):
+    trainer = _trainer(tiny_assets, tmp_path / "r", [{"name": "s", "steps": 1, "mixture": {"vqa": 1}}],
+                       extra_questions=2)
+    data, sp = trainer.data, trainer.data.encoder.special
+    plain = data.batch(0, 0, 4, {"vqa": 1}, 0.0)
+    data.prompt_loss_tasks = ("vqa",)
+    dense = data.batch(0, 0, 4, {"vqa": 1}, 0.0)
+    assert torch.equal(plain.input_ids, dense.input_ids)
+    for row in range(4):
+        ids = dense.input_ids[row][dense.attention_mask[row] == 1].tolist()
+        targets = set((dense.text_labels[row] != IGNORE).nonzero()[:, 0].tolist())
+        # every question (after </img> or after an answer's <eos>) is a target up to its <sep>
+        starts = [ids.index(sp.image_end) + 1] + [t + 1 for t, x in enumerate(ids) if x == sp.eos][:-1]
+        assert len(starts) == 3
+        for start in starts:
+            stop = ids.index(sp.sep, start)
+            assert set(range(start - 1, stop)) <= targets, (row, start, stop)
+
+
+def test_text_scene_questions_write_the_scene_before_the_question(tiny_assets, tmp_path):
+    import numpy as np
+
+    from utamoe.shapes import Scene
+    from utamoe.shapes.text import describe
+
+    trainer = _trainer(tiny_assets, tmp_path / "r", [{"name": "s", "steps": 1,
+                                                      "mixture": {"vqa": 1, "t2i": 1}}],
+                       text_scene_questions=1.0)
+    data = trainer.data
+    assert data.text_scene_questions == 1.0 and data.benchmark.offers("scene_text")
+    sample = data.by_task["vqa"][0]
+    text = data.benchmark.scene_text(sample)
+    scene = Scene.from_json(sample.meta["scene"])
+    assert text.prompt == f"{describe(scene)}. {sample.prompt}" and text.target == sample.target
+    # the image is blank: one colour, the background's
+    assert len(np.unique(text.image.reshape(-1, 3), axis=0)) == 1
+    assert data.benchmark.scene_text(data.by_task["t2i"][0]) is None  # no question, no text form
+    # in a batch: every VQA row's prompt is the text form, the t2i rows are unchanged
+    rng = np.random.default_rng(0)
+    out = data._as_scene_text([sample, data.by_task["t2i"][0]], rng)
+    assert out[0].prompt == text.prompt and out[1] is data.by_task["t2i"][0]
+    batch = data.batch(0, 0, 6, {"vqa": 1, "t2i": 1}, 0.0)
+    for row, prompt in enumerate(batch.prompts):
+        if batch.tasks[row] == "vqa":
+            assert ". " in prompt and " at " in prompt.split(". ")[0], prompt
+    data.text_scene_questions = 0.0
+    assert data.batch(0, 0, 6, {"vqa": 1, "t2i": 1}, 0.0).prompts != batch.prompts
+
+
+def test_text_scene_questions_is_a_share(tiny_assets, tmp_path):
+    with pytest.raises(ConfigError, match="text_scene_questions"):
+        build_config(tiny_recipe(tiny_assets, tmp_path / "r", None, text_scene_questions=1.5))

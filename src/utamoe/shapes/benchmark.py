@@ -8,6 +8,8 @@ never by importing this package: its datasets are recognised by their manifest, 
     codec_agreement  does a reconstruction parse back to the original's scene?
     stream_sample    fresh train-distribution samples from the generator (`data.stream`)
     extra_questions  more POPE / VQA questions about a sample's scene (`train.extra_questions`)
+    scene_text       a POPE / VQA sample as a text-only question: the scene described before
+                     the question, the image blank (`train.text_scene_questions`)
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 from utamoe.benchmarks import Benchmark
 from utamoe.data.formats import Sample
 from utamoe.shapes.parse import parse_image
-from utamoe.shapes.questions import extra_questions
+from utamoe.shapes.questions import extra_questions, text_scene_sample
 from utamoe.shapes.render import render
 from utamoe.shapes.tasks import make_sample
 from utamoe.shapes.world import BENCHMARK, GENERATOR, ShapesWorldConfig, sample_scene
@@ -63,4 +65,5 @@ SHAPESWORLD = Benchmark(
     stream_sample=stream_sample,
     stream_tasks=lambda world: tuple(world.tasks),
     extra_questions=extra_questions,
+    scene_text=text_scene_sample,
 )

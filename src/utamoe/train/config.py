@@ -120,6 +120,10 @@ class TrainConfig:
     # ShapesWorld: pope and the VQA types, e.g. {relation: 3, count: 3}; a kind left out is
     # not asked).
     extra_question_kinds: dict[str, float] = field(default_factory=dict)
+    # A benchmark's data that offers it (ShapesWorld): the share of its POPE / VQA training
+    # samples shown as text-only questions, the scene described before the question and the
+    # image blank (a first step for the lookup circuit, learnt on words).
+    text_scene_questions: float = 0.0
     # One forward/backward per task group of each micro-batch, each cut to its own longest
     # sequence: und rows stop paying for the gen rows' padding (utamoe.train.levers.split_by_group).
     split_groups: bool = False
@@ -220,6 +224,9 @@ class ExperimentConfig:
         if t.extra_question_kinds and t.extra_questions == 0:
             raise ConfigError("train.extra_question_kinds weighs the extra questions, but "
                               "train.extra_questions is 0: set it to how many to add per image")
+        if not 0.0 <= t.text_scene_questions <= 1.0:
+            raise ConfigError(f"train.text_scene_questions is a share of the question samples, "
+                              f"in [0, 1]; got {t.text_scene_questions}")
         if any(not isinstance(w, (int, float)) or w < 0 for w in t.extra_question_kinds.values()):
             raise ConfigError(f"train.extra_question_kinds: weights must be numbers >= 0, got "
                               f"{dict(t.extra_question_kinds)}")

@@ -102,6 +102,9 @@ class TrainData:
         self.image_tokenizer = None
         self.extra_questions = 0
         self.extra_question_kinds: dict[str, float] = {}
+        # `text_scene_questions`: the share of question samples shown as text only (the
+        # benchmark's `scene_text`: the scene written before the question, the image blank).
+        self.text_scene_questions = 0.0
         # utamoe.data.packing: None = right-padded rows; N = rows of <= N tokens (0: one row).
         self.pack_tokens: int | None = None
 
@@ -197,6 +200,8 @@ class TrainData:
             codes = self._codes_of(chosen)
         else:
             chosen, codes = self._chosen(names, tasks, rng)
+        if self.text_scene_questions > 0:
+            chosen = self._as_scene_text(chosen, rng)
         seqs = training_sequences(self.encoder, chosen, cfg_dropout, rng, codes)
         if self.extra_questions > 0:
             self._add_extra_questions(seqs, chosen, rng)
@@ -207,15 +212,26 @@ class TrainData:
             return pack(seqs, self.encoder.special.pad, self.pack_tokens)
         return collate(seqs, self.encoder.special.pad)
 
+    def _as_scene_text(self, samples: list[Sample], rng: np.random.Generator) -> list[Sample]:
+        """Each sample, or with probability `text_scene_questions` its text-only form where the
+        benchmark has one (one draw per sample, from the batch's generator)."""
+        out = []
+        for s in samples:
+            text = self.benchmark.scene_text(s) if rng.random() < self.text_scene_questions else None
+            out.append(text or s)
+        return out
+
     def _add_extra_questions(self, seqs: list[TokenSequence], samples: list[Sample],
                              rng: np.random.Generator) -> None:
         """Append the benchmark's extra questions (prompt, `<sep>`, answer with loss, `<eos>`)
-        to each sequence, in place; `seqs[i]` is the sequence of `samples[i]`."""
+        to each sequence, in place; `seqs[i]` is the sequence of `samples[i]`. A task with a
+        prompt loss (`prompt_loss_tasks`) gets it on these questions too."""
         sp, enc = self.encoder.special, self.encoder
         for seq, sample in zip(seqs, samples):
+            prompt_loss = sample.task in self.prompt_loss_tasks
             for question, answer in self.benchmark.extra_questions(sample, rng, self.extra_questions,
                                                                       self.extra_question_kinds):
-                seq.text(enc.words(question) + [sp.sep])
+                seq.text(enc.words(question) + [sp.sep], loss=prompt_loss)
                 seq.text(enc.answer_words(answer) + [sp.eos], loss=True)
 
 

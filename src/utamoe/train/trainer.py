@@ -139,12 +139,14 @@ class Trainer:
         self.data.prompt_loss_tasks = tuple(t.prompt_loss_tasks)
         self.data.pack_tokens = t.pack_tokens if t.pack else None
         wanted = {"stream_sample": "data.stream" if self.cfg.data.stream else None,
-                  "extra_questions": "train.extra_questions" if t.extra_questions > 0 else None}
+                  "extra_questions": "train.extra_questions" if t.extra_questions > 0 else None,
+                  "scene_text": "train.text_scene_questions" if t.text_scene_questions > 0 else None}
         wanted = {hook: key for hook, key in wanted.items() if key}
         if wanted:
             self.data.benchmark = benchmark_with(self.cfg.data.dir, wanted)
             self.data.extra_questions = t.extra_questions
             self.data.extra_question_kinds = dict(t.extra_question_kinds)
+            self.data.text_scene_questions = t.text_scene_questions
             if self.cfg.data.stream:
                 self.data.stream, self.data.image_tokenizer = True, self.model.image_tokenizer
         if t.qk_init_std > 0:
