@@ -6,11 +6,12 @@ An answerer that knows less is measured by its best possible (Bayes) accuracy ov
 drawn by the generator's own `relation_qa` (the test split's distribution): knowing the relation
 word only, the relation and A's position, the relation and B's position, or both. With
 `--run RUN` it also reads RUN/eval/predictions.jsonl and RUN/data/test.jsonl (what `utamoe demo`
-writes) and reports, for the model's answers to the test split's relation questions, its
+writes; `--eval` and `--data` name other folders, e.g. `utamoe eval --out`'s) and reports, for the model's answers to the test split's relation questions, its
 accuracy, its share of "yes", and how often it agrees with the best answerer from A's position
 alone. Prints a markdown table.
 
     python experiments/relation_shortcuts.py --n 40000 --run runs/demo
+    python experiments/relation_shortcuts.py --run RUN --eval RUN/eval-test --data data/shapes
 """
 
 from __future__ import annotations
@@ -67,12 +68,15 @@ def bayes_accuracy(questions, key) -> float:
     return sum(best[key(r, a, b)] == ans for r, a, b, ans in questions) / len(questions)
 
 
-def model_answers(run: Path, world: ShapesWorldConfig):
-    """(relation, A, B, truth, prediction) of the test split's relation questions in RUN."""
-    records = map(json.loads, (run / "eval" / "predictions.jsonl").open())
+def model_answers(run: Path, world: ShapesWorldConfig, eval_dir: Path | None = None,
+                  data_dir: Path | None = None):
+    """(relation, A, B, truth, prediction) of the test split's relation questions in RUN (its
+    predictions in `eval_dir`, default RUN/eval; the split in `data_dir`, default RUN/data)."""
+    eval_dir, data_dir = eval_dir or run / "eval", data_dir or run / "data"
+    records = map(json.loads, (eval_dir / "predictions.jsonl").open())
     preds = {r["id"]: r["prediction"].strip() for r in records if "prediction" in r}
     rows = []
-    for rec in map(json.loads, (run / "data" / "test.jsonl").open()):
+    for rec in map(json.loads, (data_dir / "test.jsonl").open()):
         if rec["task"] == "vqa" and rec.get("meta", {}).get("qtype") == "relation" and rec["id"] in preds:
             scene = Scene.from_json(rec["meta"]["scene"])
             rows.append((*parts(rec["prompt"], scene, world), rec["target"], preds[rec["id"]]))
@@ -85,6 +89,8 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--run", type=Path, action="append", default=[],
                     help="a `utamoe demo` / `utamoe train` output with eval/ and data/ (repeatable)")
+    ap.add_argument("--eval", type=Path, help="the runs' predictions folder instead of RUN/eval")
+    ap.add_argument("--data", type=Path, help="the dataset folder instead of RUN/data")
     args = ap.parse_args(argv)
     world = ShapesWorldConfig()
     questions = drawn(args.n, world, args.seed)
@@ -96,7 +102,7 @@ def main(argv=None) -> None:
         print("\n| run | relation questions | accuracy | share of yes | agrees with the A-position answerer |"
               "\n|---|---|---|---|---|")
         for run in args.run:
-            rows = model_answers(run, world)
+            rows = model_answers(run, world, args.eval, args.data)
             n = len(rows)
             acc = sum(t == p for *_, t, p in rows) / n
             yes = sum(p == "yes" for *_, p in rows) / n
