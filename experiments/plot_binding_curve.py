@@ -55,9 +55,14 @@ def main(argv=None) -> None:
         ax.set_xlabel("training samples seen (all tasks)")
         ax.set_ylim(0.0 if key.startswith("t2i") else 0.3, 1.0)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
     fig.suptitle(args.title, fontsize=10)
-    fig.tight_layout()
+    if len(args.runs) > 10:  # a legend that long would hide curves: below the panels instead
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", fontsize=8,
+                   ncol=min(7, len(args.runs)))
+        fig.tight_layout(rect=(0, 0.06 * ((len(args.runs) + 6) // 7) + 0.02, 1, 1))
+    else:
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=120)
     print(args.out)
