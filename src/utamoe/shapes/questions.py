@@ -92,29 +92,23 @@ def count_qa(ctx: SampleContext, scene: Scene) -> tuple[str, str] | None:
 
 def relation_qa(ctx: SampleContext, scene: Scene) -> tuple[str, str] | None:
     """"is A <relation> B?" about two objects of `scene`; None if it has fewer than two."""
-    pair = _two_objects(ctx, scene)
-    return None if pair is None else _relation_between(ctx, scene, *pair)
+    pair = _referred_pair(ctx, scene)
+    return None if pair is None else _relation_between(ctx, *pair)
 
 
-def _two_objects(ctx: SampleContext, scene: Scene):
-    """Two different objects of `scene` (a relation's A and B), None with fewer than two."""
+def _referred_pair(ctx: SampleContext, scene: Scene):
+    """Two different objects of `scene` (a relation's A and B) and referring expressions of them
+    that do not use position: (A, B, ref A, ref B); None with fewer than two objects or when
+    either has no such expression."""
     if len(scene) < 2:
         return None
     a = ctx.pick(scene)
-    return a, ctx.choice([o for o in scene if o != a])
-
-
-def _refer_both(scene: Scene, a, b) -> tuple[str, str] | None:
-    """Referring expressions of A and B that do not use position (None if either has none)."""
+    b = ctx.choice([o for o in scene if o != a])
     ref_a, ref_b = refer(scene, a, "position"), refer(scene, b, "position")
-    return None if ref_a is None or ref_b is None else (ref_a, ref_b)
+    return None if ref_a is None or ref_b is None else (a, b, ref_a, ref_b)
 
 
-def _relation_between(ctx: SampleContext, scene: Scene, a, b) -> tuple[str, str] | None:
-    refs = _refer_both(scene, a, b)
-    if refs is None:
-        return None
-    ref_a, ref_b = refs
+def _relation_between(ctx: SampleContext, a, b, ref_a: str, ref_b: str) -> tuple[str, str]:
     truth = _relations(a, b)
     want = bool(ctx.rng.random() < 0.5)  # balanced yes/no
     options = [r for r in RELATIONS if truth[r] == want] or list(RELATIONS)
@@ -133,12 +127,11 @@ def relation_steps(ctx: SampleContext, scene: Scene) -> list[tuple[str, str]] | 
     "where is B?", "is A left of B?"): training-only scaffolding, so that the comparison can be
     learnt from positions already in the text while the lookup from the image is still being
     learnt (intermediate supervision of a two-step task)."""
-    pair = _two_objects(ctx, scene)
-    relation = None if pair is None else _relation_between(ctx, scene, *pair)
-    if relation is None:
+    pair = _referred_pair(ctx, scene)
+    if pair is None:
         return None
-    steps = [(f"where is {refer(scene, o, 'position')}?", str(o.position)) for o in pair]
-    return [*steps, relation]
+    steps = [(f"where is {ref}?", str(o.position)) for o, ref in zip(pair[:2], pair[2:])]
+    return [*steps, _relation_between(ctx, *pair)]
 
 
 def relation_where(ctx: SampleContext, scene: Scene) -> tuple[str, str] | None:
@@ -146,14 +139,10 @@ def relation_where(ctx: SampleContext, scene: Scene) -> tuple[str, str] | None:
     "below", ...): training-only, the same two lookups as a relation question but about 3 bits
     per answer instead of yes/no's one, so the comparison of both coordinates is supervised on
     every question."""
-    pair = _two_objects(ctx, scene)
+    pair = _referred_pair(ctx, scene)
     if pair is None:
         return None
-    a, b = pair
-    refs = _refer_both(scene, a, b)
-    if refs is None:
-        return None
-    ref_a, ref_b = refs
+    a, b, ref_a, ref_b = pair
     holds = [rel for rel, true in _relations(a, b).items() if true]
     return f"where is {ref_a} relative to {ref_b}?", ", ".join(holds)
 
@@ -165,11 +154,11 @@ def where_both(ctx: SampleContext, scene: Scene) -> tuple[str, str] | None:
     the question; here each position must come from its own referent while the other is in
     the question too, which is what a relation question needs first (a single such lookup, A's
     position with the relation word, already answers 78 % of the test's relation questions)."""
-    pair = _two_objects(ctx, scene)
-    refs = None if pair is None else _refer_both(scene, *pair)
-    if refs is None:
+    pair = _referred_pair(ctx, scene)
+    if pair is None:
         return None
-    return f"where are {refs[0]} and {refs[1]}?", f"{pair[0].position} and {pair[1].position}"
+    a, b, ref_a, ref_b = pair
+    return f"where are {ref_a} and {ref_b}?", f"{a.position} and {b.position}"
 
 
 # ---------------------------------------------------------------- extra questions per image
