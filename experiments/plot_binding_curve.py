@@ -64,7 +64,7 @@ def main(argv=None) -> None:
         axes[0].legend(fontsize=8)
         fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=120)
+    fig.savefig(args.out, dpi=120, bbox_inches="tight")  # a wide legend below is not cut off
     print(args.out)
 
 
