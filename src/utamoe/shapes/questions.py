@@ -130,8 +130,9 @@ def relation_steps(ctx: SampleContext, scene: Scene) -> list[tuple[str, str]] | 
     pair = _referred_pair(ctx, scene)
     if pair is None:
         return None
-    steps = [(f"where is {ref}?", str(o.position)) for o, ref in zip(pair[:2], pair[2:])]
-    return [*steps, _relation_between(ctx, *pair)]
+    a, b, ref_a, ref_b = pair
+    return [(f"where is {ref_a}?", str(a.position)), (f"where is {ref_b}?", str(b.position)),
+            _relation_between(ctx, *pair)]
 
 
 def relation_where(ctx: SampleContext, scene: Scene) -> tuple[str, str] | None:
